@@ -1,0 +1,1 @@
+"""Benchmarks: our training step and PyTorch's, side by side."""

@@ -1,0 +1,1 @@
+"""SimCLR: contrastive self-supervised learning of visual representations."""

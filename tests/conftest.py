@@ -1,0 +1,33 @@
+"""Every test that takes the `xp` fixture runs once per backend: numpy always, cupy when
+CuPy imports and a GPU is present (those runs are marked `gpu` and skipped elsewhere)."""
+import numpy
+import pytest
+
+
+def _gpu_available():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+GPU = _gpu_available()
+BACKENDS = [
+    pytest.param("numpy", id="numpy"),
+    pytest.param("cupy", id="cupy", marks=[
+        pytest.mark.gpu, pytest.mark.skipif(not GPU, reason="CuPy or a CUDA GPU is not available")]),
+]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CuPy and a CUDA GPU")
+
+
+@pytest.fixture(params=BACKENDS)
+def xp(request):
+    """The array module under test: numpy or cupy."""
+    if request.param == "cupy":
+        import cupy
+        return cupy
+    return numpy

@@ -1,0 +1,27 @@
+"""Small shared helpers for the tests."""
+import numpy
+import pytest
+
+from autograd import Tensor, to_numpy
+
+
+def randn(xp, *shape, dtype="float64", seed=0, requires_grad=False, scale=1.0):
+    """A Tensor of standard normal values (times `scale`), made on the host from `seed`."""
+    values = numpy.random.default_rng(seed).standard_normal(shape) * scale
+    return Tensor(xp.asarray(values.astype(dtype)), requires_grad=requires_grad)
+
+
+def relative_error(ours, theirs):
+    """max |ours - theirs| / max |theirs|: the error relative to the largest magnitude."""
+    ours, theirs = numpy.asarray(to_numpy(ours), "float64"), numpy.asarray(theirs, "float64")
+    assert ours.shape == theirs.shape, f"shapes differ: {ours.shape} vs {theirs.shape}"
+    return float(numpy.abs(ours - theirs).max() / max(numpy.abs(theirs).max(), 1e-300))
+
+
+# Parity tolerances against PyTorch, relative to the largest magnitude.
+PARITY_TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+
+
+def import_torch():
+    """torch, or skip the test (PyTorch is an oracle for tests only, never a dependency)."""
+    return pytest.importorskip("torch", reason="PyTorch is not installed: parity test skipped")
