@@ -1,0 +1,55 @@
+"""The fully connected layer: y = x W^T + b."""
+from autograd import Function, Tensor
+from autograd.ops.arithmetic import check_same_float_dtype
+
+
+class Linear(Function):
+    """y = x W^T (+ b) for x (..., in), W (out, in), b (out,) -> y (..., out).
+
+    dx = dy W,  dW = sum over the leading axes of dy^T x,  db = sum over the leading axes of dy.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, *bias):
+        check_same_float_dtype("linear", x, weight)
+        if bias:
+            check_same_float_dtype("linear", x, bias[0])
+        ctx.save_for_backward(x, weight)
+        out = x @ weight.T  # (..., in) @ (in, out) -> (..., out)
+        return out + bias[0] if bias else out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # (..., out) @ (out, in)
+        rows = grad.reshape(-1, weight.shape[0])  # (..., out) -> (M, out): M rows of the batch
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = rows.T @ x.reshape(-1, weight.shape[1])  # (out, M) @ (M, in) -> (out, in)
+        if len(ctx.needs_input_grad) == 2:
+            return grad_x, grad_weight
+        grad_bias = rows.sum(axis=0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x, weight, bias=None):
+    """y = x W^T + b, as torch.nn.functional.linear.
+
+    x: (..., in) (typically (N, in)); weight: (out, in); bias: (out,) or None -> (..., out).
+    """
+    for name, value in (("x", x), ("weight", weight), ("bias", bias)):
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"linear: {name} is a {type(value).__name__}, expected a Tensor")
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight has shape {weight.shape}, expected (out_features, "
+                         f"in_features)")
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input of shape {x.shape} does not fit weight of shape "
+                         f"{weight.shape}: the input's last dimension must be "
+                         f"in_features={weight.shape[1]}")
+    if bias is None:
+        return Linear.apply(x, weight)
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias has shape {bias.shape}, expected ({weight.shape[0]},) "
+                         f"for weight of shape {weight.shape}")
+    return Linear.apply(x, weight, bias)
