@@ -1,0 +1,140 @@
+"""conv2d: gradients against finite differences, the 1x1 fast path against im2col, forward and
+backward against PyTorch, and the errors a user can cause."""
+import numpy
+import pytest
+
+from autograd import Tensor, gradcheck, to_numpy
+from nn.functional.conv import Conv2d, col2im, conv2d, im2col
+from tests.helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+
+# (input shape, weight shape, stride, padding, with bias)
+CONFIGS = {
+    "1x1": ((2, 3, 4, 5), (4, 3, 1, 1), 1, 0, True),
+    "1x1_stride2": ((2, 3, 5, 5), (2, 3, 1, 1), 2, 0, False),
+    "3x3_pad1": ((2, 2, 5, 5), (3, 2, 3, 3), 1, 1, True),
+    "3x3_stride2_pad1_odd_7x9": ((1, 2, 7, 9), (3, 2, 3, 3), 2, 1, False),
+    "7x7_stride2_pad3_stem": ((1, 2, 9, 7), (2, 2, 7, 7), 2, 3, True),
+    "2x3_kernel_stride_2x1_pad_1x0": ((2, 2, 6, 7), (3, 2, 2, 3), (2, 1), (1, 0), True),
+}
+
+
+def _inputs(xp, config, dtype="float64"):
+    x_shape, w_shape, _, _, with_bias = config
+    x = randn(xp, *x_shape, dtype=dtype, seed=1, requires_grad=True)
+    weight = randn(xp, *w_shape, dtype=dtype, seed=2, requires_grad=True, scale=0.5)
+    bias = randn(xp, w_shape[0], dtype=dtype, seed=3, requires_grad=True) if with_bias else None
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_conv2d_gradients_match_finite_differences(xp, name):
+    config = CONFIGS[name]
+    x, weight, bias = _inputs(xp, config)
+    stride, padding = config[2], config[3]
+    if bias is None:
+        gradcheck(lambda x, w: conv2d(x, w, stride=stride, padding=padding), [x, weight])
+    else:
+        gradcheck(lambda x, w, b: conv2d(x, w, b, stride=stride, padding=padding),
+                  [x, weight, bias])
+
+
+def test_col2im_is_the_adjoint_of_im2col(xp):
+    # <im2col(x), c> = <x, col2im(c)>: col2im is the transpose of the linear map im2col
+    rng = numpy.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((2, 3, 7, 8)))
+    kh, kw, stride, Ho, Wo = 3, 2, (2, 3), 3, 3
+    cols = xp.asarray(rng.standard_normal((2, 3 * kh * kw, Ho * Wo)))
+    lhs = float((im2col(x, kh, kw, stride, Ho, Wo) * cols).sum())
+    rhs = float((x * col2im(cols, x.shape, kh, kw, stride, Ho, Wo)).sum())
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+def test_conv2d_1x1_fast_path_matches_im2col_path(xp):
+    results = []
+    for force_im2col in (False, True):
+        x, weight, bias = _inputs(xp, ((2, 5, 4, 6), (3, 5, 1, 1), 1, 0, True))
+        out = Conv2d.apply(x, weight, bias, stride=(1, 1), padding=(0, 0),
+                           force_im2col=force_im2col)
+        out.backward(randn(xp, *out.shape, seed=4).data)
+        results.append([out.data, x.grad, weight.grad, bias.grad])
+    for fast, generic in zip(*results):
+        assert relative_error(fast, to_numpy(generic)) <= 1e-14
+
+
+def test_conv2d_computes_only_requested_gradients(xp):
+    x, weight, bias = _inputs(xp, CONFIGS["3x3_pad1"])
+    x.requires_grad = False
+    out = conv2d(x, weight, bias, padding=1)
+    out.backward(randn(xp, *out.shape, seed=4).data)
+    assert x.grad is None
+    assert weight.grad.shape == weight.shape and bias.grad.shape == bias.shape
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_conv2d_matches_pytorch(xp, name, dtype):
+    torch = import_torch()
+    config = CONFIGS[name]
+    x_shape, w_shape, stride, padding, with_bias = config
+    x_shape = (3,) + x_shape[1:]  # a slightly larger batch than the gradchecks use
+    x, weight, bias = _inputs(xp, (x_shape,) + config[1:], dtype)
+    ours = [t for t in (x, weight, bias) if t is not None]
+    theirs = [torch.tensor(to_numpy(t.data), requires_grad=True) for t in ours]
+
+    out = conv2d(x, weight, bias, stride=stride, padding=padding)
+    out_torch = torch.nn.functional.conv2d(*theirs, stride=stride, padding=padding)
+    upstream = randn(xp, *out.shape, dtype=dtype, seed=5).data
+    out.backward(upstream)
+    out_torch.backward(torch.tensor(to_numpy(upstream)))
+
+    assert out.dtype == dtype
+    tolerance = PARITY_TOLERANCE[dtype]
+    assert relative_error(out.data, out_torch.detach().numpy()) <= tolerance
+    for mine, reference in zip(ours, theirs):
+        assert mine.grad.dtype == dtype
+        assert relative_error(mine.grad, reference.grad.numpy()) <= tolerance
+
+
+def test_conv2d_rejects_input_that_is_not_4d(xp):
+    x, weight = randn(xp, 3, 8, 8), randn(xp, 4, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\), got shape \(3, 8, 8\)"):
+        conv2d(x, weight)
+
+
+def test_conv2d_channel_mismatch_names_both_shapes(xp):
+    x, weight = randn(xp, 2, 3, 8, 8), randn(xp, 4, 5, 3, 3)
+    with pytest.raises(ValueError) as error:
+        conv2d(x, weight)
+    assert "(2, 3, 8, 8)" in str(error.value) and "(4, 5, 3, 3)" in str(error.value)
+
+
+def test_conv2d_rejects_kernel_larger_than_padded_input(xp):
+    x, weight = randn(xp, 1, 2, 4, 4), randn(xp, 3, 2, 7, 7)
+    with pytest.raises(ValueError, match=r"kernel \(7, 7\) is larger than the padded input "
+                                         r"\(6, 6\)"):
+        conv2d(x, weight, padding=1)
+
+
+def test_conv2d_rejects_bias_of_wrong_shape(xp):
+    x, weight, bias = randn(xp, 1, 2, 4, 4), randn(xp, 3, 2, 3, 3), randn(xp, 2)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\).*got shape \(2,\)"):
+        conv2d(x, weight, bias)
+
+
+def test_conv2d_rejects_mixed_precision(xp):
+    x = randn(xp, 1, 2, 4, 4, dtype="float32")
+    weight = randn(xp, 3, 2, 3, 3, dtype="float64")
+    with pytest.raises(TypeError, match="input has dtype float32 but weight has dtype float64"):
+        conv2d(x, weight)
+
+
+@pytest.mark.parametrize("stride", [0, (1, 2, 3), 1.5])
+def test_conv2d_rejects_bad_stride(xp, stride):
+    x, weight = randn(xp, 1, 2, 4, 4), randn(xp, 3, 2, 3, 3)
+    with pytest.raises((TypeError, ValueError), match="stride"):
+        conv2d(x, weight, stride=stride)
+
+
+def test_conv2d_rejects_non_tensor_input():
+    with pytest.raises(TypeError, match="expected a Tensor"):
+        conv2d(numpy.zeros((1, 2, 4, 4)), Tensor(numpy.zeros((3, 2, 3, 3))))
