@@ -61,15 +61,14 @@ def numerical_grad(fn, inputs, upstream, eps=1e-6):
                 continue
             xp = array_module(t.data)
             grad = xp.zeros(t.shape, dtype=t.dtype)
-            flat, grad_flat = t.data.reshape(-1), grad.reshape(-1)  # views of the same memory
-            for i in range(flat.size):
-                original = flat[i].item()
-                flat[i] = original + eps
+            for index in numpy.ndindex(*t.shape):  # (works for non-contiguous arrays too)
+                original = t.data[index].item()
+                t.data[index] = original + eps
                 plus = _scalar(fn, inputs, upstream)
-                flat[i] = original - eps
+                t.data[index] = original - eps
                 minus = _scalar(fn, inputs, upstream)
-                flat[i] = original
-                grad_flat[i] = (plus - minus) / (2 * eps)
+                t.data[index] = original
+                grad[index] = (plus - minus) / (2 * eps)
             grads.append(grad)
     return grads
 

@@ -85,3 +85,9 @@ def test_numerical_grad_matches_a_known_derivative():
     upstream = numpy.array([1.0, 2.0, -1.0])
     (numeric,) = numerical_grad(lambda x: x * x * x, [x], upstream)
     numpy.testing.assert_allclose(numeric, 3 * x.data ** 2 * upstream, rtol=1e-8)
+
+
+def test_gradcheck_works_on_non_contiguous_inputs():
+    x = Tensor(numpy.random.default_rng(0).standard_normal((3, 4)).T, requires_grad=True)
+    assert not x.data.flags.c_contiguous
+    assert gradcheck(lambda a: a * a, [x])

@@ -31,7 +31,8 @@ class ReLU(Function):
 class LogSoftmax(Function):
     """y = x - log sum_j exp(x_j) along `dim`; dx = g - softmax(x) * sum_j g_j.
 
-    The maximum is subtracted first, so exp never overflows: log sum exp(x) = m + log sum exp(x - m).
+    The maximum m is subtracted first, so exp never overflows:
+    log sum exp(x) = m + log sum exp(x - m).
     """
 
     @staticmethod

@@ -1,0 +1,61 @@
+"""Losses: cross-entropy over class logits."""
+from autograd import Function, Tensor, array_module, to_numpy
+
+
+class CrossEntropy(Function):
+    """L = -(1/N) sum_i log softmax(z_i)[t_i] for logits z (N, C) and class indices t (N,).
+
+    dL/dz = (softmax(z) - onehot(t)) / N, scaled by the upstream gradient g (a scalar).
+    The log-softmax subtracts each row's maximum first, so exp never overflows.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target):
+        xp = array_module(logits, target)
+        n = logits.shape[0]
+        rows = xp.arange(n)
+        shifted = logits - logits.max(axis=1, keepdims=True)  # (N, C), each row's maximum 0
+        exp = xp.exp(shifted)
+        total = exp.sum(axis=1, keepdims=True)  # (N, 1)
+        ctx.save_for_backward(exp / total, target)
+        log_likelihood = shifted[rows, target] - xp.log(total[:, 0])  # (N,): log p(t_i | z_i)
+        return -log_likelihood.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        softmax, target = ctx.saved
+        n = softmax.shape[0]
+        grad_logits = softmax.copy()
+        grad_logits[array_module(softmax).arange(n), target] -= 1  # softmax - onehot(target)
+        return grad_logits * (grad / n)
+
+
+def cross_entropy(logits, target):
+    """Mean cross-entropy of class logits against integer class labels (torch's default
+    reduction='mean'): -(1/N) sum_i log softmax(logits_i)[target_i].
+
+    logits: Tensor (N, C) of floats; target: Tensor or array (N,) of integers in [0, C).
+    Returns a scalar Tensor.
+    """
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"cross_entropy: logits is a {type(logits).__name__}, expected a Tensor")
+    target = target.data if isinstance(target, Tensor) else target
+    if not hasattr(target, "dtype"):
+        raise TypeError(f"cross_entropy: target is a {type(target).__name__}, expected a Tensor "
+                        f"or array of integer class indices")
+    if logits.ndim != 2 or logits.dtype.kind != "f":
+        raise ValueError(f"cross_entropy: logits have shape {logits.shape} and dtype "
+                         f"{logits.dtype}, expected a floating-point (N, C) array")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target has dtype {target.dtype}, expected integer class "
+                        f"indices (e.g. int64), not one-hot vectors or probabilities")
+    n, classes = logits.shape
+    if target.shape != (n,):
+        raise ValueError(f"cross_entropy: target has shape {target.shape}, expected ({n},) "
+                         f"for logits of shape {logits.shape}")
+    outside = to_numpy((target < 0) | (target >= classes))
+    if outside.any():
+        position = int(outside.argmax())
+        raise ValueError(f"cross_entropy: target[{position}] = {int(target[position])} is not a "
+                         f"class index in [0, {classes})")
+    return CrossEntropy.apply(logits, target=target)
