@@ -1,0 +1,108 @@
+"""SimCLR's augmentation pipeline: one call makes one random view of every image of a batch.
+
+crop (bicubic) -> flip -> colour jitter (p 0.8) -> grayscale (p 0.2) -> Gaussian blur (p 0.5,
+ImageNet only). Images come in as the data sets store them, uint8 or float (N, H, W, 3), and
+leave as float32 (N, 3, H', W') in [0, 1], ready for the network; no mean/std normalisation
+(as the official code). All randomness comes from the numpy.random.Generator passed in, drawn on
+the host, so a seed gives the same views on the CPU.
+"""
+import numbers
+
+from autograd.backend import array_module
+
+from ._batch import check_rng
+from .blur import random_gaussian_blur
+from .color import color_jitter, random_grayscale
+from .crop import random_horizontal_flip, random_resized_crop
+
+PRESETS = {
+    "cifar": dict(size=32, color_strength=0.5, blur=False),
+    "imagenet": dict(size=224, color_strength=1.0, blur=True),
+}
+
+
+def to_float_nchw(images):
+    """uint8 (N, H, W, 3) in [0, 255] or float (N, H, W, 3) in [0, 1] -> float32 (N, 3, H, W) in
+    [0, 1] (floats are clipped). The test-time transform: no randomness."""
+    if not hasattr(images, "ndim"):
+        raise TypeError(f"expected a numpy or cupy array of images, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"expected RGB images of shape (N, H, W, 3), got shape {images.shape}")
+    xp = array_module(images)
+    if images.dtype == "uint8":
+        scaled = images.astype("float32") / 255.0
+    elif images.dtype.kind == "f":
+        scaled = xp.clip(images.astype("float32"), 0.0, 1.0)
+    else:
+        raise TypeError(f"expected uint8 or float images, got dtype {images.dtype}")
+    return xp.ascontiguousarray(scaled.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
+
+
+def _output_size(size):
+    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, numbers.Integral) and s > 0 for s in pair):
+        raise ValueError(f"size must be a positive int or a pair (height, width), got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class SimCLRAugment:
+    """The SimCLR pre-training augmentation (SIMCLR_SPEC.md section 1).
+
+    size: output side (int) or (height, width); color_strength: the colour jitter strength s;
+    blur: whether to Gaussian-blur (p 0.5). SimCLRAugment.preset("cifar") is s = 0.5 without
+    blur at 32x32, SimCLRAugment.preset("imagenet") is s = 1 with blur at 224x224.
+    """
+
+    def __init__(self, size, color_strength=1.0, blur=True):
+        self.size = _output_size(size)
+        self.color_strength = float(color_strength)
+        self.blur = bool(blur)
+
+    @classmethod
+    def preset(cls, name, size=None):
+        """The augmentation of the recipe `name` ('cifar' or 'imagenet'); `size` overrides its
+        output size."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {name!r}: expected one of "
+                             f"{sorted(PRESETS)}")
+        settings = dict(PRESETS[name])
+        if size is not None:
+            settings["size"] = size
+        return cls(**settings)
+
+    def __call__(self, images, rng):
+        """One random view of each image: (N, H, W, 3) uint8 or float -> float32 (N, 3, H', W')."""
+        check_rng(rng)
+        views = random_resized_crop(to_float_nchw(images), rng, self.size)
+        views = random_horizontal_flip(views, rng)
+        views = color_jitter(views, rng, self.color_strength)
+        views = random_grayscale(views, rng)
+        if self.blur:
+            views = random_gaussian_blur(views, rng)
+        return views
+
+    def pair(self, images, rng):
+        """Two independent views of each image (the positive pair): a tuple of two
+        float32 (N, 3, H', W') arrays."""
+        return self(images, rng), self(images, rng)
+
+    def __repr__(self):
+        return (f"SimCLRAugment(size={self.size}, color_strength={self.color_strength}, "
+                f"blur={self.blur})")
+
+
+class LinearEvalAugment:
+    """The augmentation for training the linear probe: random resized crop and flip only, no
+    colour ops (official). Test images take no augmentation: use to_float_nchw."""
+
+    def __init__(self, size):
+        self.size = _output_size(size)
+
+    def __call__(self, images, rng):
+        """(N, H, W, 3) uint8 or float -> float32 (N, 3, H', W')."""
+        check_rng(rng)
+        views = random_resized_crop(to_float_nchw(images), rng, self.size)
+        return random_horizontal_flip(views, rng)
+
+    def __repr__(self):
+        return f"LinearEvalAugment(size={self.size})"
