@@ -16,3 +16,4 @@ __all__ = [
     "load_cifar10", "load_image_folder", "decode_image", "synthetic", "load_synthetic",
     "download", "DownloadError", "ChecksumError", "default_cache_dir",
 ]
+from simclr.data.arguments import add_data_arguments, load_from_arguments  # noqa: E402

@@ -1,0 +1,97 @@
+"""What a run shows and leaves behind: a progress line, metrics.jsonl and a loss-curve PNG."""
+import json
+import math
+import os
+import sys
+import time
+
+from PIL import Image, ImageDraw
+
+
+def format_duration(seconds):
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class ProgressLine:
+    """One line per epoch, redrawn in place: epoch, a bar, loss, images/s and time left."""
+
+    def __init__(self, epochs, steps_per_epoch, stream=sys.stderr, width=24):
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.stream, self.width = stream, width
+        self.interactive = stream.isatty()
+        self.last_draw = 0.0
+
+    def update(self, epoch, batch, loss, images_per_s, seconds_left, final=False):
+        now = time.monotonic()
+        if not final and self.interactive and now - self.last_draw < 0.2:
+            return
+        if not final and not self.interactive:
+            return  # a log file gets one line per epoch, not a line per step
+        self.last_draw = now
+        filled = int(self.width * batch / self.steps_per_epoch)
+        bar = "#" * filled + "." * (self.width - filled)
+        line = (f"epoch {epoch + 1}/{self.epochs} [{bar}] {batch}/{self.steps_per_epoch} "
+                f"loss {loss:.4f}  {images_per_s:.1f} img/s  ETA {format_duration(seconds_left)}")
+        end = "\n" if final else ""
+        self.stream.write(("\r" if self.interactive else "") + line + end)
+        self.stream.flush()
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, appended and flushed as training goes."""
+
+    def __init__(self, path, keep_until_step=None):
+        self.path = path
+        if keep_until_step is not None and os.path.exists(path):
+            # A resumed run continues the log from its checkpoint: drop steps it will redo.
+            with open(path) as file:
+                kept = [line for line in file
+                        if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
+            with open(path, "w") as file:
+                file.writelines(kept)
+        self.file = open(path, "a")
+
+    def write(self, **record):
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def read_metrics(path):
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def plot_loss_curve(records, path, size=(640, 400)):
+    """Draw loss against step (a light line per step, a bold running mean) into a PNG."""
+    points = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = 60, 20, size[0] - 20, size[1] - 40
+    draw.rectangle([left, top, right, bottom], outline="black")
+    if len(points) >= 2:
+        steps = [s for s, _ in points]
+        losses = [v for _, v in points]
+        low, high = min(losses), max(losses)
+        high = high if high > low else low + 1.0
+        first, last = steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1
+
+        def xy(step, value):
+            return (left + (right - left) * (step - first) / (last - first),
+                    bottom - (bottom - top) * (value - low) / (high - low))
+
+        draw.line([xy(s, v) for s, v in points], fill=(170, 190, 230), width=1)
+        window = max(1, len(points) // 50)
+        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
+                  for i in range(len(losses))]
+        draw.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(20, 60, 160), width=2)
+        for value in (low, (low + high) / 2, high):
+            draw.text((5, xy(first, value)[1] - 6), f"{value:.3f}", fill="black")
+        draw.text((left, bottom + 8), f"step {first}", fill="black")
+        draw.text((right - 80, bottom + 8), f"step {last}", fill="black")
+    draw.text((left + 5, top + 5), "NT-Xent loss", fill="black")
+    image.save(path)

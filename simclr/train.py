@@ -1,0 +1,261 @@
+"""python -m simclr.train: SimCLR pre-training.
+
+One step: a batch of N images -> two augmented views each -> encoder and head on the 2N views
+-> NT-Xent -> backward -> LARS (or SGD) update, at the learning rate the warm-up + cosine
+schedule gives for this step. Defaults are the official CIFAR-10 recipe (SIMCLR_SPEC.md).
+
+Everything random is derived from --seed and the position in training (the epoch's batch order
+from (seed, epoch), a step's augmentations from (seed, step)), so a run resumed from its
+checkpoint continues exactly as if it had never stopped.
+"""
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy
+
+import nn
+from autograd import Tensor
+from autograd.backend import array_module, require_cupy
+from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
+from simclr.augment import SimCLRAugment
+from simclr.checkpoint import load_checkpoint, save_checkpoint
+from simclr.data import add_data_arguments, load_from_arguments
+from simclr.evaluate import encode, knn_accuracy
+from simclr.loss import nt_xent
+from simclr.model import HEADS, SimCLR
+from simclr.report import MetricsLog, ProgressLine, format_duration, plot_loss_curve, read_metrics
+
+ARCHITECTURES = {"resnet18": nn.resnet18, "resnet34": nn.resnet34, "resnet50": nn.resnet50}
+# Flags a resumed run may give anew (None: not given); every other setting comes from the
+# checkpoint. --max-steps is not inherited: a resumed run goes to the end unless it is given again.
+RESUMABLE_OVERRIDES = {"backend": "numpy", "knn_every": 0}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m simclr.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None,
+                        help="numpy (default): the CPU; cupy: an NVIDIA GPU (needs the cuda12/cuda13 extra)")
+    add_data_arguments(parser)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="resnet50")
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (SimCLR 1, 2, 4)")
+    parser.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
+                        help="3x3 stride-1 first conv and no max-pool (default: on for images <= 32 px)")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--optimizer", choices=["lars", "sgd"], default="lars")
+    parser.add_argument("--lr", type=float, default=1.0,
+                        help="base learning rate, scaled by --lr-scaling (official CIFAR-10: 1.0 x B/256)")
+    parser.add_argument("--lr-scaling", choices=["linear", "sqrt", "none"], default="linear")
+    parser.add_argument("--weight-decay", type=float, default=1e-6)
+    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--warmup-epochs", type=int, default=10)
+    parser.add_argument("--color-strength", type=float, default=0.5)
+    parser.add_argument("--blur", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--head", choices=HEADS, default="nonlinear")
+    parser.add_argument("--proj-dim", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/simclr", help="folder for config, metrics, checkpoint")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue the run saved in DIR (its settings are used; --out defaults to DIR)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop (with a checkpoint) after this many steps in all; the schedule "
+                             "still spans --epochs (for smoke runs and tests)")
+    parser.add_argument("--knn-every", type=int, default=None, metavar="N",
+                        help="every N epochs, k-NN accuracy (cosine, k=200) on the held-out split")
+    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def scaled_lr(config):
+    base, batch = config["lr"], config["batch_size"]
+    return {"linear": linear_scaled_lr, "sqrt": sqrt_scaled_lr,
+            "none": lambda lr, _: lr}[config["lr_scaling"]](base, batch)
+
+
+def build_model(config, image_size):
+    cifar_stem = config["cifar_stem"]
+    if cifar_stem is None:
+        cifar_stem = image_size <= 32
+    rng = numpy.random.default_rng([config["seed"], 0])
+    width = int(config["width"]) if float(config["width"]).is_integer() else config["width"]
+    encoder = ARCHITECTURES[config["arch"]](cifar_stem=cifar_stem, width=width,
+                                            zero_init_residual=True, rng=rng)
+    return SimCLR(encoder, head=config["head"], proj_dim=config["proj_dim"], rng=rng)
+
+
+def build_optimizer(config, model):
+    if config["optimizer"] == "lars":
+        return LARS(model.named_parameters(), lr=0.0, momentum=0.9,
+                    weight_decay=config["weight_decay"])
+    return SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=config["weight_decay"])
+
+
+def resolve_config(args):
+    """The run's settings: from the flags, or from the checkpoint's folder when resuming."""
+    given = vars(args)
+    if not args.resume:
+        config = {key: value for key, value in given.items() if key != "resume"}
+        for key, default in RESUMABLE_OVERRIDES.items():
+            config[key] = default if config[key] is None else config[key]
+        return config, None
+    checkpoint_path = args.resume
+    if os.path.isdir(checkpoint_path):
+        checkpoint_path = os.path.join(checkpoint_path, "checkpoint.npz")
+    model_state, optimizer_state, meta = load_checkpoint(checkpoint_path)
+    config = dict(meta["config"])
+    config["out"] = os.path.dirname(os.path.abspath(checkpoint_path))
+    config["max_steps"] = given["max_steps"]
+    for key in RESUMABLE_OVERRIDES:
+        if given[key] is not None:
+            config[key] = given[key]
+    return config, (model_state, optimizer_state, meta)
+
+
+def validate(config):
+    for key in ("batch_size", "epochs"):
+        if config[key] < 1:
+            raise SystemExit(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    if config["batch_size"] < 2:
+        raise SystemExit("--batch-size must be at least 2: NT-Xent needs other images as negatives")
+    if config["warmup_epochs"] < 0 or config["warmup_epochs"] > config["epochs"]:
+        raise SystemExit(f"--warmup-epochs must lie in [0, --epochs={config['epochs']}], "
+                         f"got {config['warmup_epochs']}")
+    if config["temperature"] <= 0:
+        raise SystemExit(f"--temperature must be positive, got {config['temperature']}")
+
+
+def train(config, resumed=None, stream=sys.stderr):
+    """Run (or continue) pre-training; returns the final metrics record."""
+    validate(config)
+    xp = numpy if config["backend"] == "numpy" else require_cupy()
+    device = "cpu" if xp is numpy else "cuda"
+    splits = load_from_arguments(config)
+    images = splits.train.images
+    batch_size = config["batch_size"]
+    steps_per_epoch = len(images) // batch_size
+    if steps_per_epoch == 0:
+        raise SystemExit(f"the training set has {len(images)} images, fewer than one batch of "
+                         f"{batch_size}: lower --batch-size")
+    total_steps = config["epochs"] * steps_per_epoch
+    max_steps = min(config["max_steps"] or total_steps, total_steps)
+
+    model = build_model(config, images.shape[1]).to(device=device)
+    optimizer = build_optimizer(config, model)
+    schedule = WarmupCosine(scaled_lr(config), config["warmup_epochs"] * steps_per_epoch, total_steps)
+    augment = SimCLRAugment(size=images.shape[1], color_strength=config["color_strength"],
+                            blur=config["blur"])
+    step = 0
+    if resumed is not None:
+        model_state, optimizer_state, meta = resumed
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        step = meta["step"]
+
+    out = config["out"]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as file:
+        json.dump(config, file, indent=2)
+    checkpoint_path = os.path.join(out, "checkpoint.npz")
+    metrics = MetricsLog(os.path.join(out, "metrics.jsonl"),
+                         keep_until_step=step if resumed is not None else -1)
+    progress = ProgressLine(config["epochs"], steps_per_epoch, stream)
+
+    def checkpoint():
+        save_checkpoint(checkpoint_path, model, optimizer,
+                        {"step": step, "epoch": step // steps_per_epoch, "config": config})
+
+    held_out = splits.held_out()
+    start_time, start_step = time.perf_counter(), step
+    record = {}
+    try:
+        while step < max_steps:
+            epoch, batch = divmod(step, steps_per_epoch)
+            order = numpy.random.default_rng([config["seed"], 1, epoch]).permutation(len(images))
+            epoch_start, epoch_first_step = time.perf_counter(), step
+            while batch < steps_per_epoch and step < max_steps:
+                indices = order[batch * batch_size:(batch + 1) * batch_size]
+                loss = training_step(model, optimizer, augment, xp.asarray(images[indices]),
+                                     numpy.random.default_rng([config["seed"], 2, step]),
+                                     schedule(step), config["temperature"], step)
+                step, batch = step + 1, batch + 1
+                elapsed = time.perf_counter() - epoch_start
+                images_per_s = batch_size * (step - epoch_first_step) / max(elapsed, 1e-9)
+                seconds_left = (max_steps - step) * batch_size / max(images_per_s, 1e-9)
+                record = {"step": step, "epoch": epoch, "loss": loss, "lr": schedule(step - 1),
+                          "images_per_s": images_per_s,
+                          "elapsed": time.perf_counter() - start_time}
+                metrics.write(**record)
+                progress.update(epoch, batch, loss, images_per_s, seconds_left)
+            progress.update(epoch, batch, record["loss"], record["images_per_s"], 0, final=True)
+            checkpoint()
+            if config["knn_every"] and batch == steps_per_epoch and held_out is not None \
+                    and (epoch + 1) % config["knn_every"] == 0:
+                accuracy = monitor_knn(model, splits.train, held_out[1])
+                metrics.write(step=step, epoch=epoch, knn_accuracy=accuracy, split=held_out[0])
+                stream.write(f"  k-NN accuracy on {held_out[0]}: {accuracy:.4f}\n")
+    except KeyboardInterrupt:
+        checkpoint()
+        stream.write(f"\ninterrupted: checkpoint saved at step {step} in {checkpoint_path}; "
+                     f"continue with --resume {out}\n")
+        raise
+    finally:
+        metrics.close()
+    plot_loss_curve(read_metrics(metrics.path), os.path.join(out, "loss.png"))
+    done = time.perf_counter() - start_time
+    stream.write(f"trained steps {start_step}..{step} of {total_steps} in {format_duration(done)}; "
+                 f"checkpoint: {checkpoint_path}\n")
+    return record
+
+
+def training_step(model, optimizer, augment, images, rng, lr, temperature, step):
+    """One SimCLR step on a batch of uint8 images (N, H, W, 3); returns the loss as a float."""
+    xp = array_module(images)
+    views = xp.concatenate([augment(images, rng), augment(images, rng)])  # (2N, 3, H, W)
+    loss = nt_xent(model(Tensor(views)), temperature)
+    value = float(loss.data)
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"the loss became {value} at step {step}; no update was applied and the last "
+            f"checkpoint was kept. Try a lower --lr or a higher --temperature")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.lr = lr
+    optimizer.step()
+    return value
+
+
+def monitor_knn(model, train, held_out, max_train=10000):
+    """k-NN accuracy of the current encoder (a subset of the training images as the memory bank)."""
+    count = min(len(train), max_train)
+    memory = encode(model.encoder, train.images[:count])
+    queries = encode(model.encoder, held_out.images)
+    return knn_accuracy(memory, train.labels[:count], queries, held_out.labels,
+                        num_classes=len(train.classes))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config, resumed = resolve_config(args)
+    # Ctrl-C arrives as KeyboardInterrupt (train() saves a checkpoint); so should a polite kill.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        train(config, resumed)
+    except KeyboardInterrupt:
+        return 130
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""python -m simclr.train and simclr.linear_eval on tiny smoke runs (synthetic images)."""
+import json
+import os
+
+import numpy
+import pytest
+
+from simclr import linear_eval, train
+from simclr.checkpoint import load_checkpoint
+
+TINY = ["--dataset", "synthetic", "--synthetic-size", "48", "--arch", "resnet18", "--width", "0.0625",
+        "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--seed", "3"]
+
+
+def run(out, *extra):
+    args = train.parse_args(TINY + ["--out", str(out)] + list(extra))
+    config, resumed = train.resolve_config(args)
+    return train.train(config, resumed, stream=open(os.devnull, "w"))
+
+
+def resume(out, *extra):
+    args = train.parse_args(["--resume", str(out)] + list(extra))
+    config, resumed = train.resolve_config(args)
+    return train.train(config, resumed, stream=open(os.devnull, "w"))
+
+
+def parameters(out):
+    model_state, optimizer_state, meta = load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    return model_state, optimizer_state["momentum_buffers"], meta["step"]
+
+
+def assert_same_run(a, b):
+    model_a, momentum_a, step_a = parameters(a)
+    model_b, momentum_b, step_b = parameters(b)
+    assert step_a == step_b
+    for name in model_a:
+        numpy.testing.assert_array_equal(model_a[name], model_b[name], err_msg=name)
+    for index in momentum_a:
+        numpy.testing.assert_array_equal(momentum_a[index], momentum_b[index])
+
+
+def test_smoke_run_writes_config_metrics_checkpoint_and_loss_curve(tmp_path):
+    record = run(tmp_path)
+    assert record["step"] == 6 and numpy.isfinite(record["loss"])
+    for name in ("config.json", "metrics.jsonl", "checkpoint.npz", "loss.png"):
+        assert (tmp_path / name).exists(), name
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert {"step", "epoch", "loss", "lr", "images_per_s", "elapsed"} <= set(lines[0])
+    assert json.load(open(tmp_path / "config.json"))["arch"] == "resnet18"
+
+
+@pytest.mark.parametrize("stop_after", [2, 3])  # mid-epoch, and between epochs (3 steps per epoch)
+def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, stop_after):
+    run(tmp_path / "whole")
+    run(tmp_path / "parts", "--max-steps", str(stop_after))
+    assert parameters(tmp_path / "parts")[2] == stop_after
+    resume(tmp_path / "parts")
+    assert_same_run(tmp_path / "whole", tmp_path / "parts")
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "parts" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    run(tmp_path / "whole")
+    real_step, calls = train.training_step, []
+
+    def interrupted_step(*args):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_step(*args)
+
+    monkeypatch.setattr(train, "training_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "parts")
+    monkeypatch.setattr(train, "training_step", real_step)
+    assert parameters(tmp_path / "parts")[2] == 4
+    resume(tmp_path / "parts")
+    assert_same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real_loss = train.nt_xent
+    calls = []
+
+    def loss_that_explodes(z, temperature):
+        calls.append(1)
+        loss = real_loss(z, temperature)
+        if len(calls) == 5:
+            loss.data[...] = numpy.nan
+        return loss
+
+    monkeypatch.setattr(train, "nt_xent", loss_that_explodes)
+    with pytest.raises(train.TrainingDiverged, match="at step 4"):
+        run(tmp_path)
+    assert parameters(tmp_path)[2] == 3  # the end-of-epoch checkpoint is intact
+
+
+def test_cupy_backend_without_cupy_says_how_to_install(tmp_path, monkeypatch):
+    from autograd import backend
+    monkeypatch.setattr(backend, "_cupy", False)
+    with pytest.raises(RuntimeError, match=r"cuda12"):
+        run(tmp_path, "--backend", "cupy")
+
+
+def test_linear_eval_leaves_the_encoder_unchanged_and_writes_json(tmp_path):
+    run(tmp_path)
+    before, _, _ = parameters(tmp_path)
+    data = ["--dataset", "synthetic", "--synthetic-size", "48", "--epochs", "3"]
+    assert linear_eval.main(["--checkpoint", str(tmp_path)] + data) == 0
+    result = json.load(open(tmp_path / "linear_eval.json"))
+    assert 0 <= result["linear_accuracy"] <= 1 and 0 <= result["knn_accuracy"] <= 1
+    assert result["feature_dim"] == 32  # 512 * 1/16
+    after, _, _ = parameters(tmp_path)
+    for name in before:
+        numpy.testing.assert_array_equal(before[name], after[name])
