@@ -4,8 +4,11 @@ import numpy
 import pytest
 
 from autograd import Tensor, gradcheck, to_numpy
-from nn.functional.conv import Conv2d, col2im, conv2d, im2col
-from tests.helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+import nn.functional.conv as conv_module
+from nn.functional.conv import Conv2d, conv2d
+from nn.functional.im2col import Conv2dIm2col, col2im, im2col
+from nn.functional.windows import pair
+from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 # (input shape, weight shape, stride, padding, with bias)
 CONFIGS = {
@@ -49,16 +52,30 @@ def test_col2im_is_the_adjoint_of_im2col(xp):
     assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
 
 
-def test_conv2d_1x1_fast_path_matches_im2col_path(xp):
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1 byte: one image per chunk
+@pytest.mark.parametrize("name", CONFIGS)
+def test_channels_last_conv2d_matches_the_im2col_reference(xp, name, chunk_bytes, monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setitem(conv_module.CHUNK_BYTES, "cpu", chunk_bytes)
+        monkeypatch.setitem(conv_module.CHUNK_BYTES, "cuda", chunk_bytes)
+    config = CONFIGS[name]
+    stride, padding = pair(config[2], "stride", 1), pair(config[3], "padding", 0)
     results = []
-    for force_im2col in (False, True):
-        x, weight, bias = _inputs(xp, ((2, 5, 4, 6), (3, 5, 1, 1), 1, 0, True))
-        out = Conv2d.apply(x, weight, bias, stride=(1, 1), padding=(0, 0),
-                           force_im2col=force_im2col)
+    for op in (Conv2d, Conv2dIm2col):
+        tensors = _inputs(xp, config)
+        tensors = [t for t in tensors if t is not None]
+        out = op.apply(*tensors, stride=stride, padding=padding)
         out.backward(randn(xp, *out.shape, seed=4).data)
-        results.append([out.data, x.grad, weight.grad, bias.grad])
-    for fast, generic in zip(*results):
-        assert relative_error(fast, to_numpy(generic)) <= 1e-14
+        results.append([out.data] + [t.grad for t in tensors])
+    for fast, reference in zip(*results):
+        assert relative_error(fast, to_numpy(reference)) <= 1e-13
+
+
+def test_conv2d_output_has_channels_last_strides_and_feeds_the_next_conv_without_a_copy():
+    x, weight, _ = _inputs(numpy, CONFIGS["3x3_pad1"])
+    out = conv2d(x, weight, padding=1)
+    assert out.data.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert numpy.shares_memory(conv_module.channels_last(out.data), out.data)
 
 
 def test_conv2d_computes_only_requested_gradients(xp):

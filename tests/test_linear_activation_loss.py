@@ -7,7 +7,7 @@ from autograd import Tensor, gradcheck, to_numpy
 from nn.functional.activation import log_softmax, logsumexp, relu
 from nn.functional.linear import linear
 from nn.functional.loss import cross_entropy
-from tests.helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 
 def away_from_zero(xp, *shape, seed=0):

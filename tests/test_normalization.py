@@ -5,7 +5,7 @@ import pytest
 
 from autograd import GradcheckError, Tensor, gradcheck, numerical_grad, to_numpy
 from nn.functional.normalization import BatchNorm, batch_norm, normalize
-from tests.helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 SHAPES = [(5, 3), (3, 2, 3, 5)]  # (N, C) and (N, C, H, W), odd sizes
 

@@ -7,7 +7,7 @@ import pytest
 
 from autograd import Tensor, to_numpy
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr, trust_ratio
-from tests.helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 # name and shape of each parameter: a conv, its batch norm, a linear layer, and one that starts at 0
 SHAPES = [("conv.weight", (4, 3, 3, 3)), ("bn.weight", (4,)), ("bn.bias", (4,)),

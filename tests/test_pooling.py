@@ -5,7 +5,7 @@ import pytest
 
 from autograd import Tensor, gradcheck, to_numpy
 from nn.functional.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
-from tests.helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 # (input shape, kernel_size, stride, padding)
 WINDOWS = {

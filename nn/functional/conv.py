@@ -1,106 +1,178 @@
-"""2-D convolution as one matrix product: im2col, a GEMM, and col2im for the way back.
+"""2-D convolution, as it runs: im2col + GEMM in channels-last memory, in chunks of images.
 
-A convolution slides a (C, kh, kw) filter over the zero-padded input. Copying what the
-filter sees at every output position into a column ("im2col") turns all of the dot products
-into one matrix product; k = (c, i, j) runs over the C*kh*kw entries of a window:
+The algorithm is the one in im2col.py (read that first): copy what each filter window sees
+into a row of a column matrix, and the convolution is one matrix product. Three choices make
+it fast on a CPU, none of which changes the arithmetic:
 
-    cols[n, k, (p, q)] = x_padded[n, c, sh*p + i, sw*q + j]
-    out[n, f, (p, q)]  = bias[f] + sum_k W[f, k] cols[n, k, (p, q)]
+1. Channels-last memory. In (N, H, W, C) order a window's C values are contiguous, the
+   column matrix is (N*Ho*Wo, kh*kw*C) and the output (N*Ho*Wo, F) is already the next layer's
+   channels-last input. The result is returned as an (N, F, Ho, Wo) *view* of that memory
+   (PyTorch calls this the channels_last memory format): the API stays NCHW, elementwise ops
+   keep the layout, and the next conv reads it back without a copy. A 1x1 convolution is then
+   a plain matrix product with no im2col at all (ResNet-50 has 36 of them).
+2. Chunks. im2col of a whole batch is kh*kw times the size of the input (hundreds of MB);
+   a few images at a time keeps the column buffer small enough to stay in cache, and the
+   buffer is reused from chunk to chunk and step to step.
+3. The window view. The columns of a chunk are one strided view of the padded input
+   (as_strided: no copy), copied once into the buffer.
 
-With cols laid out as (N, C*kh*kw, Ho*Wo), W (F, C*kh*kw) @ cols is (N, F, Ho*Wo), which is
-already NCHW: no transpose of the (large) output. Backward is two more products and the
-adjoint of im2col:
-
-    dW    = sum_n dout[n] @ cols[n]^T            (F, C*kh*kw)
-    dcols = W^T @ dout                           (N, C*kh*kw, Ho*Wo)
-    dx    = col2im(dcols), with the padding cut off
-
-The window helpers here (pair, output_size, window_slices, pad2d, crop2d) serve pooling too.
+Backward, per chunk: dW += cols^T dout, dcols = dout W^T, and col2im adds dcols back onto
+the input's pixels (one strided slice-add per kernel offset, no atomics).
 """
-from numbers import Integral
-
 from autograd import Function, array_module
 
+from .windows import output_size, pair
 
-def pair(value, name, minimum):
-    """An int or an (h, w) pair of ints, each >= minimum -> an (h, w) tuple of ints."""
-    values = (value, value) if isinstance(value, Integral) else value
-    if not (isinstance(values, (tuple, list)) and len(values) == 2
-            and all(isinstance(v, Integral) for v in values)):
-        raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
-    if min(values) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(values[0]), int(values[1])
+CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
+_buffers = {}  # reused column buffers: (module, dtype, shape) -> array
 
 
-def output_size(op, in_size, kernel, stride, padding):
-    """(Ho, Wo): how many windows of `kernel` fit, `stride` apart, in the padded input.
-
-    Ho = floor((H + 2 ph - kh) / sh) + 1, and likewise for the width."""
-    (H, W), (kh, kw), (sh, sw), (ph, pw) = in_size, kernel, stride, padding
-    padded = (H + 2 * ph, W + 2 * pw)
-    if padded[0] < kh or padded[1] < kw:
-        raise ValueError(f"{op}: kernel {(kh, kw)} is larger than the padded input {padded} "
-                         f"(input {(H, W)} plus padding {(ph, pw)} on each side)")
-    return (padded[0] - kh) // sh + 1, (padded[1] - kw) // sw + 1
+def channels_last(x):
+    """(N, C, H, W) -> a C-contiguous (N, H, W, C) array: a free view when x already has
+    channels-last strides (the output of conv2d and of elementwise ops on it), else a copy."""
+    return array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def window_slices(kernel, stride, out_size):
-    """For each kernel offset (i, j), the index of the (Ho, Wo) grid of padded-input pixels
-    that this offset of the window touches: x_padded[..., sh*p + i, sw*q + j]."""
-    (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_size
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, (Ellipsis, slice(i, i + sh * (Ho - 1) + 1, sh),
-                         slice(j, j + sw * (Wo - 1) + 1, sw))
+def _buffer(xp, shape, dtype):
+    """A scratch array of `shape`, reused across calls (its contents are garbage)."""
+    key = (xp.__name__, str(dtype), shape)
+    if key not in _buffers:
+        if len(_buffers) > 64:
+            _buffers.clear()
+        _buffers[key] = xp.empty(shape, dtype=dtype)
+    return _buffers[key]
 
 
-def pad2d(x, padding, value=0):
-    """x (N, C, H, W) with `value` added around the last two axes: (N, C, H+2ph, W+2pw)."""
+def _pad(x, padding):
+    """(N, H, W, C) -> (N, H+2ph, W+2pw, C) with zeros around the image."""
     ph, pw = padding
     if ph == pw == 0:
         return x
     xp = array_module(x)
-    N, C, H, W = x.shape
-    x_padded = xp.full((N, C, H + 2 * ph, W + 2 * pw), value, dtype=x.dtype)
-    x_padded[:, :, ph:ph + H, pw:pw + W] = x
-    return x_padded
+    N, H, W, C = x.shape
+    padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
+    padded[:, ph:ph + H, pw:pw + W] = x
+    return padded
 
 
-def crop2d(x_padded, padding):
-    """The inverse of pad2d: (N, C, H+2ph, W+2pw) -> (N, C, H, W)."""
-    ph, pw = padding
-    Hp, Wp = x_padded.shape[2:]
-    return x_padded[:, :, ph:Hp - ph, pw:Wp - pw]
-
-
-def im2col(x_padded, kh, kw, stride, Ho, Wo):
-    """The column matrix of x_padded (N, C, Hp, Wp): (N, C*kh*kw, Ho*Wo), with
-    cols[n, (c, i, j), (p, q)] = x_padded[n, c, sh*p + i, sw*q + j].
-
-    One strided slice copy per kernel offset (kh*kw copies of N*C*Ho*Wo values each) into one
-    preallocated buffer: no loop over pixels, and the same code runs on CuPy."""
+def _windows(x_padded, kernel, stride, out_size):
+    """Every filter window of x_padded (n, Hp, Wp, C) as a view (n, Ho, Wo, kh, kw, C):
+    windows[n, p, q, i, j, c] = x_padded[n, sh*p + i, sw*q + j, c]. No data is copied."""
     xp = array_module(x_padded)
-    N, C = x_padded.shape[:2]
-    cols = xp.empty((N, C, kh, kw, Ho, Wo), dtype=x_padded.dtype)
-    for i, j, window in window_slices((kh, kw), stride, (Ho, Wo)):
-        cols[:, :, i, j] = x_padded[window]
-    return cols.reshape(N, C * kh * kw, Ho * Wo)  # a view: the buffer is contiguous
+    (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_size
+    n, _, _, C = x_padded.shape
+    s_n, s_h, s_w, s_c = x_padded.strides
+    return xp.lib.stride_tricks.as_strided(
+        x_padded, (n, Ho, Wo, kh, kw, C), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
 
 
-def col2im(cols, padded_shape, kh, kw, stride, Ho, Wo):
-    """The adjoint of im2col: add every column entry back onto the pixel it was copied from.
+class Conv2d(Function):
+    """out[n, f, p, q] = bias[f] + sum_{c,i,j} W[f, c, i, j] x_padded[n, c, sh*p + i, sw*q + j].
 
-    cols (N, C*kh*kw, Ho*Wo) -> (N, C, Hp, Wp). Where windows overlap (stride < kernel) a
-    pixel receives several entries; one strided slice-add per kernel offset sums them, and
-    within one offset the slice holds each pixel at most once, so no atomics are needed."""
-    xp = array_module(cols)
-    N, C = padded_shape[:2]
-    cols = cols.reshape(N, C, kh, kw, Ho, Wo)
-    x_padded = xp.zeros(padded_shape, dtype=cols.dtype)
-    for i, j, window in window_slices((kh, kw), stride, (Ho, Wo)):
-        x_padded[window] += cols[:, :, i, j]
-    return x_padded
+    Input and output are NCHW-shaped; inside, rows r = (n, p, q) and columns k = (i, j, c):
+        out(N*Ho*Wo, F) = cols(N*Ho*Wo, K) @ Wm(K, F),   Wm[(i, j, c), f] = W[f, c, i, j]
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0)):
+        _check_inputs(x, weight, bias)
+        xp = array_module(x)
+        N, C = x.shape[:2]
+        F, _, kh, kw = weight.shape
+        Ho, Wo = output_size("conv2d", x.shape[2:], (kh, kw), stride, padding)
+        ctx.geometry = (kh, kw), stride, padding, (Ho, Wo)
+        x_last = channels_last(x)                                    # (N, H, W, C)
+        w_matrix = weight.transpose(2, 3, 1, 0).reshape(kh * kw * C, F)  # (K, F)
+        ctx.save_for_backward(x_last, w_matrix)
+        out = xp.empty((N, Ho, Wo, F), dtype=x.dtype)
+        if kh == kw == 1 and padding == (0, 0):  # no windows overlap: the input is the columns
+            rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
+            xp.matmul(rows.reshape(-1, C), w_matrix, out=out.reshape(-1, F))
+        else:
+            for start, stop, cols in _column_chunks(x_last, ctx):
+                xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
+        if bias is not None:
+            out += bias
+        return out.transpose(0, 3, 1, 2)                             # (N, F, Ho, Wo) view
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_last, w_matrix = ctx.saved
+        xp = array_module(grad)
+        N, H, W, C = x_last.shape
+        (kh, kw), stride, padding, (Ho, Wo) = ctx.geometry
+        F = w_matrix.shape[1]
+        grad_rows = channels_last(grad).reshape(-1, F)               # (N*Ho*Wo, F)
+        needs_x, needs_weight = ctx.needs_input_grad[:2]
+        grad_x = grad_w_matrix = grad_bias = None
+        if kh == kw == 1 and padding == (0, 0):
+            rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
+            if needs_weight:
+                grad_w_matrix = rows.reshape(-1, C).T @ grad_rows    # (C, F)
+            if needs_x:
+                grad_rows_x = (grad_rows @ w_matrix.T).reshape(N, Ho, Wo, C)
+                if stride == (1, 1):
+                    grad_x = grad_rows_x
+                else:
+                    grad_x = xp.zeros((N, H, W, C), dtype=grad.dtype)
+                    grad_x[:, ::stride[0], ::stride[1]] = grad_rows_x
+        else:
+            ph, pw = padding
+            if needs_weight:
+                grad_w_matrix = xp.zeros(w_matrix.shape, dtype=grad.dtype)
+            if needs_x:
+                grad_padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad.dtype)
+            grad_4d = grad_rows.reshape(N, Ho * Wo, F)
+            for start, stop, cols in _column_chunks(x_last, ctx, build=needs_weight):
+                grad_chunk = grad_4d[start:stop].reshape(-1, F)      # (n*Ho*Wo, F)
+                if needs_weight:
+                    grad_w_matrix += cols.T @ grad_chunk             # (K, F)
+                if needs_x:
+                    grad_cols = grad_chunk @ w_matrix.T              # (n*Ho*Wo, K)
+                    _col2im(grad_cols, grad_padded[start:stop], ctx)
+            if needs_x:
+                grad_x = grad_padded[:, ph:ph + H, pw:pw + W]
+        if grad_w_matrix is not None:  # (K, F) -> (F, C, kh, kw)
+            grad_w_matrix = xp.ascontiguousarray(
+                grad_w_matrix.reshape(kh, kw, C, F).transpose(3, 2, 0, 1))
+        if grad_x is not None:
+            grad_x = grad_x.transpose(0, 3, 1, 2)                    # (N, C, H, W) view
+        if len(ctx.needs_input_grad) == 3 and ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.sum(axis=0)
+        return (grad_x, grad_w_matrix, grad_bias)[:len(ctx.needs_input_grad)]
+
+
+def _column_chunks(x_last, ctx, build=True):
+    """Yield (start, stop, cols) over chunks of images: cols (n*Ho*Wo, K) is the column matrix
+    of images start..stop (None when build is False), in a buffer reused by the next chunk."""
+    xp = array_module(x_last)
+    N, _, _, C = x_last.shape
+    kernel, stride, padding, (Ho, Wo) = ctx.geometry
+    K = kernel[0] * kernel[1] * C
+    device = "cpu" if xp.__name__ == "numpy" else "cuda"
+    per_image = Ho * Wo * K * x_last.dtype.itemsize
+    chunk = max(1, min(N, CHUNK_BYTES[device] // per_image))
+    for start in range(0, N, chunk):
+        stop = min(N, start + chunk)
+        if not build:
+            yield start, stop, None
+            continue
+        cols = _buffer(xp, (chunk * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
+        windows = _windows(_pad(x_last[start:stop], padding), kernel, stride, (Ho, Wo))
+        cols.reshape(windows.shape)[...] = windows                  # the one copy: im2col
+        yield start, stop, cols
+
+
+def _col2im(grad_cols, grad_padded, ctx):
+    """Add grad_cols (n*Ho*Wo, K) back onto the padded image gradient (n, Hp, Wp, C) they were
+    copied from: one strided slice-add per kernel offset (i, j)."""
+    (kh, kw), (sh, sw), _, (Ho, Wo) = ctx.geometry
+    n, _, _, C = grad_padded.shape
+    grad_windows = grad_cols.reshape(n, Ho, Wo, kh, kw, C)
+    for i in range(kh):
+        for j in range(kw):
+            grad_padded[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += \
+                grad_windows[:, :, :, i, j]
 
 
 def _check_inputs(x, weight, bias):
@@ -121,80 +193,14 @@ def _check_inputs(x, weight, bias):
                             f"{array.dtype}; convert one (tensor.to(dtype=...)) so they match")
 
 
-class Conv2d(Function):
-    """out[n, f, p, q] = bias[f] + sum_{c,i,j} W[f, c, i, j] x_padded[n, c, sh*p + i, sw*q + j].
-
-    Two paths, chosen in forward. A 1x1 kernel with stride 1 and no padding reads x itself as
-    the column matrix (x.reshape(N, C, H*W)), so it needs no im2col (ResNet-50 is mostly 1x1
-    convolutions). Every other convolution goes through im2col. `force_im2col=True` takes the
-    im2col path for those 1x1 convolutions too: the reference the fast path is tested against.
-
-    Backward rebuilds the columns from x instead of saving them: they are kh*kw times the size
-    of x, while x itself is kept alive by the graph anyway.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0), force_im2col=False):
-        _check_inputs(x, weight, bias)
-        kernel = weight.shape[2:]
-        ctx.geometry = kernel, stride, padding, output_size("conv2d", x.shape[2:], kernel,
-                                                            stride, padding)
-        ctx.fast = kernel == (1, 1) and stride == (1, 1) and padding == (0, 0) and not force_im2col
-        ctx.save_for_backward(x, weight)
-        N, F, (Ho, Wo) = x.shape[0], weight.shape[0], ctx.geometry[3]
-        # (F, C*kh*kw) @ (N, C*kh*kw, Ho*Wo) -> (N, F, Ho*Wo)
-        out = weight.reshape(F, -1) @ _columns(x, ctx)
-        if bias is not None:
-            out += bias[:, None]
-        return out.reshape(N, F, Ho, Wo)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved
-        xp = array_module(grad)
-        N, F = grad.shape[:2]
-        grad = grad.reshape(N, F, -1)  # (N, F, Ho, Wo) -> (N, F, Ho*Wo)
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            # (C*kh*kw, F) @ (N, F, Ho*Wo) -> (N, C*kh*kw, Ho*Wo)
-            grad_x = _image(weight.reshape(F, -1).T @ grad, x.shape, ctx)
-        if ctx.needs_input_grad[1]:
-            # contracts n and (p, q) at once: one (F, N*Ho*Wo) @ (N*Ho*Wo, C*kh*kw) GEMM whose
-            # temporaries are the size of grad and cols, never an (N, F, C*kh*kw) stack
-            grad_weight = xp.tensordot(grad, _columns(x, ctx), axes=((0, 2), (0, 2)))
-            grad_weight = grad_weight.reshape(weight.shape)
-        if len(ctx.needs_input_grad) == 2:
-            return grad_x, grad_weight
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(axis=(0, 2))
-        return grad_x, grad_weight, grad_bias
-
-
-def _columns(x, ctx):
-    """x (N, C, H, W) -> its column matrix (N, C*kh*kw, Ho*Wo)."""
-    if ctx.fast:
-        return x.reshape(x.shape[0], x.shape[1], -1)
-    (kh, kw), stride, padding, (Ho, Wo) = ctx.geometry
-    return im2col(pad2d(x, padding), kh, kw, stride, Ho, Wo)
-
-
-def _image(cols, x_shape, ctx):
-    """The adjoint of _columns: (N, C*kh*kw, Ho*Wo) -> (N, C, H, W)."""
-    if ctx.fast:
-        return cols.reshape(x_shape)
-    (kh, kw), stride, (ph, pw), (Ho, Wo) = ctx.geometry
-    N, C, H, W = x_shape
-    x_padded = col2im(cols, (N, C, H + 2 * ph, W + 2 * pw), kh, kw, stride, Ho, Wo)
-    return crop2d(x_padded, (ph, pw))
-
-
 def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-D convolution (cross-correlation, as torch.nn.functional.conv2d).
 
     x (N, C, H, W), weight (F, C, kh, kw), bias (F,) or None -> (N, F, Ho, Wo), where
     out[n, f, p, q] = bias[f] + sum_{c,i,j} weight[f, c, i, j] x_padded[n, c, sh*p + i, sw*q + j],
     x_padded is x with `padding` zeros on each side, and Ho = (H + 2 ph - kh) // sh + 1
-    (likewise Wo). stride and padding are ints or (h, w) pairs.
+    (likewise Wo). stride and padding are ints or (h, w) pairs. The output has channels-last
+    strides (see the module docstring); its values do not depend on that.
     """
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return Conv2d.apply(*tensors, stride=pair(stride, "conv2d: stride", 1),

@@ -2,13 +2,13 @@
 
 Both window ops visit a window with kh*kw strided slices, one per kernel offset (i, j), each
 a (N, C, Ho, Wo) view x_padded[..., sh*p + i, sw*q + j] of every window at once (see
-conv.window_slices): no loop over pixels, and the same code runs on CuPy. Window geometry
+windows.window_slices): no loop over pixels, and the same code runs on CuPy. Window geometry
 follows PyTorch: stride defaults to the kernel size, the output size rounds down, and the
 padding may be at most half the kernel.
 """
 from autograd import Function, array_module
 
-from .conv import crop2d, output_size, pad2d, pair, window_slices
+from .windows import crop2d, output_size, pad2d, pair, window_slices
 
 
 def _geometry(op, x, kernel, stride, padding):

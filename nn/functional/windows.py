@@ -1,0 +1,58 @@
+"""Window geometry shared by convolution and pooling: sizes, strided slices, padding."""
+from numbers import Integral
+
+from autograd import array_module
+
+
+def pair(value, name, minimum):
+    """An int or an (h, w) pair of ints, each >= minimum -> an (h, w) tuple of ints."""
+    values = (value, value) if isinstance(value, Integral) else value
+    if not (isinstance(values, (tuple, list)) and len(values) == 2
+            and all(isinstance(v, Integral) for v in values)):
+        raise TypeError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    if min(values) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def output_size(op, in_size, kernel, stride, padding):
+    """(Ho, Wo): how many windows of `kernel` fit, `stride` apart, in the padded input.
+
+    Ho = floor((H + 2 ph - kh) / sh) + 1, and likewise for the width."""
+    (H, W), (kh, kw), (sh, sw), (ph, pw) = in_size, kernel, stride, padding
+    padded = (H + 2 * ph, W + 2 * pw)
+    if padded[0] < kh or padded[1] < kw:
+        raise ValueError(f"{op}: kernel {(kh, kw)} is larger than the padded input {padded} "
+                         f"(input {(H, W)} plus padding {(ph, pw)} on each side)")
+    return (padded[0] - kh) // sh + 1, (padded[1] - kw) // sw + 1
+
+
+def window_slices(kernel, stride, out_size):
+    """For each kernel offset (i, j), the index of the (Ho, Wo) grid of padded-input pixels
+    that this offset of the window touches: x_padded[..., sh*p + i, sw*q + j]."""
+    (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_size
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, (Ellipsis, slice(i, i + sh * (Ho - 1) + 1, sh),
+                         slice(j, j + sw * (Wo - 1) + 1, sw))
+
+
+def pad2d(x, padding, value=0):
+    """x (N, C, H, W) with `value` added around the last two axes: (N, C, H+2ph, W+2pw)."""
+    ph, pw = padding
+    if ph == pw == 0:
+        return x
+    xp = array_module(x)
+    N, C, H, W = x.shape
+    x_padded = xp.full((N, C, H + 2 * ph, W + 2 * pw), value, dtype=x.dtype)
+    x_padded[:, :, ph:ph + H, pw:pw + W] = x
+    return x_padded
+
+
+def crop2d(x_padded, padding):
+    """The inverse of pad2d: (N, C, H+2ph, W+2pw) -> (N, C, H, W)."""
+    ph, pw = padding
+    Hp, Wp = x_padded.shape[2:]
+    return x_padded[:, :, ph:Hp - ph, pw:Wp - pw]
+
+
