@@ -33,26 +33,28 @@ def channels_last(x):
     return array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
-def _buffer(xp, shape, dtype):
-    """A scratch array of `shape`, reused across calls (its contents are garbage)."""
-    key = (xp.__name__, str(dtype), shape)
+def _buffer(purpose, xp, shape, dtype):
+    """A scratch array of `shape` for `purpose`, reused across calls. "columns" buffers hold
+    garbage; "padded" buffers start as zeros, and their users only ever write the interior,
+    so the zero border is written once, not once per call."""
+    key = (purpose, xp.__name__, str(dtype), shape)
     if key not in _buffers:
         if len(_buffers) > 64:
             _buffers.clear()
-        _buffers[key] = xp.empty(shape, dtype=dtype)
+        _buffers[key] = (xp.zeros if purpose == "padded" else xp.empty)(shape, dtype=dtype)
     return _buffers[key]
 
 
-def _pad(x, padding):
-    """(N, H, W, C) -> (N, H+2ph, W+2pw, C) with zeros around the image."""
+def _pad(x, padding, capacity):
+    """(n, H, W, C) -> (n, H+2ph, W+2pw, C) with zeros around each image, in a reused buffer
+    of `capacity` images."""
     ph, pw = padding
     if ph == pw == 0:
         return x
-    xp = array_module(x)
-    N, H, W, C = x.shape
-    padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=x.dtype)
-    padded[:, ph:ph + H, pw:pw + W] = x
-    return padded
+    n, H, W, C = x.shape
+    padded = _buffer("padded", array_module(x), (capacity, H + 2 * ph, W + 2 * pw, C), x.dtype)
+    padded[:n, ph:ph + H, pw:pw + W] = x
+    return padded[:n]
 
 
 def _windows(x_padded, kernel, stride, out_size):
@@ -84,13 +86,7 @@ class Conv2d(Function):
         x_last = channels_last(x)                                    # (N, H, W, C)
         w_matrix = weight.transpose(2, 3, 1, 0).reshape(kh * kw * C, F)  # (K, F)
         ctx.save_for_backward(x_last, w_matrix)
-        out = xp.empty((N, Ho, Wo, F), dtype=x.dtype)
-        if kh == kw == 1 and padding == (0, 0):  # no windows overlap: the input is the columns
-            rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
-            xp.matmul(rows.reshape(-1, C), w_matrix, out=out.reshape(-1, F))
-        else:
-            for start, stop, cols in _column_chunks(x_last, ctx):
-                xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
+        out = _convolve(x_last, w_matrix, ctx.geometry)              # (N, Ho, Wo, F)
         if bias is not None:
             out += bias
         return out.transpose(0, 3, 1, 2)                             # (N, F, Ho, Wo) view
@@ -118,19 +114,19 @@ class Conv2d(Function):
                     grad_x[:, ::stride[0], ::stride[1]] = grad_rows_x
         else:
             ph, pw = padding
+            grad_4d = grad_rows.reshape(N, Ho * Wo, F)
             if needs_weight:
                 grad_w_matrix = xp.zeros(w_matrix.shape, dtype=grad.dtype)
-            if needs_x:
+                for start, stop, cols in _column_chunks(x_last, ctx.geometry):
+                    grad_w_matrix += cols.T @ grad_4d[start:stop].reshape(-1, F)  # (K, F)
+            if needs_x and stride == (1, 1) and ph < kh and pw < kw:
+                grad_x = _transposed_by_flipped_kernel(grad_rows.reshape(N, Ho, Wo, F),
+                                                       w_matrix, ctx.geometry, C)
+            elif needs_x:
                 grad_padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad.dtype)
-            grad_4d = grad_rows.reshape(N, Ho * Wo, F)
-            for start, stop, cols in _column_chunks(x_last, ctx, build=needs_weight):
-                grad_chunk = grad_4d[start:stop].reshape(-1, F)      # (n*Ho*Wo, F)
-                if needs_weight:
-                    grad_w_matrix += cols.T @ grad_chunk             # (K, F)
-                if needs_x:
-                    grad_cols = grad_chunk @ w_matrix.T              # (n*Ho*Wo, K)
-                    _col2im(grad_cols, grad_padded[start:stop], ctx)
-            if needs_x:
+                for start, stop, _ in _column_chunks(x_last, ctx.geometry, build=False):
+                    grad_cols = grad_4d[start:stop].reshape(-1, F) @ w_matrix.T  # (n*Ho*Wo, K)
+                    _col2im(grad_cols, grad_padded[start:stop], ctx.geometry)
                 grad_x = grad_padded[:, ph:ph + H, pw:pw + W]
         if grad_w_matrix is not None:  # (K, F) -> (F, C, kh, kw)
             grad_w_matrix = xp.ascontiguousarray(
@@ -142,12 +138,43 @@ class Conv2d(Function):
         return (grad_x, grad_w_matrix, grad_bias)[:len(ctx.needs_input_grad)]
 
 
-def _column_chunks(x_last, ctx, build=True):
+def _convolve(x_last, w_matrix, geometry):
+    """The convolution of channels-last x_last (N, H, W, C) by the (K, F) weight matrix:
+    (N, Ho, Wo, F), one GEMM per chunk of images (none but one GEMM for a 1x1 kernel)."""
+    xp = array_module(x_last)
+    (kh, kw), stride, padding, (Ho, Wo) = geometry
+    N, C, F = x_last.shape[0], x_last.shape[3], w_matrix.shape[1]
+    out = xp.empty((N, Ho, Wo, F), dtype=x_last.dtype)
+    if kh == kw == 1 and padding == (0, 0):  # no windows overlap: the input is the columns
+        rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
+        xp.matmul(rows.reshape(-1, C), w_matrix, out=out.reshape(-1, F))
+    else:
+        for start, stop, cols in _column_chunks(x_last, geometry):
+            xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
+    return out
+
+
+def _transposed_by_flipped_kernel(grad_last, w_matrix, geometry, C):
+    """dx for a stride-1 convolution: itself a convolution of the output gradient.
+
+    dx[u, v, c] = sum_{i,j,f} dout[u + ph - i, v + pw - j, f] W[f, c, i, j]: the output gradient,
+    padded by (kh-1-ph, kw-1-pw), convolved with the kernel flipped in space and with its
+    in/out channels swapped. This trades col2im's slice-adds for one more im2col copy."""
+    (kh, kw), _, (ph, pw), _ = geometry
+    xp = array_module(grad_last)
+    N, Ho, Wo, F = grad_last.shape
+    flipped = w_matrix.reshape(kh, kw, C, F)[::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, F, C)
+    flipped = xp.ascontiguousarray(flipped).reshape(kh * kw * F, C)
+    H, W = Ho + kh - 1 - 2 * ph, Wo + kw - 1 - 2 * pw
+    return _convolve(grad_last, flipped, ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W)))
+
+
+def _column_chunks(x_last, geometry, build=True):
     """Yield (start, stop, cols) over chunks of images: cols (n*Ho*Wo, K) is the column matrix
     of images start..stop (None when build is False), in a buffer reused by the next chunk."""
     xp = array_module(x_last)
     N, _, _, C = x_last.shape
-    kernel, stride, padding, (Ho, Wo) = ctx.geometry
+    kernel, stride, padding, (Ho, Wo) = geometry
     K = kernel[0] * kernel[1] * C
     device = "cpu" if xp.__name__ == "numpy" else "cuda"
     per_image = Ho * Wo * K * x_last.dtype.itemsize
@@ -157,16 +184,16 @@ def _column_chunks(x_last, ctx, build=True):
         if not build:
             yield start, stop, None
             continue
-        cols = _buffer(xp, (chunk * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
-        windows = _windows(_pad(x_last[start:stop], padding), kernel, stride, (Ho, Wo))
+        cols = _buffer("columns", xp, (chunk * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
+        windows = _windows(_pad(x_last[start:stop], padding, chunk), kernel, stride, (Ho, Wo))
         cols.reshape(windows.shape)[...] = windows                  # the one copy: im2col
         yield start, stop, cols
 
 
-def _col2im(grad_cols, grad_padded, ctx):
+def _col2im(grad_cols, grad_padded, geometry):
     """Add grad_cols (n*Ho*Wo, K) back onto the padded image gradient (n, Hp, Wp, C) they were
     copied from: one strided slice-add per kernel offset (i, j)."""
-    (kh, kw), (sh, sw), _, (Ho, Wo) = ctx.geometry
+    (kh, kw), (sh, sw), _, (Ho, Wo) = geometry
     n, _, _, C = grad_padded.shape
     grad_windows = grad_cols.reshape(n, Ho, Wo, kh, kw, C)
     for i in range(kh):

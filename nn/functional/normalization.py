@@ -2,6 +2,21 @@
 from autograd import Function, Tensor, array_module
 
 
+def channel_rows(x):
+    """x (N, C, *) as a 2-D (M, C) array, M = x.size / C, one row per value of each channel.
+
+    A free view when x has channels-last strides (the output of conv2d), else one copy."""
+    xp = array_module(x)
+    moved = xp.moveaxis(x, 1, -1)                       # (N, *, C)
+    return xp.ascontiguousarray(moved).reshape(-1, x.shape[1])
+
+
+def from_channel_rows(rows, shape):
+    """The inverse of channel_rows: (M, C) -> an (N, C, *) view with channels-last strides."""
+    xp = array_module(rows)
+    return xp.moveaxis(rows.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
+
+
 class BatchNorm(Function):
     """y = gamma * x_hat + beta with x_hat = (x - mu) / sqrt(var + eps), per channel c.
 
@@ -13,54 +28,65 @@ class BatchNorm(Function):
 
     (sums per channel). In evaluation mode they are constants and dx = gamma g / sigma.
     Either way dgamma = sum(g * x_hat) and dbeta = sum(g).
+
+    The arrays are worked on as (n, C) matrices (channel_rows), which are free views of
+    channels-last conv outputs, and few passes are made over them: forward computes
+    y = x * scale + shift with per-channel scale = gamma / sigma, shift = beta - mu * scale,
+    and saves x itself (which the graph keeps anyway) rather than x_hat; backward uses
+    sum(g * x_hat) = (sum(g * x) - mu sum(g)) / sigma and writes dx = a g + b x + c.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum,
                 eps):
         xp = array_module(x)
-        axes = (0,) + tuple(range(2, x.ndim))  # every axis but the channels
-        channel_shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # (C,) -> (1, C, 1, ...)
+        rows = channel_rows(x)                                 # (n, C)
+        n = rows.shape[0]
         if use_batch_stats:
-            mean = x.mean(axis=axes, keepdims=True)  # (1, C, 1, ...)
-            centered = x - mean
-            var = (centered * centered).mean(axis=axes, keepdims=True)  # biased: / n
+            mean = rows.mean(axis=0)                           # (C,)
+            centered = rows - mean                             # (n, C)
+            var = xp.einsum("nc,nc->c", centered, centered) / n   # biased: / n
             if running_mean is not None:
-                n = x.size // x.shape[1]
                 running_mean *= 1 - momentum
-                running_mean += momentum * mean.reshape(-1)
+                running_mean += momentum * mean
                 running_var *= 1 - momentum
-                running_var += (momentum * n / (n - 1)) * var.reshape(-1)  # unbiased: / (n - 1)
+                running_var += (momentum * n / (n - 1)) * var  # unbiased: / (n - 1)
         else:
-            mean = running_mean.astype(x.dtype, copy=False).reshape(channel_shape)
-            centered = x - mean
-            var = running_var.astype(x.dtype, copy=False).reshape(channel_shape)
-        inv_std = 1 / xp.sqrt(var + eps)  # (1, C, 1, ...)
-        x_hat = centered * inv_std
-        gamma = weight.reshape(channel_shape)
-        ctx.axes, ctx.use_batch_stats = axes, use_batch_stats
-        ctx.save_for_backward(x_hat, inv_std, gamma)
-        return x_hat * gamma + bias.reshape(channel_shape)
+            mean = running_mean.astype(x.dtype, copy=False)
+            var = running_var.astype(x.dtype, copy=False)
+        inv_std = 1 / xp.sqrt(var + eps)                       # (C,)
+        scale = weight * inv_std
+        if use_batch_stats:
+            out = centered
+            out *= scale
+            out += bias
+        else:
+            out = rows * scale
+            out += bias - mean * scale
+        ctx.use_batch_stats, ctx.shape = use_batch_stats, x.shape
+        ctx.save_for_backward(rows, mean, inv_std, weight)
+        return from_channel_rows(out, x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        x_hat, inv_std, gamma = ctx.saved
-        axes = ctx.axes
+        rows, mean, inv_std, gamma = ctx.saved
+        xp = array_module(grad)
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad
-        batch_stats_x = needs_x and ctx.use_batch_stats
-        grad_x = grad_weight = grad_bias = None
-        if batch_stats_x or needs_bias:
-            sum_grad = grad.sum(axis=axes, keepdims=True)  # (1, C, 1, ...)
-            grad_bias = sum_grad.reshape(-1) if needs_bias else None
-        if batch_stats_x or needs_weight:
-            sum_grad_x_hat = (grad * x_hat).sum(axis=axes, keepdims=True)  # (1, C, 1, ...)
-            grad_weight = sum_grad_x_hat.reshape(-1) if needs_weight else None
-        if batch_stats_x:
-            n = grad.size // grad.shape[1]
-            grad_x = (gamma * inv_std / n) * (n * grad - sum_grad - x_hat * sum_grad_x_hat)
-        elif needs_x:
-            grad_x = grad * (gamma * inv_std)
-        return grad_x, grad_weight, grad_bias
+        g = channel_rows(grad)                                 # (n, C)
+        n = g.shape[0]
+        sum_g = g.sum(axis=0)                                  # (C,)
+        sum_g_x_hat = (xp.einsum("nc,nc->c", g, rows) - mean * sum_g) * inv_std
+        grad_x = None
+        if needs_x:
+            a = gamma * inv_std
+            grad_rows = g * a
+            if ctx.use_batch_stats:
+                b = -a * inv_std * sum_g_x_hat / n             # the x_hat * sum(g x_hat) term
+                c = -a * sum_g / n - mean * b                  # the sum(g) term, and b's -mu
+                grad_rows += rows * b
+                grad_rows += c
+            grad_x = from_channel_rows(grad_rows, ctx.shape)
+        return (grad_x, sum_g_x_hat if needs_weight else None, sum_g if needs_bias else None)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,

@@ -1,0 +1,64 @@
+"""The benchmark harness runs end to end on tiny settings. Speed is never asserted: these
+tests only check that every program runs and reports what it promises."""
+import json
+import math
+
+import numpy
+
+import nn
+from autograd import Function, Tensor
+from bench import ops, profile, step
+from bench.flops import forward_flops
+
+TINY_STEP = ["--arch", "resnet18", "--width", "0.0625", "--batch-size", "4", "--warmup", "1",
+             "--steps", "2", "--gemm-size", "128"]
+
+
+def test_step_harness_reports_a_tiny_resnet18_step(tmp_path, capsys):
+    path = tmp_path / "step.json"
+    assert step.main(TINY_STEP + ["--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    run, ours = result["runs"]["ours"][0], result["summary"]["ours"]
+    assert len(run["step_times"]) == 2 and len(run["augment_times"]) == 2
+    assert math.isfinite(run["loss"])
+    for key in ("images_per_s", "gflops", "gemm_gflops", "peak_rss_mib", "flops_per_step"):
+        assert ours[key] > 0, key
+    assert ours["images_per_s"] == 4 / ours["seconds_per_step"]["median"]
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_forward_flops_count_two_per_multiply_add_of_convolutions_and_linears():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=0), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 5, rng=0))
+    conv = 2 * (2 * 4 * 8 * 8) * (3 * 3 * 3)   # 2 * outputs * window size
+    linear = 2 * (2 * 5) * (4 * 8 * 8)        # 2 * outputs * in_features
+    assert forward_flops(model, (2, 3, 8, 8)) == conv + linear
+    assert "forward" not in model[0].__dict__ and model.training
+
+
+def test_ops_harness_times_every_layer_forward_and_backward(tmp_path):
+    path = tmp_path / "ops.json"
+    argv = ["--batch-size", "4", "--warmup", "1", "--repeats", "2", "--compare", "none"]
+    assert ops.main(argv + ["--json", str(path)]) == 0
+    times = json.loads(path.read_text())["runs"]["ours"][0]
+    assert set(times) == set(ops.LAYERS)
+    assert all(len(seconds) == 2 and min(seconds) > 0 for seconds in times.values())
+
+
+def test_op_profiler_charges_convolutions_by_kernel_and_restores_every_op():
+    originals = {cls: (cls.__dict__.get("forward"), cls.__dict__.get("backward"))
+                 for cls in profile._subclasses(Function)}
+    x = Tensor(numpy.ones((2, 3, 6, 6), "float32"), requires_grad=True)
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False, rng=0)
+    with profile.OpProfiler(lambda: None) as profiler:
+        conv(x).sum().backward()
+    labels = {label for label, _ in profiler.seconds}
+    assert any("conv" in label.lower() and label.endswith("3x3/2") for label in labels), labels
+    assert all(seconds >= 0 for seconds in profiler.seconds.values())
+    assert {cls: (cls.__dict__.get("forward"), cls.__dict__.get("backward"))
+            for cls in profile._subclasses(Function)} == originals
+
+
+def test_profile_harness_runs_a_tiny_resnet18_step(capsys):
+    assert profile.main(TINY_STEP + ["--steps", "1"]) == 0
+    assert "rest: engine" in capsys.readouterr().out
