@@ -71,7 +71,6 @@ def parse_args(argv=None):
                              "still spans --epochs (for smoke runs and tests)")
     parser.add_argument("--knn-every", type=int, default=None, metavar="N",
                         help="every N epochs, k-NN accuracy (cosine, k=200) on the held-out split")
-    parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
