@@ -233,11 +233,13 @@ def training_step(model, optimizer, augment, images, rng, lr, temperature, step)
 
 
 def monitor_knn(model, train, held_out, max_train=10000):
-    """k-NN accuracy of the current encoder (a subset of the training images as the memory bank)."""
+    """k-NN accuracy of the current encoder, with a random subset of the training images (the
+    same one each time) as the memory bank; never the first ones, which a folder sorts by class."""
     count = min(len(train), max_train)
-    memory = encode(model.encoder, train.images[:count])
+    bank = numpy.sort(numpy.random.default_rng(0).choice(len(train), count, replace=False))
+    memory = encode(model.encoder, train.images[bank])
     queries = encode(model.encoder, held_out.images)
-    return knn_accuracy(memory, train.labels[:count], queries, held_out.labels,
+    return knn_accuracy(memory, train.labels[bank], queries, held_out.labels,
                         num_classes=len(train.classes))
 
 

@@ -115,3 +115,16 @@ def test_linear_eval_leaves_the_encoder_unchanged_and_writes_json(tmp_path):
     after, _, _ = parameters(tmp_path)
     for name in before:
         numpy.testing.assert_array_equal(before[name], after[name])
+
+
+def test_knn_monitor_draws_its_memory_bank_from_every_class(monkeypatch):
+    from simclr.data import ImageDataset
+    images = numpy.zeros((40, 8, 8, 3), dtype=numpy.uint8)
+    labels = numpy.repeat(numpy.arange(4), 10)  # sorted by class, as a folder loads them
+    bank_labels = []
+    monkeypatch.setattr(train, "encode", lambda encoder, batch: numpy.ones((len(batch), 2)))
+    monkeypatch.setattr(train, "knn_accuracy", lambda memory, memory_labels, *rest, **options:
+                        bank_labels.append(memory_labels.tolist()) or 0.0)
+    data = ImageDataset(images, labels, list("abcd"))
+    train.monitor_knn(type("Model", (), {"encoder": None}), data, data, max_train=12)
+    assert len(bank_labels[0]) == 12 and set(bank_labels[0]) == {0, 1, 2, 3}
