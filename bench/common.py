@@ -1,0 +1,184 @@
+"""What every benchmark shares: child processes with equal thread counts, clocks that wait for
+the GPU, medians, peak memory, the machine's GEMM rate and a description of the machine.
+
+Each measured side (ours, PyTorch in one layout) runs in its own child process, started with
+the same thread settings, and reports a JSON dict back through a file. One process per side
+matters on a CPU: OpenBLAS's worker threads keep spinning after a NumPy call and would steal
+a core from PyTorch's threads (and the other way round) if both ran in one process.
+"""
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def default_threads():
+    """The number of cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def torch_available():
+    """True when PyTorch can be imported (checked without importing it here)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def child_environment(threads, tf32=False):
+    """The environment of a child: every BLAS and OpenMP pool sized to `threads`, and CuPy's
+    TF32 switch (CuPy reads CUPY_TF32 once, at import)."""
+    env = dict(os.environ)
+    for name in THREAD_VARIABLES:
+        env[name] = str(threads)
+    env["CUPY_TF32"] = "1" if tf32 else "0"
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def run_child(module, argv, threads, tf32=False):
+    """Run `python -m module *argv --result FILE` in a fresh process and return the dict the
+    child wrote to FILE. The child's stderr (its progress) passes through."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        result_path = os.path.join(folder, "result.json")
+        command = [sys.executable, "-m", module, *argv, "--result", result_path]
+        finished = subprocess.run(command, cwd=REPO_ROOT, env=child_environment(threads, tf32))
+        if finished.returncode != 0:
+            raise RuntimeError(f"the benchmark child failed with exit status "
+                               f"{finished.returncode}: {' '.join(command)}")
+        with open(result_path) as file:
+            return json.load(file)
+
+
+def write_result(path, result):
+    """A child's last act: hand its measurements to the parent."""
+    with open(path, "w") as file:
+        json.dump(result, file)
+
+
+def synchronizer(device):
+    """A function that waits until the device has finished its queued work: a no-op on the
+    CPU; on a GPU kernels run asynchronously, so a clock read without it measures nothing."""
+    if device == "cupy":
+        import cupy
+        return cupy.cuda.Device().synchronize
+    if device == "torch-cuda":
+        import torch
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def timed(function, sync):
+    """Seconds that function() takes, from a synchronised start to a synchronised end."""
+    sync()
+    start = time.perf_counter()
+    function()
+    sync()
+    return time.perf_counter() - start
+
+
+def repeat_timed(function, warmup, repeats, sync, label=None):
+    """Run function() `warmup` times untimed, then `repeats` times timed; the list of seconds.
+    With a label, print each timed run to stderr (long steps should show progress)."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for index in range(repeats):
+        times.append(timed(function, sync))
+        if label:
+            print(f"  {label}: {index + 1}/{repeats} {times[-1]:.3f} s", file=sys.stderr,
+                  flush=True)
+    return times
+
+
+def summary(times):
+    """{"median", "min", "max"} of a list of seconds."""
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+
+
+def peak_rss_mib():
+    """The largest resident set this process has had, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gemm_gflops(library, size=2048, repeats=5):
+    """The float32 matrix-multiply rate, GFLOP/s: the best of `repeats` (size x size) @
+    (size x size) products (2 size^3 FLOPs each) with `library` ("numpy", "cupy" or
+    "torch-cuda"). The best, not the median: this is the ceiling a step is compared with."""
+    if library == "torch-cuda":
+        import torch
+        a = torch.randn(size, size, device="cuda")
+        b = torch.randn(size, size, device="cuda")
+    else:
+        xp = __import__(library)
+        rng = xp.random.default_rng(0)
+        a = rng.standard_normal((size, size), dtype=xp.float32)
+        b = rng.standard_normal((size, size), dtype=xp.float32)
+    sync = synchronizer(library)
+    best = min(repeat_timed(lambda: a @ b, 1, repeats, sync))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _first_line(path, prefix):
+    try:
+        with open(path) as file:
+            for line in file:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def numpy_blas():
+    """NumPy's BLAS as "name version (configuration)", from numpy.show_config."""
+    import numpy
+    try:
+        blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except (TypeError, KeyError):
+        return "unknown"
+    return f"{blas.get('name')} {blas.get('version')} ({blas.get('openblas configuration', '')})"
+
+
+def machine(program, argv):
+    """The facts a reader needs to compare a result: CPU, cores, load, library versions, date,
+    and the command (`program` is the module run, e.g. "bench.step", with arguments `argv`)."""
+    import numpy
+    facts = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": _first_line("/proc/cpuinfo", "model name"),
+        "cores": default_threads(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "numpy_blas": numpy_blas(),
+        "command": " ".join(["python -m", program] + list(argv)),
+    }
+    if torch_available():
+        facts["torch"] = importlib.metadata.version("torch")  # without importing torch here
+    return facts
+
+
+def describe_machine(facts):
+    """Two lines about the machine for the top of a report."""
+    return (f"{facts['cpu']}, {facts['cores']} cores, load {facts['load_average']}, "
+            f"{facts['date']}\nNumPy {facts['numpy']} with {facts['numpy_blas']}"
+            + (f"; PyTorch {facts['torch']}" if "torch" in facts else ""))
+
+
+def format_table(header, rows):
+    """A Markdown table with columns padded to their widest cell."""
+    cells = [header] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |"
+             for row in cells]
+    lines.insert(1, "| " + " | ".join("-" * width for width in widths) + " |")
+    return "\n".join(lines)

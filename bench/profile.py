@@ -1,0 +1,161 @@
+"""python -m bench.profile: where our training step spends its time, op by op.
+
+    python -m bench.profile --arch resnet50 --cifar-stem --batch-size 32 --steps 2
+
+Takes the same model and step as bench.step (same flags) and, after the warm-up, times every
+Function's forward and backward while --steps steps run, grouped by op (a convolution also by
+kernel and stride, e.g. "Conv2d 3x3/2"). Times are exclusive: an op that calls another op's
+forward does not count the inner one twice. What no op accounts for is the LARS update (timed
+on its own) and the rest: the engine's graph walk, gradient accumulation, Python.
+On a GPU each op waits for the device before its clock is read, which slows the step but
+charges every kernel to the op that launched it.
+"""
+import json
+import sys
+import time
+from collections import defaultdict
+
+from bench.common import format_table, machine, run_child, write_result
+from bench.step import build_ours, parse_args
+
+
+def _subclasses(cls):
+    for subclass in cls.__subclasses__():
+        yield subclass
+        yield from _subclasses(subclass)
+
+
+def op_label(cls, arrays, params):
+    """The op's class name; for a convolution (a class named *Conv*, whose second input is the
+    weight (F, C, kh, kw)) also its kernel and, when not 1, its stride."""
+    label = cls.__name__
+    if "conv" in label.lower() and len(arrays) >= 2 and getattr(arrays[1], "ndim", 0) == 4:
+        kh, kw = arrays[1].shape[2:]
+        stride = params.get("stride", 1)
+        stride = stride[0] if isinstance(stride, (tuple, list)) else stride
+        label += f" {kh}x{kw}" + (f"/{stride}" if stride != 1 else "")
+    return label
+
+
+class OpProfiler:
+    """While active (a `with` block), every Function subclass's forward and backward is timed.
+
+    seconds[(label, "forward" or "backward")] and calls[...] accumulate exclusive times and
+    call counts; `timed(key, function)` times anything else under the same clock."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
+        self._inner_seconds = [0.0]  # time spent in nested timed calls, one entry per level
+        self._saved = {}
+
+    def timed(self, key, function, *args, **kwargs):
+        self._inner_seconds.append(0.0)
+        self.sync()
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self.sync()
+            elapsed = time.perf_counter() - start
+            self.seconds[key] += elapsed - self._inner_seconds.pop()
+            self.calls[key] += 1
+            self._inner_seconds[-1] += elapsed
+
+    def _wrap(self, cls, forward, backward):
+        def timed_forward(ctx, *arrays, **params):
+            ctx.profile_label = op_label(cls, arrays, params)
+            return self.timed((ctx.profile_label, "forward"), forward, ctx, *arrays, **params)
+
+        def timed_backward(ctx, grad):
+            label = getattr(ctx, "profile_label", cls.__name__)
+            return self.timed((label, "backward"), backward, ctx, grad)
+        return staticmethod(timed_forward), staticmethod(timed_backward)
+
+    def __enter__(self):
+        from autograd import Function
+
+        classes = set(_subclasses(Function))
+        # the originals first: a subclass that inherits forward must get the parent's own
+        # function, not the parent's timing wrapper
+        originals = {cls: (cls.forward, cls.backward) for cls in classes}
+        for cls in classes:
+            self._saved[cls] = {name: cls.__dict__.get(name) for name in ("forward", "backward")}
+            cls.forward, cls.backward = self._wrap(cls, *originals[cls])
+        return self
+
+    def __exit__(self, *exc_info):
+        for cls, saved in self._saved.items():
+            for name, value in saved.items():
+                if value is None:
+                    delattr(cls, name)
+                else:
+                    setattr(cls, name, value)
+        self._saved.clear()
+
+
+def profile_ours(args):
+    """Run the warm-up, then profile --steps steps; a result dict of per-step milliseconds."""
+    ours = build_ours(args)
+    for _ in range(args.warmup):
+        ours.step()
+    with OpProfiler(ours.sync) as profiler:
+        optimizer_step = ours.optimizer.step
+        ours.optimizer.step = lambda: profiler.timed(("LARS update", "-"), optimizer_step)
+        try:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                ours.step()
+            ours.sync()
+            total = time.perf_counter() - start
+        finally:
+            del ours.optimizer.step
+    per_step = 1e3 / args.steps
+    ops = defaultdict(lambda: {"forward": 0.0, "backward": 0.0, "-": 0.0, "calls": 0})
+    for (label, phase), seconds in profiler.seconds.items():
+        ops[label][phase] += seconds * per_step
+        if phase != "backward":  # one call is one forward (and its backward)
+            ops[label]["calls"] += profiler.calls[(label, phase)] / args.steps
+    return {"step_ms": total * per_step, "ops": dict(ops)}
+
+
+def report(args, result):
+    step_ms = result["step_ms"]
+    rows, accounted = [], 0.0
+    ordered = sorted(result["ops"].items(), key=lambda item: -sum(
+        item[1][phase] for phase in ("forward", "backward", "-")))
+    for label, op in ordered:
+        total = op["forward"] + op["backward"] + op["-"]
+        accounted += total
+        rows.append([label, f"{op['calls']:.0f}", f"{op['forward']:.0f}", f"{op['backward']:.0f}",
+                     f"{total:.0f}", f"{100 * total / step_ms:.1f}%"])
+    rest = step_ms - accounted
+    rows.append(["rest: engine, accumulation, Python", "", "", "", f"{rest:.0f}",
+                 f"{100 * rest / step_ms:.1f}%"])
+    title = (f"Profile of our step: {args.arch} width {args.width:g}, N={args.batch_size} "
+             f"({2 * args.batch_size} views) at {args.image_size}x{args.image_size}, "
+             f"{args.threads} threads; {step_ms / 1e3:.2f} s per step (mean of {args.steps}, "
+             f"profiled), ms per step:")
+    return title + "\n" + format_table(
+        ["op", "calls", "forward ms", "backward ms", "total ms", "share"], rows)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child:
+        write_result(args.result, profile_ours(args))
+        return 0
+    result = run_child("bench.profile", argv + ["--child", "ours"], args.threads,
+                       args.tf32 == "on")
+    print(report(args, result))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"config": vars(args), "machine": machine("bench.profile", argv),
+                       "profile": result}, file, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
