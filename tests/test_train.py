@@ -128,3 +128,37 @@ def test_knn_monitor_draws_its_memory_bank_from_every_class(monkeypatch):
     data = ImageDataset(images, labels, list("abcd"))
     train.monitor_knn(type("Model", (), {"encoder": None}), data, data, max_train=12)
     assert len(bank_labels[0]) == 12 and set(bank_labels[0]) == {0, 1, 2, 3}
+
+
+def test_a_float32_training_step_never_makes_a_float64_array(monkeypatch):
+    """Every op's output and every gradient of a whole SimCLR step stays float32."""
+    from autograd import Function
+    from autograd import engine
+    from simclr.augment import SimCLRAugment
+
+    config = vars(train.parse_args(TINY))
+    model = train.build_model(config, 32)
+    optimizer = train.build_optimizer(config, model)
+    dtypes = set()
+    real_apply = Function.apply.__func__
+
+    def recording_apply(cls, *inputs, **params):
+        out = real_apply(cls, *inputs, **params)
+        dtypes.add((cls.__name__, str(out.dtype)))
+        return out
+
+    real_backward = engine.backward
+
+    def recording_backward(root, grad):
+        real_backward(root, grad)
+        dtypes.update(("grad", str(p.grad.dtype)) for p in model.parameters() if p.grad is not None)
+
+    monkeypatch.setattr(Function, "apply", classmethod(recording_apply))
+    monkeypatch.setattr(engine, "backward", recording_backward)
+    images = numpy.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=numpy.uint8)
+    train.training_step(model, optimizer, SimCLRAugment(size=32, color_strength=0.5, blur=False),
+                        images, numpy.random.default_rng(1), 0.1, 0.5, 0)
+    assert len(dtypes) > 10, dtypes
+    assert {dtype for _, dtype in dtypes} == {"float32"}, sorted(dtypes)
+    assert all(p.dtype == numpy.float32 for p in model.parameters())
+    assert all(buffer.dtype == numpy.float32 for buffer in optimizer.momentum_buffers)
