@@ -23,6 +23,31 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+SIDES = {"ours": "ours", "torch-nchw": "PyTorch NCHW",
+         "torch-channels-last": "PyTorch channels_last"}
+
+
+def run_sides(module, args, argv):
+    """Measure every side in its own child process, alternating them round after round
+    (ours, torch, torch channels_last, ours, ...) so that all see the same noise.
+    Returns {side: [one result per round]}."""
+    sides = ["ours"]
+    if args.compare == "torch":
+        if torch_available():
+            sides += ["torch-nchw", "torch-channels-last"]
+        else:
+            print("PyTorch is not installed: measuring ours only", file=sys.stderr)
+    child_argv = list(sys.argv[1:] if argv is None else argv)
+    results = {side: [] for side in sides}
+    for round_index in range(args.rounds):
+        for side in sides:
+            print(f"round {round_index + 1}/{args.rounds}: {SIDES[side]}", file=sys.stderr,
+                  flush=True)
+            results[side].append(run_child(module, child_argv + ["--child", side],
+                                           args.threads, args.tf32 == "on"))
+    return results, child_argv
+
+
 def default_threads():
     """The number of cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -16,8 +16,9 @@ import json
 import statistics
 import sys
 
-from bench.common import (describe_machine, default_threads, format_table, machine, repeat_timed,
-                          run_child, summary, synchronizer, torch_available, write_result)
+from bench.common import (SIDES, describe_machine, default_threads, format_table, machine,
+                          repeat_timed, run_sides, summary,
+                          synchronizer, write_result)
 
 # name -> (kind, shape settings); C/F channels in/out, H the input side, k the kernel side
 LAYERS = {
@@ -32,8 +33,6 @@ LAYERS = {
     "linear 2048->2048": ("linear", dict(C=2048, F=2048)),
     "NT-Xent (2N, 128)": ("nt_xent", dict(C=128)),
 }
-SIDES = {"ours": "ours", "torch-nchw": "PyTorch NCHW",
-         "torch-channels-last": "PyTorch channels_last"}
 
 
 def parse_args(argv=None):
@@ -197,20 +196,7 @@ def main(argv=None):
     if args.child:
         write_result(args.result, measure(args))
         return 0
-    sides = ["ours"]
-    if args.compare == "torch":
-        if torch_available():
-            sides += ["torch-nchw", "torch-channels-last"]
-        else:
-            print("PyTorch is not installed: measuring ours only", file=sys.stderr)
-    child_argv = list(sys.argv[1:] if argv is None else argv)
-    results = {side: [] for side in sides}
-    for round_index in range(args.rounds):
-        for side in sides:
-            print(f"round {round_index + 1}/{args.rounds}: {SIDES[side]}", file=sys.stderr,
-                  flush=True)
-            results[side].append(run_child("bench.ops", child_argv + ["--child", side],
-                                           args.threads, args.tf32 == "on"))
+    results, child_argv = run_sides("bench.ops", args, argv)
     facts = machine("bench.ops", child_argv)
     print(report(args, results, facts))
     if args.json:

@@ -27,12 +27,10 @@ import statistics
 import sys
 from types import SimpleNamespace
 
-from bench.common import (describe_machine, default_threads, format_table, machine, peak_rss_mib,
-                          repeat_timed, run_child, summary, synchronizer, torch_available,
-                          write_result)
+from bench.common import (SIDES, describe_machine, default_threads, format_table, machine,
+                          peak_rss_mib, repeat_timed, run_sides,
+                          summary, synchronizer, write_result)
 
-SIDES = {"ours": "ours", "torch-nchw": "PyTorch NCHW",
-         "torch-channels-last": "PyTorch channels_last"}
 LEARNING_RATE = 0.1  # any fixed value: the speed of an update does not depend on it
 TEMPERATURE = 0.5
 
@@ -259,20 +257,7 @@ def main(argv=None):
                   else measure_torch(args, args.child == "torch-channels-last"))
         write_result(args.result, result)
         return 0
-    sides = ["ours"]
-    if args.compare == "torch":
-        if torch_available():
-            sides += ["torch-nchw", "torch-channels-last"]
-        else:
-            print("PyTorch is not installed: measuring ours only", file=sys.stderr)
-    child_argv = list(sys.argv[1:] if argv is None else argv)
-    results = {side: [] for side in sides}
-    for round_index in range(args.rounds):
-        for side in sides:
-            print(f"round {round_index + 1}/{args.rounds}: {SIDES[side]}", file=sys.stderr,
-                  flush=True)
-            results[side].append(run_child("bench.step", child_argv + ["--child", side],
-                                           args.threads, args.tf32 == "on"))
+    results, child_argv = run_sides("bench.step", args, argv)
     facts = machine("bench.step", child_argv)
     rows = summarize(args, results)
     print(report(args, rows, facts))
