@@ -9,7 +9,7 @@ import numpy
 import nn
 import nn.functional as F
 from autograd import Tensor, no_grad
-from autograd.backend import array_module, scatter_add, to_numpy
+from autograd.backend import array_module, device_of, scatter_add, to_numpy
 from nn.optim import SGD, WarmupCosine
 
 
@@ -77,7 +77,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels, epoch
     test_x = ((test_features - mean) / std).astype(xp.float32)
     train_y = xp.asarray(train_labels)
     num_classes = num_classes or int(to_numpy(train_y).max()) + 1
-    classifier = nn.Linear(train_x.shape[1], num_classes, rng=rng).to(device=_device(xp))
+    classifier = nn.Linear(train_x.shape[1], num_classes, rng=rng).to(device=device_of(train_x))
     steps_per_epoch = max(1, len(train_x) // batch_size)
     optimizer = SGD(classifier.parameters(), lr=0.0, momentum=0.9, nesterov=True,
                     weight_decay=weight_decay)
@@ -103,6 +103,3 @@ def _accuracy(classifier, features, labels):
         predictions = classifier(Tensor(features)).data.argmax(axis=1)
     return float((predictions == xp.asarray(labels)).mean())
 
-
-def _device(xp):
-    return "cpu" if xp is numpy else "cuda"

@@ -78,7 +78,8 @@ def main(argv=None):
         test_features = encode(model.encoder, test.images)
         changed = [name for name, value in model.encoder.state_dict().items()
                    if not numpy.array_equal(value, before[name])]
-        assert not changed, f"evaluation changed the encoder: {changed}"
+        if changed:
+            raise RuntimeError(f"evaluation changed the frozen encoder's {changed}: a bug")
         what = "random-init encoder" if args.random_init else "pre-trained encoder"
     feature_seconds = time.perf_counter() - start
 

@@ -1,4 +1,4 @@
-"""conv2d: gradients against finite differences, the 1x1 fast path against im2col, forward and
+"""conv2d: gradients against finite differences, the channels-last conv against the im2col reference, forward and
 backward against PyTorch, and the errors a user can cause."""
 import numpy
 import pytest

@@ -20,6 +20,7 @@ Backward, per chunk: dW += cols^T dout, dcols = dout W^T, and col2im adds dcols 
 the input's pixels (one strided slice-add per kernel offset, no atomics).
 """
 from autograd import Function, array_module
+from autograd.backend import device_of
 
 from .windows import output_size, pair
 
@@ -77,7 +78,7 @@ class Conv2d(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0)):
-        _check_inputs(x, weight, bias)
+        check_conv_inputs(x, weight, bias)
         xp = array_module(x)
         N, C = x.shape[:2]
         F, _, kh, kw = weight.shape
@@ -178,7 +179,7 @@ def _column_chunks(x_last, geometry, build=True):
     N, _, _, C = x_last.shape
     kernel, stride, padding, (Ho, Wo) = geometry
     K = kernel[0] * kernel[1] * C
-    device = "cpu" if xp.__name__ == "numpy" else "cuda"
+    device = device_of(x_last)
     per_image = Ho * Wo * K * x_last.dtype.itemsize
     chunk = max(1, min(N, CHUNK_BYTES[device] // per_image))
     for start in range(0, N, chunk):
@@ -204,7 +205,7 @@ def _col2im(grad_cols, grad_padded, geometry):
                 grad_windows[:, :, :, i, j]
 
 
-def _check_inputs(x, weight, bias):
+def check_conv_inputs(x, weight, bias):
     if x.ndim != 4:
         raise ValueError(f"conv2d expects input of shape (N, C, H, W), got shape {x.shape}")
     if weight.ndim != 4:

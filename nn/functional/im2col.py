@@ -21,7 +21,7 @@ adjoint of im2col:
 """
 from autograd import Function, array_module
 
-from .conv import _check_inputs
+from .conv import check_conv_inputs
 from .windows import crop2d, output_size, pad2d, window_slices
 
 def im2col(x_padded, kh, kw, stride, Ho, Wo):
@@ -64,7 +64,7 @@ class Conv2dIm2col(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0)):
-        _check_inputs(x, weight, bias)
+        check_conv_inputs(x, weight, bias)
         kernel = weight.shape[2:]
         ctx.geometry = kernel, stride, padding, output_size("conv2d", x.shape[2:], kernel,
                                                             stride, padding)
