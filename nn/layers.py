@@ -106,7 +106,8 @@ class _BatchNorm(Module):
         self.register_buffer("running_var", numpy.ones(num_features, dtype="float32"))
         self.register_buffer("num_batches_tracked", numpy.zeros((), dtype="int64"))
 
-    def forward(self, x):
+    def forward(self, x, residual=None, relu=False):
+        """bn(x), or relu(bn(x) + residual) and its parts in one fused op (see F.batch_norm)."""
         if x.ndim not in self.dims:
             raise ValueError(f"{type(self).__name__}: expected input of shape {self.layout}, "
                              f"got shape {tuple(x.shape)}")
@@ -116,7 +117,8 @@ class _BatchNorm(Module):
         if self.training:
             self.num_batches_tracked += 1  # in place: the 0-d int64 buffer stays the same array
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            training=self.training, momentum=self.momentum, eps=self.eps)
+                            training=self.training, momentum=self.momentum, eps=self.eps,
+                            residual=residual, relu=relu)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -19,6 +19,10 @@ stem keeps a parameter-free `maxpool` (an Identity), so its names are the ImageN
 
 `width` multiplies every channel count, stem included (SimCLR's 2x and 4x); fractional widths
 such as 0.25 make small models for quick CPU runs (each count is rounded, and at least 1).
+
+Each batch norm runs fused with what follows it: `bn(x, residual=shortcut, relu=True)` is
+relu(bn(x) + shortcut) in one op (fewer passes over memory; the same numbers). The `relu`
+modules stay, unused by forward, so that the module tree reads as torchvision's.
 """
 from numbers import Real
 
@@ -51,9 +55,8 @@ class BasicBlock(Module):
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + shortcut)
+        out = self.bn1(self.conv1(x), relu=True)                    # relu(bn1(conv1(x)))
+        return self.bn2(self.conv2(out), residual=shortcut, relu=True)  # relu(bn2(.) + shortcut)
 
 
 class Bottleneck(Module):
@@ -81,10 +84,9 @@ class Bottleneck(Module):
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + shortcut)
+        out = self.bn1(self.conv1(x), relu=True)                    # relu(bn1(conv1(x)))
+        out = self.bn2(self.conv2(out), relu=True)                  # relu(bn2(conv2(out)))
+        return self.bn3(self.conv3(out), residual=shortcut, relu=True)  # relu(bn3(.) + shortcut)
 
 
 def scaled_channels(channels, width):
@@ -157,7 +159,7 @@ class ResNet(Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"ResNet: expected images of shape (N, 3, H, W), "
                              f"got shape {tuple(x.shape)}")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.bn1(self.conv1(x), relu=True))       # relu(bn1(conv1(x))), fused
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         h = self.avgpool(x).reshape(x.shape[0], self.num_features)  # (N, C, 1, 1) -> (N, C)
         return self.fc(h) if "fc" in self._modules else h

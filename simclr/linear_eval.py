@@ -17,6 +17,7 @@ import time
 import numpy
 
 from autograd.backend import require_cupy, to_numpy
+from autograd.memory import reuse_freed_memory
 from simclr.checkpoint import load_checkpoint
 from simclr.data import add_data_arguments, load_from_arguments
 from simclr.evaluate import encode, knn_accuracy, linear_probe
@@ -44,6 +45,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    reuse_freed_memory()  # see autograd/memory.py
     xp = numpy if args.backend == "numpy" else require_cupy()
     data_config = dict(vars(args))
     meta_config = None

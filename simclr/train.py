@@ -21,6 +21,7 @@ import numpy
 import nn
 from autograd import Tensor
 from autograd.backend import array_module, require_cupy
+from autograd.memory import reuse_freed_memory
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
 from simclr.augment import SimCLRAugment
 from simclr.checkpoint import load_checkpoint, save_checkpoint
@@ -245,6 +246,7 @@ def monitor_knn(model, train, held_out, max_train=10000):
 
 def main(argv=None):
     args = parse_args(argv)
+    reuse_freed_memory()  # reuse last step's pages instead of faulting in new ones
     config, resumed = resolve_config(args)
     # Ctrl-C arrives as KeyboardInterrupt (train() saves a checkpoint); so should a polite kill.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

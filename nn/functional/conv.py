@@ -19,7 +19,7 @@ it fast on a CPU, none of which changes the arithmetic:
 Backward, per chunk: dW += cols^T dout, dcols = dout W^T, and col2im adds dcols back onto
 the input's pixels (one strided slice-add per kernel offset, no atomics).
 """
-from autograd import Function, array_module
+from autograd import Function, array_module, parallel
 from autograd.backend import device_of
 
 from .windows import output_size, pair
@@ -38,7 +38,7 @@ def _buffer(purpose, xp, shape, dtype):
     """A scratch array of `shape` for `purpose`, reused across calls. "columns" buffers hold
     garbage; "padded" buffers start as zeros, and their users only ever write the interior,
     so the zero border is written once, not once per call."""
-    key = (purpose, xp.__name__, str(dtype), shape)
+    key = (purpose, xp.__name__, str(dtype), shape, parallel.thread_index())
     if key not in _buffers:
         if len(_buffers) > 64:
             _buffers.clear()
@@ -104,12 +104,12 @@ class Conv2d(Function):
         grad_x = grad_w_matrix = grad_bias = None
         if kh == kw == 1 and padding == (0, 0):
             rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
-            if needs_weight:
-                # (F, M) @ (M, C), transposed: OpenBLAS splits this reduction over M well,
-                # while (C, M) @ (M, F) ran 30x slower on 2 threads of a busy machine
-                grad_w_matrix = (grad_rows.T @ rows.reshape(-1, C)).T     # (C, F)
+            if needs_weight:  # (F, M) @ (M, C), transposed, each thread summing its rows
+                grad_w_matrix = parallel.matmul_transposed(grad_rows, rows.reshape(-1, C)).T
             if needs_x:
-                grad_rows_x = (grad_rows @ w_matrix.T).reshape(N, Ho, Wo, C)
+                grad_rows_x = parallel.matmul(grad_rows, w_matrix.T,
+                                              xp.empty((grad_rows.shape[0], C), grad.dtype))
+                grad_rows_x = grad_rows_x.reshape(N, Ho, Wo, C)
                 if stride == (1, 1):
                     grad_x = grad_rows_x
                 else:
@@ -119,17 +119,25 @@ class Conv2d(Function):
             ph, pw = padding
             grad_4d = grad_rows.reshape(N, Ho * Wo, F)
             if needs_weight:
-                grad_w_matrix = xp.zeros(w_matrix.shape, dtype=grad.dtype)
-                for start, stop, cols in _column_chunks(x_last, ctx.geometry):
-                    grad_w_matrix += (grad_4d[start:stop].reshape(-1, F).T @ cols).T  # (K, F)
+                def weight_grad(first, last):  # the sum over images first..last-1
+                    total = xp.zeros(w_matrix.shape[::-1], dtype=grad.dtype)  # (F, K)
+                    for start, stop, cols in _column_chunks(x_last, ctx.geometry, first, last):
+                        total += grad_4d[start:stop].reshape(-1, F).T @ cols
+                    return total
+                parts = _for_images(weight_grad, x_last, ctx.geometry)
+                grad_w_matrix = sum(parts[1:], parts[0]).T                   # (K, F)
             if needs_x and stride == (1, 1) and ph < kh and pw < kw:
                 grad_x = _transposed_by_flipped_kernel(grad_rows.reshape(N, Ho, Wo, F),
                                                        w_matrix, ctx.geometry, C)
             elif needs_x:
                 grad_padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad.dtype)
-                for start, stop, _ in _column_chunks(x_last, ctx.geometry, build=False):
-                    grad_cols = grad_4d[start:stop].reshape(-1, F) @ w_matrix.T  # (n*Ho*Wo, K)
-                    _col2im(grad_cols, grad_padded[start:stop], ctx.geometry)
+
+                def input_grad(first, last):  # each thread adds onto its own images
+                    for start, stop, _ in _column_chunks(x_last, ctx.geometry, first, last,
+                                                         build=False):
+                        grad_cols = grad_4d[start:stop].reshape(-1, F) @ w_matrix.T  # (n*Ho*Wo, K)
+                        _col2im(grad_cols, grad_padded[start:stop], ctx.geometry)
+                _for_images(input_grad, x_last, ctx.geometry)
                 grad_x = grad_padded[:, ph:ph + H, pw:pw + W]
         if grad_w_matrix is not None:  # (K, F) -> (F, C, kh, kw)
             grad_w_matrix = xp.ascontiguousarray(
@@ -150,11 +158,20 @@ def _convolve(x_last, w_matrix, geometry):
     out = xp.empty((N, Ho, Wo, F), dtype=x_last.dtype)
     if kh == kw == 1 and padding == (0, 0):  # no windows overlap: the input is the columns
         rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
-        xp.matmul(rows.reshape(-1, C), w_matrix, out=out.reshape(-1, F))
+        parallel.matmul(rows.reshape(-1, C), w_matrix, out.reshape(-1, F))
     else:
-        for start, stop, cols in _column_chunks(x_last, geometry):
-            xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
+        def convolve_images(first, last):
+            for start, stop, cols in _column_chunks(x_last, geometry, first, last):
+                xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
+        _for_images(convolve_images, x_last, geometry)
     return out
+
+
+def _for_images(fn, x_last, geometry):
+    """fn(first, last) on each thread's share of the images (see autograd/parallel.py)."""
+    (kh, kw), _, _, (Ho, Wo) = geometry
+    per_image = Ho * Wo * kh * kw * x_last.shape[3] * x_last.itemsize  # its columns' bytes
+    return parallel.for_rows(fn, x_last.shape[0], per_image, x_last)
 
 
 def _transposed_by_flipped_kernel(grad_last, w_matrix, geometry, C):
@@ -172,18 +189,19 @@ def _transposed_by_flipped_kernel(grad_last, w_matrix, geometry, C):
     return _convolve(grad_last, flipped, ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W)))
 
 
-def _column_chunks(x_last, geometry, build=True):
-    """Yield (start, stop, cols) over chunks of images: cols (n*Ho*Wo, K) is the column matrix
-    of images start..stop (None when build is False), in a buffer reused by the next chunk."""
+def _column_chunks(x_last, geometry, first, last, build=True):
+    """Yield (start, stop, cols) over chunks of images first..last-1: cols (n*Ho*Wo, K) is the
+    column matrix of images start..stop-1 (None when build is False), in a buffer reused by the
+    next chunk (one buffer per thread)."""
     xp = array_module(x_last)
     N, _, _, C = x_last.shape
     kernel, stride, padding, (Ho, Wo) = geometry
     K = kernel[0] * kernel[1] * C
     device = device_of(x_last)
     per_image = Ho * Wo * K * x_last.dtype.itemsize
-    chunk = max(1, min(N, CHUNK_BYTES[device] // per_image))
-    for start in range(0, N, chunk):
-        stop = min(N, start + chunk)
+    chunk = max(1, min(last - first, CHUNK_BYTES[device] // per_image))
+    for start in range(first, last, chunk):
+        stop = min(last, start + chunk)
         if not build:
             yield start, stop, None
             continue

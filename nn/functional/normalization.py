@@ -1,5 +1,5 @@
 """Normalisation: batch norm over the channels of a batch, and L2 normalisation of vectors."""
-from autograd import Function, Tensor, array_module
+from autograd import Function, Tensor, array_module, parallel
 
 
 def channel_rows(x):
@@ -18,7 +18,8 @@ def from_channel_rows(rows, shape):
 
 
 class BatchNorm(Function):
-    """y = gamma * x_hat + beta with x_hat = (x - mu) / sqrt(var + eps), per channel c.
+    """y = gamma * x_hat + beta with x_hat = (x - mu) / sqrt(var + eps), per channel c;
+    optionally followed by `+ residual` and a ReLU: what ends each block of a ResNet.
 
     x is (N, C, *); mu and var are taken over every axis but the channel axis 1, of
     n = x.size / C values each. In training mode they are the batch's own mean and biased
@@ -27,25 +28,33 @@ class BatchNorm(Function):
         dx = gamma / (n sigma) * (n g - sum(g) - x_hat * sum(g * x_hat)),  sigma = sqrt(var + eps)
 
     (sums per channel). In evaluation mode they are constants and dx = gamma g / sigma.
-    Either way dgamma = sum(g * x_hat) and dbeta = sum(g).
+    Either way dgamma = sum(g * x_hat) and dbeta = sum(g). With the ReLU, g is first masked
+    where the output is 0 (the ReLU's derivative); the residual's gradient is that masked g.
 
-    The arrays are worked on as (n, C) matrices (channel_rows), which are free views of
-    channels-last conv outputs, and few passes are made over them: forward computes
-    y = x * scale + shift with per-channel scale = gamma / sigma, shift = beta - mu * scale,
-    and saves x itself (which the graph keeps anyway) rather than x_hat; backward uses
-    sum(g * x_hat) = (sum(g * x) - mu sum(g)) / sigma and writes dx = a g + b x + c.
+    How it is fast: the arrays are worked on as (n, C) matrices (channel_rows), free views of
+    channels-last conv outputs, in blocks of rows small enough to stay in the CPU's cache and
+    spread over threads (autograd.parallel). Each pass reads memory once however many NumPy
+    calls it makes on a block:
+      forward   1. per block: its mean and its sum of squared deviations; the blocks are then
+                   combined exactly (Chan et al.'s pairwise formula, in float64), so var is
+                   the two-pass value without a second read;
+                2. y = max(x * scale + shift + residual, 0), scale = gamma / sigma and
+                   shift = beta - mu * scale.
+      backward  1. g = g * (y > 0) and its per-channel sums sum(g), sum(g * x);
+                2. dx = a g + b x + c, with sum(g * x_hat) = (sum(g * x) - mu sum(g)) / sigma.
+    It saves x (which the graph keeps anyway) rather than x_hat, and y (the next layer's
+    input, kept anyway) rather than a mask.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum,
-                eps):
+    def forward(ctx, x, weight, bias, *residual, running_mean, running_var, use_batch_stats,
+                momentum, eps, relu=False):
         xp = array_module(x)
         rows = channel_rows(x)                                 # (n, C)
-        n = rows.shape[0]
+        n, C = rows.shape
+        residual_rows = channel_rows(residual[0]) if residual else None
         if use_batch_stats:
-            mean = rows.mean(axis=0)                           # (C,)
-            centered = rows - mean                             # (n, C)
-            var = xp.einsum("nc,nc->c", centered, centered) / n   # biased: / n
+            mean, var = _batch_moments(rows)
             if running_mean is not None:
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean
@@ -56,41 +65,97 @@ class BatchNorm(Function):
             var = running_var.astype(x.dtype, copy=False)
         inv_std = 1 / xp.sqrt(var + eps)                       # (C,)
         scale = weight * inv_std
-        if use_batch_stats:
-            out = centered
-            out *= scale
-            out += bias
-        else:
-            out = rows * scale
-            out += bias - mean * scale
-        ctx.use_batch_stats, ctx.shape = use_batch_stats, x.shape
-        ctx.save_for_backward(rows, mean, inv_std, weight)
+        shift = bias - mean * scale
+        out = xp.empty_like(rows)
+
+        def normalize_block(start, stop):                      # out = x * scale + shift ...
+            block = out[start:stop]
+            xp.multiply(rows[start:stop], scale, out=block)
+            block += shift
+            if residual_rows is not None:
+                block += residual_rows[start:stop]             # ... + residual
+            if relu:
+                xp.maximum(block, 0, out=block)                # ... then max(., 0)
+        parallel.map_blocks(normalize_block, n, C * rows.itemsize, rows)
+        ctx.use_batch_stats, ctx.shape, ctx.relu = use_batch_stats, x.shape, relu
+        ctx.save_for_backward(rows, out if relu else None, mean, inv_std, weight)
         return from_channel_rows(out, x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        rows, mean, inv_std, gamma = ctx.saved
+        rows, out, mean, inv_std, gamma = ctx.saved
         xp = array_module(grad)
-        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        needs_residual = len(ctx.needs_input_grad) == 4 and ctx.needs_input_grad[3]
         g = channel_rows(grad)                                 # (n, C)
-        n = g.shape[0]
-        sum_g = g.sum(axis=0)                                  # (C,)
-        sum_g_x_hat = (xp.einsum("nc,nc->c", g, rows) - mean * sum_g) * inv_std
+        n, C = g.shape
+        if ctx.relu:  # the ReLU's derivative: 1 where the output is positive, else 0
+            g_masked = xp.empty_like(g)
+        else:
+            g_masked = g
+
+        def masked_sums(start, stop):
+            block = g[start:stop]
+            if ctx.relu:
+                block = xp.multiply(block, out[start:stop] > 0, out=g_masked[start:stop])
+            return block.sum(axis=0), xp.einsum("nc,nc->c", block, rows[start:stop])
+        sums = parallel.map_blocks(masked_sums, n, 3 * C * g.itemsize, g)
+        sum_g = _total([s[0] for s in sums], xp, g.dtype)                  # (C,)
+        sum_g_x_hat = (_total([s[1] for s in sums], xp, g.dtype) - mean * sum_g) * inv_std
         grad_x = None
         if needs_x:
             a = gamma * inv_std
-            grad_rows = g * a
+            b = c = None
             if ctx.use_batch_stats:
                 b = -a * inv_std * sum_g_x_hat / n             # the x_hat * sum(g x_hat) term
                 c = -a * sum_g / n - mean * b                  # the sum(g) term, and b's -mu
-                grad_rows += rows * b
-                grad_rows += c
+            # dx may overwrite the masked g unless that is also the residual's gradient
+            grad_rows = xp.empty_like(g) if (needs_residual or not ctx.relu) else g_masked
+
+            def input_grad_block(start, stop):                 # dx = a g + b x + c
+                block = grad_rows[start:stop]
+                xp.multiply(g_masked[start:stop], a, out=block)
+                if b is not None:
+                    block += rows[start:stop] * b
+                    block += c
+            parallel.map_blocks(input_grad_block, n, 3 * C * g.itemsize, g)
             grad_x = from_channel_rows(grad_rows, ctx.shape)
-        return (grad_x, sum_g_x_hat if needs_weight else None, sum_g if needs_bias else None)
+        grads = (grad_x, sum_g_x_hat if needs_weight else None, sum_g if needs_bias else None)
+        if len(ctx.needs_input_grad) == 4:
+            grads += (from_channel_rows(g_masked, ctx.shape) if needs_residual else None,)
+        return grads
+
+
+def _batch_moments(rows):
+    """The per-channel mean and biased variance of rows (n, C), reading rows once.
+
+    Each block of rows gives its count m_b, mean mu_b and sum of squared deviations M2_b (the
+    block is in cache, so centring it costs no memory traffic); then, in float64,
+    mu = sum_b m_b mu_b / n and M2 = sum_b M2_b + sum_b m_b (mu_b - mu)^2 (Chan, Golub and
+    LeVeque 1979), exact in exact arithmetic and as stable as two passes over the data."""
+    xp = array_module(rows)
+    n, C = rows.shape
+
+    def block_moments(start, stop):
+        block = rows[start:stop]
+        block_mean = block.mean(axis=0)                        # (C,)
+        centered = block - block_mean
+        return stop - start, block_mean, xp.einsum("nc,nc->c", centered, centered)
+    parts = parallel.map_blocks(block_moments, n, C * rows.itemsize, rows)
+    counts = xp.asarray([p[0] for p in parts], dtype=xp.float64)[:, None]  # (blocks, 1)
+    means = xp.stack([p[1] for p in parts]).astype(xp.float64)             # (blocks, C)
+    mean = (counts * means).sum(axis=0) / n
+    m2 = _total([p[2] for p in parts], xp, xp.float64) + (counts * (means - mean) ** 2).sum(axis=0)
+    return mean.astype(rows.dtype), (m2 / n).astype(rows.dtype)
+
+
+def _total(parts, xp, dtype):
+    """The sum of per-block (C,) partial sums, added in float64, as `dtype`."""
+    return xp.stack(parts).sum(axis=0, dtype=xp.float64).astype(dtype)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+               momentum=0.1, eps=1e-5, residual=None, relu=False):
     """Batch normalisation, as torch.nn.functional.batch_norm.
 
     y = weight * (x - mean) / sqrt(var + eps) + bias, per channel, for x of shape (N, C) or
@@ -103,6 +168,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     running_mean, running_var: plain arrays (C,) (not Tensors), or both None to always use
     the batch statistics (as a BatchNorm layer with track_running_stats=False).
     weight, bias: Tensors (C,), or None for 1 and 0.
+    residual, relu: not in PyTorch's batch_norm; they fuse what follows batch norm in a ResNet:
+    the result is relu(y + residual) (relu=True, residual a Tensor of x's shape), relu(y) or
+    y + residual, computed in the same passes over memory as y itself.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"batch_norm: x is a {type(x).__name__}, expected a Tensor")
@@ -139,8 +207,17 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise TypeError(f"batch_norm: {name} has dtype {value.dtype} but the input has "
                             f"{x.dtype}; convert one so that both have the same precision")
         affine.append(value)
+    if residual is not None:
+        if not isinstance(residual, Tensor):
+            raise TypeError(f"batch_norm: residual is a {type(residual).__name__}, expected a "
+                            f"Tensor")
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"batch_norm: residual has shape {residual.shape} and dtype "
+                             f"{residual.dtype}, expected the input's {x.shape} and {x.dtype}")
+        affine.append(residual)
     return BatchNorm.apply(x, *affine, running_mean=running_mean, running_var=running_var,
-                           use_batch_stats=use_batch_stats, momentum=momentum, eps=eps)
+                           use_batch_stats=use_batch_stats, momentum=momentum, eps=eps,
+                           relu=bool(relu))
 
 
 class Normalize(Function):

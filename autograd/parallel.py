@@ -1,0 +1,172 @@
+"""Using every CPU core: NumPy work split over rows and run in threads.
+
+NumPy releases Python's global lock inside its loops (ufuncs, reductions, copies, matmul), so
+Python threads that each work on their own rows of an array run truly in parallel. A NumPy
+call by itself uses one core, except matmul, which OpenBLAS spreads over its own threads.
+Those threads spin for a while after each product, waiting for the next one, so a core that
+has just helped OpenBLAS is not free for an elementwise pass that follows. We therefore run
+*every* large pass in our own threads (products included, each thread multiplying its rows)
+and set OpenBLAS to one thread while ours are in use: one pool, no spinning, every pass on
+every core.
+
+    parallel_ranges(n)      -> [(start, stop), ...], one range of rows per thread
+    run(fn, ranges)         -> [fn(start, stop), ...], computed in parallel (in order)
+    matmul(a, b, out)       a @ b, the rows of a split over the threads
+    set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
+
+CuPy arrays never go through the pool: a GPU kernel is already parallel, so `run` calls fn
+once on all rows. With one thread, or when OpenBLAS's thread count cannot be set (NumPy built
+on another BLAS), everything runs in the calling thread and the BLAS keeps its own threads.
+"""
+import ctypes
+import glob
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy
+
+from .backend import array_module, is_cupy_array
+
+MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand-off
+BLOCK_BYTES = 256 * 2**10  # map_blocks: a block of rows small enough to stay in cache
+
+_state = {"threads": None, "pool": None, "blas_setter": None}
+_lock = threading.Lock()
+_local = threading.local()  # .index: which of our threads this is (0: the caller)
+
+
+def _default_threads():
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _openblas_thread_setter():
+    """OpenBLAS's set_num_threads, from the copy NumPy loaded, or None (another BLAS)."""
+    candidates = []
+    if os.path.exists("/proc/self/maps"):
+        with open("/proc/self/maps") as maps:
+            candidates += sorted(set(re.findall(r"(/\S*openblas\S*\.so[\.\d]*)", maps.read())))
+    package = os.path.dirname(numpy.__file__)
+    for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*"):
+        candidates += sorted(glob.glob(os.path.join(package, pattern)))
+    for path in candidates:
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            setter = getattr(library, name, None)
+            if setter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                return setter
+    return None
+
+
+def set_num_threads(n):
+    """Use n threads for the large array passes of our ops (1: all in the calling thread).
+
+    With n > 1, OpenBLAS is set to one thread, as our threads do the splitting; with n == 1 it
+    gets the one thread too. If OpenBLAS's thread count cannot be set, our pool stays at one
+    thread and the BLAS keeps its own."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
+    with _lock:
+        if _state["blas_setter"] is None:
+            _state["blas_setter"] = _openblas_thread_setter() or False
+        setter = _state["blas_setter"]
+        if not setter:
+            n = 1
+        else:
+            setter(1)
+        if _state["pool"] is not None:
+            _state["pool"].shutdown()
+        _state["threads"] = n
+        _state["pool"] = ThreadPoolExecutor(n - 1, initializer=_name_worker,
+                                            initargs=(iter(range(1, n)),)) if n > 1 else None
+
+
+def _name_worker(indices):
+    _local.index = next(indices)
+
+
+def get_num_threads():
+    """The number of threads `run` splits work over (the pool is started on first use)."""
+    if _state["threads"] is None:
+        set_num_threads(_default_threads())
+    return _state["threads"]
+
+
+def thread_index():
+    """0 in the calling thread, 1..n-1 in the pool's threads: a key for per-thread buffers."""
+    return getattr(_local, "index", 0)
+
+
+def parallel_ranges(rows, row_bytes, array):
+    """Split range(rows) into one contiguous (start, stop) per thread, or a single range when
+    the work is small (under MIN_BYTES_PER_THREAD per thread), on the GPU, or when called from
+    inside a parallel section (a nested split would wait for a pool thread that is waiting)."""
+    threads = get_num_threads()
+    if threads == 1 or is_cupy_array(array) or thread_index() != 0 or _local.__dict__.get("busy"):
+        return [(0, rows)]
+    threads = int(max(1, min(threads, rows, rows * row_bytes // MIN_BYTES_PER_THREAD)))
+    bounds = [rows * t // threads for t in range(threads + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def run(fn, ranges):
+    """[fn(start, stop) for (start, stop) in ranges], the first range in the calling thread and
+    the others in the pool, all at once. Exceptions propagate to the caller."""
+    if len(ranges) == 1:
+        return [fn(*ranges[0])]
+    _local.busy = True
+    try:
+        futures = [_state["pool"].submit(fn, *r) for r in ranges[1:]]
+        first = fn(*ranges[0])
+        return [first] + [future.result() for future in futures]
+    finally:
+        _local.busy = False
+
+
+def for_rows(fn, rows, row_bytes, array):
+    """run(fn, parallel_ranges(rows, row_bytes, array)): fn(start, stop) on each thread's rows."""
+    return run(fn, parallel_ranges(rows, row_bytes, array))
+
+
+def map_blocks(fn, rows, row_bytes, array):
+    """[fn(start, stop) for each block of rows], in order: blocks of about BLOCK_BYTES, each
+    thread taking the blocks of its share of the rows. Several NumPy calls on one block then
+    read memory once (the block stays in cache between them). On the GPU: one block."""
+    if is_cupy_array(array):
+        return [fn(0, rows)]
+    per_block = max(1, BLOCK_BYTES // row_bytes)
+
+    def blocks_of(first, last):
+        return [fn(start, min(last, start + per_block)) for start in range(first, last, per_block)]
+    return [result for share in for_rows(blocks_of, rows, row_bytes, array) for result in share]
+
+
+def matmul(a, b, out):
+    """out[...] = a @ b for a (M, K), b (K, F) and out (M, F), the rows split over the threads."""
+    xp = array_module(a)
+    for_rows(lambda start, stop: xp.matmul(a[start:stop], b, out=out[start:stop]),
+             a.shape[0], a.shape[1] * a.itemsize, a)
+    return out
+
+
+def matmul_transposed(a, b):
+    """a.T @ b for a (M, F) and b (M, K) -> (F, K), the sum over M split over the threads
+    (a weight gradient): each thread multiplies its rows, then the partial products are added."""
+    parts = for_rows(lambda start, stop: a[start:stop].T @ b[start:stop],
+                     a.shape[0], (a.shape[1] + b.shape[1]) * a.itemsize, a)
+    total = parts[0]
+    for part in parts[1:]:
+        total += part
+    return total
