@@ -12,6 +12,8 @@ every core.
     parallel_ranges(n)      -> [(start, stop), ...], one range of rows per thread
     run(fn, ranges)         -> [fn(start, stop), ...], computed in parallel (in order)
     matmul(a, b, out)       a @ b, the rows of a split over the threads
+    matmul_transposed(a, b) a.T @ b, the sum over rows split over the threads
+    map_blocks(fn, ...)     fn on cache-sized blocks of rows, the blocks spread over threads
     set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
 
 CuPy arrays never go through the pool: a GPU kernel is already parallel, so `run` calls fn
@@ -30,7 +32,7 @@ import numpy
 from .backend import array_module, is_cupy_array
 
 MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand-off
-BLOCK_BYTES = 256 * 2**10  # map_blocks: a block of rows small enough to stay in cache
+BLOCK_BYTES = 512 * 2**10  # map_blocks: a block of rows that stays in cache
 
 _state = {"threads": None, "pool": None, "blas_setter": None}
 _lock = threading.Lock()
@@ -140,22 +142,30 @@ def for_rows(fn, rows, row_bytes, array):
     return run(fn, parallel_ranges(rows, row_bytes, array))
 
 
+def block_rows(row_bytes):
+    """How many rows of row_bytes each make one block of map_blocks."""
+    return max(1, BLOCK_BYTES // row_bytes)
+
+
 def map_blocks(fn, rows, row_bytes, array):
     """[fn(start, stop) for each block of rows], in order: blocks of about BLOCK_BYTES, each
     thread taking the blocks of its share of the rows. Several NumPy calls on one block then
     read memory once (the block stays in cache between them). On the GPU: one block."""
     if is_cupy_array(array):
         return [fn(0, rows)]
-    per_block = max(1, BLOCK_BYTES // row_bytes)
+    per_block = block_rows(row_bytes)
 
     def blocks_of(first, last):
         return [fn(start, min(last, start + per_block)) for start in range(first, last, per_block)]
     return [result for share in for_rows(blocks_of, rows, row_bytes, array) for result in share]
 
 
-def matmul(a, b, out):
-    """out[...] = a @ b for a (M, K), b (K, F) and out (M, F), the rows split over the threads."""
+def matmul(a, b, out=None):
+    """a (M, K) @ b (K, F) -> (M, F), written into `out` when given, the rows split over the
+    threads."""
     xp = array_module(a)
+    if out is None:
+        out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
     for_rows(lambda start, stop: xp.matmul(a[start:stop], b, out=out[start:stop]),
              a.shape[0], a.shape[1] * a.itemsize, a)
     return out

@@ -1,5 +1,5 @@
 """The fully connected layer: y = x W^T + b."""
-from autograd import Function, Tensor
+from autograd import Function, Tensor, parallel
 from autograd.ops.arithmetic import check_same_float_dtype
 
 
@@ -15,17 +15,21 @@ class Linear(Function):
         if bias:
             check_same_float_dtype("linear", x, bias[0])
         ctx.save_for_backward(x, weight)
-        out = x @ weight.T  # (..., in) @ (in, out) -> (..., out)
+        if x.ndim == 2:  # (N, in) @ (in, out) -> (N, out), rows split over the CPU's threads
+            out = parallel.matmul(x, weight.T)
+        else:
+            out = x @ weight.T  # (..., in) @ (in, out) -> (..., out)
         return out + bias[0] if bias else out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None  # (..., out) @ (out, in)
         rows = grad.reshape(-1, weight.shape[0])  # (..., out) -> (M, out): M rows of the batch
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            grad_weight = rows.T @ x.reshape(-1, weight.shape[1])  # (out, M) @ (M, in) -> (out, in)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:  # (M, out) @ (out, in) -> (M, in)
+            grad_x = parallel.matmul(rows, weight).reshape(x.shape)
+        if ctx.needs_input_grad[1]:  # (out, M) @ (M, in) -> (out, in)
+            grad_weight = parallel.matmul_transposed(rows, x.reshape(-1, weight.shape[1]))
         if len(ctx.needs_input_grad) == 2:
             return grad_x, grad_weight
         grad_bias = rows.sum(axis=0) if ctx.needs_input_grad[2] else None

@@ -1,5 +1,6 @@
 """Normalisation: batch norm over the channels of a batch, and L2 normalisation of vectors."""
 from autograd import Function, Tensor, array_module, parallel
+from autograd.backend import device_of
 
 
 def channel_rows(x):
@@ -52,9 +53,10 @@ class BatchNorm(Function):
         xp = array_module(x)
         rows = channel_rows(x)                                 # (n, C)
         n, C = rows.shape
+        blocks = _Blocks(rows)
         residual_rows = channel_rows(residual[0]) if residual else None
         if use_batch_stats:
-            mean, var = _batch_moments(rows)
+            mean, var = _batch_moments(rows, blocks)
             if running_mean is not None:
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean
@@ -65,18 +67,18 @@ class BatchNorm(Function):
             var = running_var.astype(x.dtype, copy=False)
         inv_std = 1 / xp.sqrt(var + eps)                       # (C,)
         scale = weight * inv_std
-        shift = bias - mean * scale
+        scales, shifts, zeros = blocks.tile(scale), blocks.tile(bias - mean * scale), blocks.zeros()
         out = xp.empty_like(rows)
 
         def normalize_block(start, stop):                      # out = x * scale + shift ...
-            block = out[start:stop]
-            xp.multiply(rows[start:stop], scale, out=block)
-            block += shift
+            block, m = out[start:stop], stop - start
+            xp.multiply(rows[start:stop], scales[:m], out=block)
+            block += shifts[:m]
             if residual_rows is not None:
                 block += residual_rows[start:stop]             # ... + residual
             if relu:
-                xp.maximum(block, 0, out=block)                # ... then max(., 0)
-        parallel.map_blocks(normalize_block, n, C * rows.itemsize, rows)
+                xp.maximum(block, zeros[:m], out=block)        # ... then max(., 0)
+        blocks.map(normalize_block)
         ctx.use_batch_stats, ctx.shape, ctx.relu = use_batch_stats, x.shape, relu
         ctx.save_for_backward(rows, out if relu else None, mean, inv_std, weight)
         return from_channel_rows(out, x.shape)
@@ -89,17 +91,16 @@ class BatchNorm(Function):
         needs_residual = len(ctx.needs_input_grad) == 4 and ctx.needs_input_grad[3]
         g = channel_rows(grad)                                 # (n, C)
         n, C = g.shape
-        if ctx.relu:  # the ReLU's derivative: 1 where the output is positive, else 0
-            g_masked = xp.empty_like(g)
-        else:
-            g_masked = g
+        blocks = _Blocks(g)
+        # the ReLU's derivative: 1 where the output is positive, else 0
+        g_masked = xp.empty_like(g) if ctx.relu else g
 
         def masked_sums(start, stop):
             block = g[start:stop]
             if ctx.relu:
                 block = xp.multiply(block, out[start:stop] > 0, out=g_masked[start:stop])
-            return block.sum(axis=0), xp.einsum("nc,nc->c", block, rows[start:stop])
-        sums = parallel.map_blocks(masked_sums, n, 3 * C * g.itemsize, g)
+            return blocks.column_sums(block), xp.einsum("nc,nc->c", block, rows[start:stop])
+        sums = blocks.map(masked_sums)
         sum_g = _total([s[0] for s in sums], xp, g.dtype)                  # (C,)
         sum_g_x_hat = (_total([s[1] for s in sums], xp, g.dtype) - mean * sum_g) * inv_std
         grad_x = None
@@ -109,16 +110,17 @@ class BatchNorm(Function):
             if ctx.use_batch_stats:
                 b = -a * inv_std * sum_g_x_hat / n             # the x_hat * sum(g x_hat) term
                 c = -a * sum_g / n - mean * b                  # the sum(g) term, and b's -mu
+            a, b, c = (None if v is None else blocks.tile(v) for v in (a, b, c))
             # dx may overwrite the masked g unless that is also the residual's gradient
             grad_rows = xp.empty_like(g) if (needs_residual or not ctx.relu) else g_masked
 
             def input_grad_block(start, stop):                 # dx = a g + b x + c
-                block = grad_rows[start:stop]
-                xp.multiply(g_masked[start:stop], a, out=block)
+                block, m = grad_rows[start:stop], stop - start
+                xp.multiply(g_masked[start:stop], a[:m], out=block)
                 if b is not None:
-                    block += rows[start:stop] * b
-                    block += c
-            parallel.map_blocks(input_grad_block, n, 3 * C * g.itemsize, g)
+                    block += rows[start:stop] * b[:m]
+                    block += c[:m]
+            blocks.map(input_grad_block)
             grad_x = from_channel_rows(grad_rows, ctx.shape)
         grads = (grad_x, sum_g_x_hat if needs_weight else None, sum_g if needs_bias else None)
         if len(ctx.needs_input_grad) == 4:
@@ -126,7 +128,43 @@ class BatchNorm(Function):
         return grads
 
 
-def _batch_moments(rows):
+class _Blocks:
+    """The blocks of rows of an (n, C) array that one batch norm call's passes work on
+    (autograd.parallel.map_blocks), and what its passes share on the CPU: per-channel vectors
+    repeated to a whole block, because NumPy runs a same-shape operation about twice as fast
+    as one that broadcasts a (C,) vector over rows, and a row of ones, because a sum over
+    rows is fastest as a matrix product. On the GPU a block is all rows, vectors broadcast."""
+
+    def __init__(self, rows):
+        self.xp, self.rows = array_module(rows), rows
+        n, C = rows.shape
+        self.row_bytes = C * rows.itemsize
+        self.on_cpu = device_of(rows) == "cpu"
+        self.size = min(n, parallel.block_rows(self.row_bytes)) if self.on_cpu else n
+        self.ones = self.xp.ones((1, self.size), rows.dtype) if self.on_cpu else None
+
+    def map(self, fn):
+        """[fn(start, stop) for each block], the blocks spread over threads."""
+        return parallel.map_blocks(fn, self.rows.shape[0], self.row_bytes, self.rows)
+
+    def tile(self, vector):
+        """A (C,) vector as a (block, C) array to slice [:m] (on the GPU: a (1, C) view, which
+        slices to itself and broadcasts as well)."""
+        if not self.on_cpu:
+            return vector[None, :]
+        return self.xp.ascontiguousarray(self.xp.broadcast_to(vector, (self.size, len(vector))))
+
+    def zeros(self):
+        return self.tile(self.xp.zeros(self.rows.shape[1], self.rows.dtype))
+
+    def column_sums(self, block):
+        """block (m, C) summed over its rows -> (C,)."""
+        if not self.on_cpu:
+            return block.sum(axis=0)
+        return (self.ones[:, :block.shape[0]] @ block)[0]
+
+
+def _batch_moments(rows, blocks):
     """The per-channel mean and biased variance of rows (n, C), reading rows once.
 
     Each block of rows gives its count m_b, mean mu_b and sum of squared deviations M2_b (the
@@ -138,10 +176,10 @@ def _batch_moments(rows):
 
     def block_moments(start, stop):
         block = rows[start:stop]
-        block_mean = block.mean(axis=0)                        # (C,)
+        block_mean = blocks.column_sums(block) / (stop - start)   # (C,)
         centered = block - block_mean
         return stop - start, block_mean, xp.einsum("nc,nc->c", centered, centered)
-    parts = parallel.map_blocks(block_moments, n, C * rows.itemsize, rows)
+    parts = blocks.map(block_moments)
     counts = xp.asarray([p[0] for p in parts], dtype=xp.float64)[:, None]  # (blocks, 1)
     means = xp.stack([p[1] for p in parts]).astype(xp.float64)             # (blocks, C)
     mean = (counts * means).sum(axis=0) / n

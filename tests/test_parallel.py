@@ -1,0 +1,205 @@
+"""autograd.parallel (work split over threads and cache-sized blocks), the ops that use it
+(conv2d, batch norm fused with ReLU and a residual, linear) with the splitting forced on, and
+autograd.memory. The forced splitting (`split_everything`) makes even tiny arrays go through
+several threads and many blocks, so the paths that only big arrays take in training run here."""
+import numpy
+import pytest
+
+import nn.functional as F
+from autograd import Tensor, gradcheck, parallel, to_numpy
+from autograd.memory import reuse_freed_memory
+from nn.functional import conv
+from nn.functional.im2col import Conv2dIm2col
+from nn.functional.normalization import _batch_moments, _Blocks
+from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+
+
+@pytest.fixture
+def threads():
+    """Restores the thread count after the test."""
+    before = parallel.get_num_threads()
+    yield
+    parallel.set_num_threads(before)
+
+
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
+def split_everything(request, monkeypatch, threads):
+    """n threads, no minimum work per thread, blocks of 2 rows of 8 bytes, conv chunks of one
+    image: every split a big array would see, on a small one."""
+    parallel.set_num_threads(request.param)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
+    return request.param
+
+
+# ----- the module itself --------------------------------------------------------------------
+
+def test_ranges_cover_the_rows_once_in_order(monkeypatch, threads):
+    parallel.set_num_threads(3)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    array = numpy.zeros(1)
+    for rows in (1, 2, 3, 10, 11):
+        ranges = parallel.parallel_ranges(rows, 1, array)
+        assert len(ranges) == min(3, rows)
+        assert [r for start, stop in ranges for r in range(start, stop)] == list(range(rows))
+
+
+def test_small_work_stays_in_the_calling_thread(threads):
+    parallel.set_num_threads(2)
+    small = parallel.MIN_BYTES_PER_THREAD  # one thread's worth of bytes in all
+    assert parallel.parallel_ranges(small, 1, numpy.zeros(1)) == [(0, small)]
+    assert len(parallel.parallel_ranges(4 * small, 1, numpy.zeros(1))) == 2
+
+
+def test_run_uses_the_pool_and_propagates_errors(monkeypatch, threads):
+    parallel.set_num_threads(2)
+    seen = parallel.run(lambda start, stop: (start, stop, parallel.thread_index()),
+                        [(0, 5), (5, 9)])
+    if parallel.get_num_threads() == 2:  # one thread only where OpenBLAS cannot be set
+        assert seen == [(0, 5, 0), (5, 9, 1)]
+
+    def fail(start, stop):
+        raise ArithmeticError(f"rows {start}..{stop}")
+    with pytest.raises(ArithmeticError, match="rows"):
+        parallel.run(fail, [(0, 5), (5, 9)])
+
+
+def test_a_split_inside_a_split_runs_serially(monkeypatch, threads):
+    """A nested split would wait for a pool thread that is itself waiting: it must not split."""
+    parallel.set_num_threads(2)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    array = numpy.zeros(1)
+    inner = parallel.for_rows(lambda start, stop: parallel.parallel_ranges(8, 1, array),
+                              8, 1, array)
+    assert all(ranges == [(0, 8)] for ranges in inner)
+
+
+def test_map_blocks_visits_every_row_once_in_order(split_everything):
+    rows = numpy.arange(37.0).reshape(37, 1)  # 8-byte rows, 2 per block
+    blocks = parallel.map_blocks(lambda start, stop: (start, stop), 37, 8, rows)
+    assert blocks[0][0] == 0 and blocks[-1][1] == 37
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert all(stop - start <= 2 for start, stop in blocks)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_split_products_equal_numpys(split_everything, dtype):
+    rng = numpy.random.default_rng(0)
+    a, b = (rng.standard_normal(shape).astype(dtype) for shape in ((13, 5), (5, 7)))
+    g = rng.standard_normal((13, 7)).astype(dtype)
+    tolerance = 1e-12 if dtype == "float64" else 1e-5
+    numpy.testing.assert_allclose(parallel.matmul(a, b), a @ b, rtol=tolerance)
+    out = numpy.empty((13, 7), dtype)
+    assert parallel.matmul(a, b, out) is out
+    numpy.testing.assert_allclose(parallel.matmul_transposed(g, a), g.T @ a, rtol=tolerance)
+
+
+def test_set_num_threads_rejects_nonsense():
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="positive int"):
+            parallel.set_num_threads(bad)
+
+
+def test_reuse_freed_memory_is_idempotent():
+    first = reuse_freed_memory()
+    assert isinstance(first, bool) and reuse_freed_memory() == first
+
+
+# ----- the ops, split -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0),
+                                                     (5, 1, 2)])
+def test_conv2d_split_over_threads_and_chunks_matches_the_reference(split_everything, kernel,
+                                                                    stride, padding):
+    x = randn(numpy, 5, 3, 7, 6, requires_grad=True)
+    w = randn(numpy, 4, 3, kernel, kernel, seed=1, requires_grad=True)
+    x_ref, w_ref = (Tensor(t.data.copy(), requires_grad=True) for t in (x, w))
+    upstream = numpy.random.default_rng(2).standard_normal(
+        F.conv2d(x, w, stride=stride, padding=padding).shape)
+    F.conv2d(x, w, stride=stride, padding=padding).backward(upstream)
+    Conv2dIm2col.apply(x_ref, w_ref, stride=(stride, stride),
+                       padding=(padding, padding)).backward(upstream)
+    numpy.testing.assert_allclose(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(w.grad, w_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_split_matches_finite_differences(split_everything):
+    x = randn(numpy, 9, 4, requires_grad=True)
+    w, b = randn(numpy, 3, 4, seed=1, requires_grad=True), randn(numpy, 3, seed=2,
+                                                                requires_grad=True)
+    assert gradcheck(F.linear, [x, w, b])
+
+
+def batch_norm_inputs(xp, shape, dtype="float64"):
+    rng = numpy.random.default_rng(5)
+    channels = shape[1]
+    x = randn(xp, *shape, dtype=dtype, scale=2.0, requires_grad=True)
+    residual = randn(xp, *shape, dtype=dtype, seed=9, requires_grad=True)
+    weight = Tensor(xp.asarray((1.5 + 0.3 * rng.standard_normal(channels)).astype(dtype)),
+                    requires_grad=True)
+    bias = Tensor(xp.asarray(rng.standard_normal(channels).astype(dtype)), requires_grad=True)
+    stats = (xp.asarray(rng.standard_normal(channels).astype(dtype)),
+             xp.asarray((0.5 + rng.random(channels)).astype(dtype)))
+    return x, residual, weight, bias, stats
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fused", ["relu", "residual", "residual+relu"])
+def test_fused_batch_norm_gradients_match_finite_differences(xp, split_everything, training,
+                                                             fused):
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(xp, (4, 3, 5, 3))
+    relu = "relu" in fused
+    if "residual" in fused:
+        assert gradcheck(lambda x, r, w, b: F.batch_norm(x, mean, var, w, b, training=training,
+                                                         residual=r, relu=relu),
+                         [x, residual, weight, bias])
+    else:
+        assert gradcheck(lambda x, w, b: F.batch_norm(x, mean, var, w, b, training=training,
+                                                      relu=relu), [x, weight, bias])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_matches_pytorch(xp, split_everything, dtype, training):
+    """relu(bn(x) + residual) and its four gradients, against PyTorch's separate ops."""
+    torch = import_torch()
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(xp, (6, 4, 5, 5), dtype)
+    x.data += 0.5
+    tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
+                      for t in (x, residual, weight, bias))
+    t_mean, t_var = (torch.from_numpy(to_numpy(s).copy()) for s in (mean, var))
+    ours = F.batch_norm(x, mean, var, weight, bias, training=training, momentum=0.3,
+                        residual=residual, relu=True)
+    theirs = torch.relu(torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb,
+                                                       training=training, momentum=0.3) + tr)
+    upstream = numpy.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    ours.backward(xp.asarray(upstream))
+    theirs.backward(torch.from_numpy(upstream))
+    pairs = [("output", ours.data, theirs), ("running_mean", mean, t_mean),
+             ("running_var", var, t_var)]
+    pairs += [(f"gradient of {name}", mine.grad, t.grad)
+              for name, mine, t in (("x", x, tx), ("residual", residual, tr),
+                                    ("weight", weight, tw), ("bias", bias, tb))]
+    for what, mine, t in pairs:
+        error = relative_error(mine, t.detach().numpy())
+        assert error <= PARITY_TOLERANCE[dtype], f"{what}: relative error {error:.3g} ({dtype})"
+
+
+def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
+    """A mean 1000 times the spread: E[x^2] - E[x]^2 in float32 would lose every digit; the
+    blocks' combined centred sums must match float64 to float32 precision."""
+    rng = numpy.random.default_rng(0)
+    rows = (1000 + rng.standard_normal((103, 3))).astype(numpy.float32)
+    mean, var = _batch_moments(rows, _Blocks(rows))
+    exact = rows.astype(numpy.float64)
+    numpy.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
+    numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
+
+
+def test_batch_norm_rejects_a_residual_of_another_shape():
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(numpy, (2, 3, 4, 4))
+    with pytest.raises(ValueError, match="residual has shape"):
+        F.batch_norm(x, mean, var, weight, bias, residual=Tensor(residual.data[:1]))
+    with pytest.raises(TypeError, match="residual is a ndarray"):
+        F.batch_norm(x, mean, var, weight, bias, residual=residual.data)
