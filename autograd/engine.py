@@ -7,6 +7,7 @@
    several ops, and accumulated (+=) into `.grad` of the leaves.
 3. Free the graph as it goes: saved arrays are released as soon as they are used.
 """
+from . import parallel
 
 
 class _FreedNode:
@@ -69,6 +70,6 @@ def backward(root, grad):
                 else:
                     parent.grad += g
             elif id(parent) in grads:
-                grads[id(parent)] = grads[id(parent)] + g
+                grads[id(parent)] = parallel.add(grads[id(parent)], g)  # a + b on all cores
             else:
                 grads[id(parent)] = g

@@ -11,6 +11,7 @@ every core.
 
     parallel_ranges(n)      -> [(start, stop), ...], one range of rows per thread
     run(fn, ranges)         -> [fn(start, stop), ...], computed in parallel (in order)
+    add(a, b)               a + b, the first axis split over the threads
     matmul(a, b, out)       a @ b, the rows of a split over the threads
     matmul_transposed(a, b) a.T @ b, the sum over rows split over the threads
     map_blocks(fn, ...)     fn on cache-sized blocks of rows, the blocks spread over threads
@@ -158,6 +159,18 @@ def map_blocks(fn, rows, row_bytes, array):
     def blocks_of(first, last):
         return [fn(start, min(last, start + per_block)) for start in range(first, last, per_block)]
     return [result for share in for_rows(blocks_of, rows, row_bytes, array) for result in share]
+
+
+def add(a, b):
+    """a + b for two arrays of one shape (any strides), as a new array of a's layout, the
+    first axis split over the threads."""
+    xp = array_module(a, b)
+    if a.ndim == 0:
+        return a + b
+    out = xp.empty_like(a)
+    for_rows(lambda start, stop: xp.add(a[start:stop], b[start:stop], out=out[start:stop]),
+             a.shape[0], a[:1].nbytes, a)
+    return out
 
 
 def matmul(a, b, out=None):

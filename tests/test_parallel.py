@@ -95,6 +95,16 @@ def test_split_products_equal_numpys(split_everything, dtype):
     numpy.testing.assert_allclose(parallel.matmul_transposed(g, a), g.T @ a, rtol=tolerance)
 
 
+def test_split_add_keeps_the_layout_of_channels_last_views(split_everything):
+    rng = numpy.random.default_rng(0)
+    a = numpy.moveaxis(rng.standard_normal((5, 4, 3, 2)), -1, 1)  # (5, 2, 4, 3), channels last
+    b = numpy.moveaxis(rng.standard_normal((5, 4, 3, 2)), -1, 1)
+    total = parallel.add(a, b)
+    numpy.testing.assert_array_equal(total, a + b)
+    assert total.strides == a.strides
+    assert parallel.add(numpy.float64(2), numpy.float64(3)) == 5
+
+
 def test_set_num_threads_rejects_nonsense():
     for bad in (0, -1, 1.5, "2"):
         with pytest.raises(ValueError, match="positive int"):
