@@ -10,6 +10,10 @@ Reported: the median (min-max) milliseconds over the repeats of all rounds, and 
 ratio ours/theirs = their time / our time (above 1, we are faster), against PyTorch's default
 NCHW layout and against channels_last. As in bench.step, each side runs in its own process
 with the same --threads, alternating over --rounds.
+
+Our image inputs are channels-last (N, C, H, W) views, as every conv output is inside our
+network, so no layer pays a layout copy that it would not pay there; our batch norm runs
+fused with the ReLU (and the residual add) as our ResNet calls it, PyTorch's as separate ops.
 """
 import argparse
 import json
@@ -29,6 +33,7 @@ LAYERS = {
     "downsample 1x1/2 256->512 at 32x32": ("conv", dict(C=256, F=512, H=32, k=1, stride=2,
                                                         padding=0)),
     "BN + ReLU 64 at 32x32": ("bn_relu", dict(C=64, H=32)),
+    "BN + add + ReLU 256 at 32x32": ("bn_add_relu", dict(C=256, H=32)),
     "max-pool 3x3/2 64 at 112x112": ("max_pool", dict(C=64, H=112)),
     "linear 2048->2048": ("linear", dict(C=2048, F=2048)),
     "NT-Xent (2N, 128)": ("nt_xent", dict(C=128)),
@@ -66,6 +71,8 @@ def input_shapes(kind, s, N):
         return [(N, s["C"], s["H"], s["H"]), (s["F"], s["C"], s["k"], s["k"])]
     if kind == "bn_relu":
         return [(N, s["C"], s["H"], s["H"]), (s["C"],), (s["C"],)]
+    if kind == "bn_add_relu":  # the end of a residual block: relu(bn(x) + shortcut)
+        return [(N, s["C"], s["H"], s["H"]), (s["C"],), (s["C"],), (N, s["C"], s["H"], s["H"])]
     if kind == "max_pool":
         return [(N, s["C"], s["H"], s["H"])]
     if kind == "linear":
@@ -82,12 +89,13 @@ def ours_layer(kind, s, inputs):
 
     if kind == "conv":
         return lambda: F.conv2d(*inputs, stride=s["stride"], padding=s["padding"])
-    if kind == "bn_relu":
+    if kind in ("bn_relu", "bn_add_relu"):
         xp = inputs[0].xp
         running_mean, running_var = (xp.zeros(s["C"], numpy.float32),
                                      xp.ones(s["C"], numpy.float32))
-        return lambda: F.relu(F.batch_norm(inputs[0], running_mean, running_var, *inputs[1:],
-                                           training=True))
+        return lambda: F.batch_norm(inputs[0], running_mean, running_var, *inputs[1:3],
+                                    training=True, residual=inputs[3] if len(inputs) > 3
+                                    else None, relu=True)  # one fused op, as in our ResNet
     if kind == "max_pool":
         return lambda: F.max_pool2d(inputs[0], 3, 2, 1)
     if kind == "linear":
@@ -104,9 +112,12 @@ def torch_layer(kind, s, inputs):
 
     if kind == "conv":
         return lambda: F.conv2d(*inputs, stride=s["stride"], padding=s["padding"])
-    if kind == "bn_relu":
+    if kind in ("bn_relu", "bn_add_relu"):
         running_mean = torch.zeros(s["C"], device=inputs[0].device)
         running_var = torch.ones(s["C"], device=inputs[0].device)
+        if kind == "bn_add_relu":
+            return lambda: F.relu(F.batch_norm(inputs[0], running_mean, running_var,
+                                               *inputs[1:3], training=True) + inputs[3])
         return lambda: F.relu(F.batch_norm(inputs[0], running_mean, running_var, *inputs[1:],
                                            training=True))
     if kind == "max_pool":
@@ -128,8 +139,11 @@ def measure(args):
         xp = numpy if args.backend == "numpy" else require_cupy()
         sync = synchronizer(args.backend)
 
-        def make(array, requires_grad):
-            return Tensor(xp.asarray(array), requires_grad=requires_grad)
+        def make(array, requires_grad):  # images channels-last, as our convs output them
+            array = xp.asarray(array)
+            if array.ndim == 4:
+                array = xp.moveaxis(xp.ascontiguousarray(xp.moveaxis(array, 1, -1)), -1, 1)
+            return Tensor(array, requires_grad=requires_grad)
     else:
         import torch
         torch.set_num_threads(args.threads)

@@ -7,6 +7,8 @@ Function's forward and backward while --steps steps run, grouped by op (a convol
 kernel and stride, e.g. "Conv2d 3x3/2"). Times are exclusive: an op that calls another op's
 forward does not count the inner one twice. What no op accounts for is the LARS update (timed
 on its own) and the rest: the engine's graph walk, gradient accumulation, Python.
+On the CPU it then times the step's matrix products on their own (the same shapes, random
+numbers): the floor that the BLAS sets, against which the rest of the step is overhead.
 On a GPU each op waits for the device before its clock is read, which slows the step but
 charges every kernel to the op that launched it.
 """
@@ -37,6 +39,46 @@ def op_label(cls, arrays, params):
     return label
 
 
+def product_shape(cls, arrays, params):
+    """(M, K, F) of the matrix product out (M, F) = columns (M, K) @ weights (K, F) that a
+    convolution or linear layer computes, or None for another op."""
+    name = cls.__name__
+    if "conv" in name.lower() and len(arrays) >= 2 and getattr(arrays[1], "ndim", 0) == 4:
+        (N, C, H, W), (F, _, kh, kw) = arrays[0].shape, arrays[1].shape
+        (sh, sw), (ph, pw) = params.get("stride", (1, 1)), params.get("padding", (0, 0))
+        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        return N * Ho * Wo, C * kh * kw, F
+    if name == "Linear":
+        x, weight = arrays[:2]
+        return x.size // x.shape[-1], weight.shape[1], weight.shape[0]
+    return None
+
+
+def time_products(shapes, repeats=2):
+    """Seconds that the forward, input-gradient and weight-gradient products of `shapes` take
+    on their own, as whole float32 matrices split over our threads (the best of `repeats`):
+    what the step would cost if nothing but its matrix products took time."""
+    import numpy
+
+    from autograd import parallel
+
+    rng = numpy.random.default_rng(0)
+    arrays = {}
+    for M, K, F in set(shapes):
+        arrays[M, K, F] = [rng.standard_normal(shape, dtype=numpy.float32)
+                           for shape in ((M, K), (K, F), (M, F))]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for shape in shapes:
+            columns, weights, grad = arrays[shape]
+            parallel.matmul(columns, weights)               # forward
+            parallel.matmul(grad, weights.T)                # input gradient
+            parallel.matmul_transposed(grad, columns)       # weight gradient
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 class OpProfiler:
     """While active (a `with` block), every Function subclass's forward and backward is timed.
 
@@ -48,6 +90,7 @@ class OpProfiler:
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
         self._inner_seconds = [0.0]  # time spent in nested timed calls, one entry per level
+        self.products = []  # (M, K, F) of every convolution's and linear layer's product
         self._saved = {}
 
     def timed(self, key, function, *args, **kwargs):
@@ -66,6 +109,9 @@ class OpProfiler:
     def _wrap(self, cls, forward, backward):
         def timed_forward(ctx, *arrays, **params):
             ctx.profile_label = op_label(cls, arrays, params)
+            shape = product_shape(cls, arrays, params)
+            if shape is not None:
+                self.products.append(shape)
             return self.timed((ctx.profile_label, "forward"), forward, ctx, *arrays, **params)
 
         def timed_backward(ctx, grad):
@@ -112,12 +158,16 @@ def profile_ours(args):
         finally:
             del ours.optimizer.step
     per_step = 1e3 / args.steps
+    products_ms = None
+    if ours.device == "cpu":
+        one_step = profiler.products[:len(profiler.products) // args.steps]
+        products_ms = time_products(one_step) * 1e3
     ops = defaultdict(lambda: {"forward": 0.0, "backward": 0.0, "-": 0.0, "calls": 0})
     for (label, phase), seconds in profiler.seconds.items():
         ops[label][phase] += seconds * per_step
         if phase != "backward":  # one call is one forward (and its backward)
             ops[label]["calls"] += profiler.calls[(label, phase)] / args.steps
-    return {"step_ms": total * per_step, "ops": dict(ops)}
+    return {"step_ms": total * per_step, "ops": dict(ops), "products_ms": products_ms}
 
 
 def report(args, result):
@@ -137,8 +187,15 @@ def report(args, result):
              f"({2 * args.batch_size} views) at {args.image_size}x{args.image_size}, "
              f"{args.threads} threads; {step_ms / 1e3:.2f} s per step (mean of {args.steps}, "
              f"profiled), ms per step:")
-    return title + "\n" + format_table(
+    table = title + "\n" + format_table(
         ["op", "calls", "forward ms", "backward ms", "total ms", "share"], rows)
+    if result.get("products_ms"):
+        products = result["products_ms"]
+        table += (f"\nThe step's matrix products alone (forward, input and weight gradient of "
+                  f"every convolution and linear layer, whole matrices on our threads): "
+                  f"{products:.0f} ms, {100 * products / step_ms:.0f}% of the step; everything "
+                  f"else (im2col, batch norm, the engine, ...): {step_ms - products:.0f} ms.")
+    return table
 
 
 def main(argv=None):
