@@ -14,6 +14,7 @@ every core.
     add(a, b)               a + b, the first axis split over the threads
     matmul(a, b, out)       a @ b, the rows of a split over the threads
     matmul_transposed(a, b) a.T @ b, the sum over rows split over the threads
+    map_ranges(fn, ranges)  fn on many pieces, each thread taking the next free piece
     map_blocks(fn, ...)     fn on cache-sized blocks of rows, the blocks spread over threads
     set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
 
@@ -23,6 +24,7 @@ on another BLAS), everything runs in the calling thread and the BLAS keeps its o
 """
 import ctypes
 import glob
+import itertools
 import os
 import re
 import threading
@@ -112,14 +114,19 @@ def thread_index():
     return getattr(_local, "index", 0)
 
 
-def parallel_ranges(rows, row_bytes, array):
-    """Split range(rows) into one contiguous (start, stop) per thread, or a single range when
+def _threads_for(pieces, total_bytes, array):
+    """How many threads to split `pieces` pieces of work (total_bytes in all) over: one when
     the work is small (under MIN_BYTES_PER_THREAD per thread), on the GPU, or when called from
     inside a parallel section (a nested split would wait for a pool thread that is waiting)."""
     threads = get_num_threads()
     if threads == 1 or is_cupy_array(array) or thread_index() != 0 or _local.__dict__.get("busy"):
-        return [(0, rows)]
-    threads = int(max(1, min(threads, rows, rows * row_bytes // MIN_BYTES_PER_THREAD)))
+        return 1
+    return int(max(1, min(threads, pieces, total_bytes // MIN_BYTES_PER_THREAD)))
+
+
+def parallel_ranges(rows, row_bytes, array):
+    """Split range(rows) into one contiguous (start, stop) per thread (see _threads_for)."""
+    threads = _threads_for(rows, rows * row_bytes, array)
     bounds = [rows * t // threads for t in range(threads + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -143,22 +150,38 @@ def for_rows(fn, rows, row_bytes, array):
     return run(fn, parallel_ranges(rows, row_bytes, array))
 
 
+def map_ranges(fn, ranges, total_bytes, array):
+    """[fn(start, stop) for (start, stop) in ranges], in order, the threads each taking the
+    next range as soon as they finish one: a slow range or a busy core delays nobody."""
+    threads = _threads_for(len(ranges), total_bytes, array)
+    if threads == 1:
+        return [fn(*r) for r in ranges]
+    results = [None] * len(ranges)
+    next_index = itertools.count().__next__  # atomic under the GIL: each index taken once
+
+    def take_ranges(_start, _stop):
+        index = next_index()
+        while index < len(ranges):
+            results[index] = fn(*ranges[index])
+            index = next_index()
+    run(take_ranges, [(0, 0)] * threads)
+    return results
+
+
 def block_rows(row_bytes):
     """How many rows of row_bytes each make one block of map_blocks."""
     return max(1, BLOCK_BYTES // row_bytes)
 
 
 def map_blocks(fn, rows, row_bytes, array):
-    """[fn(start, stop) for each block of rows], in order: blocks of about BLOCK_BYTES, each
-    thread taking the blocks of its share of the rows. Several NumPy calls on one block then
-    read memory once (the block stays in cache between them). On the GPU: one block."""
+    """[fn(start, stop) for each block of rows], in order: blocks of about BLOCK_BYTES, taken
+    by the threads one after another (map_ranges). Several NumPy calls on one block then read
+    memory once (the block stays in cache between them). On the GPU: one block of all rows."""
     if is_cupy_array(array):
         return [fn(0, rows)]
     per_block = block_rows(row_bytes)
-
-    def blocks_of(first, last):
-        return [fn(start, min(last, start + per_block)) for start in range(first, last, per_block)]
-    return [result for share in for_rows(blocks_of, rows, row_bytes, array) for result in share]
+    blocks = [(start, min(rows, start + per_block)) for start in range(0, rows, per_block)]
+    return map_ranges(fn, blocks, rows * row_bytes, array)
 
 
 def add(a, b):

@@ -11,8 +11,10 @@ it fast on a CPU, none of which changes the arithmetic:
    keep the layout, and the next conv reads it back without a copy. A 1x1 convolution is then
    a plain matrix product with no im2col at all (ResNet-50 has 36 of them).
 2. Chunks. im2col of a whole batch is kh*kw times the size of the input (hundreds of MB);
-   a few images at a time keeps the column buffer small enough to stay in cache, and the
-   buffer is reused from chunk to chunk and step to step.
+   a few images at a time keeps the column buffer small, and the buffer is reused from chunk
+   to chunk and step to step. On the CPU the chunks are shared out to threads, each taking
+   the next chunk when it is done with one (autograd/parallel.py), each with its own buffer;
+   a 1x1 convolution's one product is split by rows instead.
 3. The window view. The columns of a chunk are one strided view of the padded input
    (as_strided: no copy), copied once into the buffer.
 
@@ -119,12 +121,10 @@ class Conv2d(Function):
             ph, pw = padding
             grad_4d = grad_rows.reshape(N, Ho * Wo, F)
             if needs_weight:
-                def weight_grad(first, last):  # the sum over images first..last-1
-                    total = xp.zeros(w_matrix.shape[::-1], dtype=grad.dtype)  # (F, K)
-                    for start, stop, cols in _column_chunks(x_last, ctx.geometry, first, last):
-                        total += grad_4d[start:stop].reshape(-1, F).T @ cols
-                    return total
-                parts = _for_images(weight_grad, x_last, ctx.geometry)
+                def weight_grad(start, stop):  # the sum over images start..stop-1: (F, K)
+                    cols = _columns(x_last, ctx.geometry, start, stop)
+                    return grad_4d[start:stop].reshape(-1, F).T @ cols
+                parts = _for_chunks(weight_grad, x_last, ctx.geometry)
                 grad_w_matrix = sum(parts[1:], parts[0]).T                   # (K, F)
             if needs_x and stride == (1, 1) and ph < kh and pw < kw:
                 grad_x = _transposed_by_flipped_kernel(grad_rows.reshape(N, Ho, Wo, F),
@@ -132,12 +132,10 @@ class Conv2d(Function):
             elif needs_x:
                 grad_padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad.dtype)
 
-                def input_grad(first, last):  # each thread adds onto its own images
-                    for start, stop, _ in _column_chunks(x_last, ctx.geometry, first, last,
-                                                         build=False):
-                        grad_cols = grad_4d[start:stop].reshape(-1, F) @ w_matrix.T  # (n*Ho*Wo, K)
-                        _col2im(grad_cols, grad_padded[start:stop], ctx.geometry)
-                _for_images(input_grad, x_last, ctx.geometry)
+                def input_grad(start, stop):  # adds onto images start..stop-1 only
+                    grad_cols = grad_4d[start:stop].reshape(-1, F) @ w_matrix.T  # (n*Ho*Wo, K)
+                    _col2im(grad_cols, grad_padded[start:stop], ctx.geometry)
+                _for_chunks(input_grad, x_last, ctx.geometry)
                 grad_x = grad_padded[:, ph:ph + H, pw:pw + W]
         if grad_w_matrix is not None:  # (K, F) -> (F, C, kh, kw)
             grad_w_matrix = xp.ascontiguousarray(
@@ -160,18 +158,11 @@ def _convolve(x_last, w_matrix, geometry):
         rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
         parallel.matmul(rows.reshape(-1, C), w_matrix, out.reshape(-1, F))
     else:
-        def convolve_images(first, last):
-            for start, stop, cols in _column_chunks(x_last, geometry, first, last):
-                xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
-        _for_images(convolve_images, x_last, geometry)
+        def convolve_chunk(start, stop):
+            cols = _columns(x_last, geometry, start, stop)
+            xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
+        _for_chunks(convolve_chunk, x_last, geometry)
     return out
-
-
-def _for_images(fn, x_last, geometry):
-    """fn(first, last) on each thread's share of the images (see autograd/parallel.py)."""
-    (kh, kw), _, _, (Ho, Wo) = geometry
-    per_image = Ho * Wo * kh * kw * x_last.shape[3] * x_last.itemsize  # its columns' bytes
-    return parallel.for_rows(fn, x_last.shape[0], per_image, x_last)
 
 
 def _transposed_by_flipped_kernel(grad_last, w_matrix, geometry, C):
@@ -189,26 +180,33 @@ def _transposed_by_flipped_kernel(grad_last, w_matrix, geometry, C):
     return _convolve(grad_last, flipped, ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W)))
 
 
-def _column_chunks(x_last, geometry, first, last, build=True):
-    """Yield (start, stop, cols) over chunks of images first..last-1: cols (n*Ho*Wo, K) is the
-    column matrix of images start..stop-1 (None when build is False), in a buffer reused by the
-    next chunk (one buffer per thread)."""
+def _chunk_size(x_last, geometry):
+    """(images per chunk, bytes of one image's columns): as many images as fit in CHUNK_BYTES."""
+    (kh, kw), _, _, (Ho, Wo) = geometry
+    per_image = Ho * Wo * kh * kw * x_last.shape[3] * x_last.itemsize
+    return max(1, min(x_last.shape[0], CHUNK_BYTES[device_of(x_last)] // per_image)), per_image
+
+
+def _for_chunks(fn, x_last, geometry):
+    """[fn(start, stop) for each chunk of images start..stop-1], in order; on the CPU the
+    threads take the chunks one by one as they come free (autograd.parallel.map_ranges)."""
+    N = x_last.shape[0]
+    chunk, per_image = _chunk_size(x_last, geometry)
+    chunks = [(start, min(N, start + chunk)) for start in range(0, N, chunk)]
+    return parallel.map_ranges(fn, chunks, N * per_image, x_last)
+
+
+def _columns(x_last, geometry, start, stop):
+    """The column matrix (n*Ho*Wo, K) of images start..stop-1, in a buffer that this thread
+    reuses for its next chunk: the windows of the padded images, copied once (im2col)."""
     xp = array_module(x_last)
-    N, _, _, C = x_last.shape
     kernel, stride, padding, (Ho, Wo) = geometry
-    K = kernel[0] * kernel[1] * C
-    device = device_of(x_last)
-    per_image = Ho * Wo * K * x_last.dtype.itemsize
-    chunk = max(1, min(last - first, CHUNK_BYTES[device] // per_image))
-    for start in range(first, last, chunk):
-        stop = min(last, start + chunk)
-        if not build:
-            yield start, stop, None
-            continue
-        cols = _buffer("columns", xp, (chunk * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
-        windows = _windows(_pad(x_last[start:stop], padding, chunk), kernel, stride, (Ho, Wo))
-        cols.reshape(windows.shape)[...] = windows                  # the one copy: im2col
-        yield start, stop, cols
+    K = kernel[0] * kernel[1] * x_last.shape[3]
+    chunk, _ = _chunk_size(x_last, geometry)
+    cols = _buffer("columns", xp, (chunk * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
+    windows = _windows(_pad(x_last[start:stop], padding, chunk), kernel, stride, (Ho, Wo))
+    cols.reshape(windows.shape)[...] = windows                      # the one copy: im2col
+    return cols
 
 
 def _col2im(grad_cols, grad_padded, geometry):
