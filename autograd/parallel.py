@@ -197,21 +197,38 @@ def add(a, b):
 
 
 def matmul(a, b, out=None):
-    """a (M, K) @ b (K, F) -> (M, F), written into `out` when given, the rows split over the
-    threads."""
+    """a (M, K) @ b (K, F) -> (M, F), written into `out` when given. The threads split the
+    larger side of the result: the rows of a (a conv's many pixels) or the columns of b (a
+    linear layer's outputs for a few rows, where splitting rows would make every thread
+    read all of b)."""
     xp = array_module(a)
     if out is None:
         out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
-    for_rows(lambda start, stop: xp.matmul(a[start:stop], b, out=out[start:stop]),
-             a.shape[0], a.shape[1] * a.itemsize, a)
+    M, K = a.shape
+    F = b.shape[1]
+    if M >= F:
+        for_rows(lambda start, stop: xp.matmul(a[start:stop], b, out=out[start:stop]),
+                 M, K * a.itemsize, a)
+    else:
+        for_rows(lambda start, stop: xp.matmul(a, b[:, start:stop], out=out[:, start:stop]),
+                 F, K * a.itemsize, a)
     return out
 
 
 def matmul_transposed(a, b):
-    """a.T @ b for a (M, F) and b (M, K) -> (F, K), the sum over M split over the threads
-    (a weight gradient): each thread multiplies its rows, then the partial products are added."""
+    """a.T @ b for a (M, F) and b (M, K) -> (F, K). When M is the long side (a weight gradient
+    summed over a conv's pixels), each thread multiplies its rows and the partial products
+    are added; otherwise each thread computes its own rows of the result."""
+    xp = array_module(a)
+    M, F = a.shape
+    K = b.shape[1]
+    if M < F + K:
+        out = xp.empty((F, K), dtype=xp.result_type(a, b))
+        for_rows(lambda start, stop: xp.matmul(a[:, start:stop].T, b, out=out[start:stop]),
+                 F, M * a.itemsize, a)
+        return out
     parts = for_rows(lambda start, stop: a[start:stop].T @ b[start:stop],
-                     a.shape[0], (a.shape[1] + b.shape[1]) * a.itemsize, a)
+                     M, (F + K) * a.itemsize, a)
     total = parts[0]
     for part in parts[1:]:
         total += part

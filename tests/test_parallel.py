@@ -84,13 +84,14 @@ def test_map_blocks_visits_every_row_once_in_order(split_everything):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_split_products_equal_numpys(split_everything, dtype):
+@pytest.mark.parametrize("M", [13, 3], ids=["split-rows", "split-columns"])
+def test_split_products_equal_numpys(split_everything, dtype, M):
     rng = numpy.random.default_rng(0)
-    a, b = (rng.standard_normal(shape).astype(dtype) for shape in ((13, 5), (5, 7)))
-    g = rng.standard_normal((13, 7)).astype(dtype)
+    a, b = (rng.standard_normal(shape).astype(dtype) for shape in ((M, 5), (5, 7)))
+    g = rng.standard_normal((M, 7)).astype(dtype)
     tolerance = 1e-12 if dtype == "float64" else 1e-5
     numpy.testing.assert_allclose(parallel.matmul(a, b), a @ b, rtol=tolerance)
-    out = numpy.empty((13, 7), dtype)
+    out = numpy.empty((M, 7), dtype)
     assert parallel.matmul(a, b, out) is out
     numpy.testing.assert_allclose(parallel.matmul_transposed(g, a), g.T @ a, rtol=tolerance)
 
