@@ -19,7 +19,7 @@ import time
 import numpy
 
 import nn
-from autograd import Tensor
+from autograd import Tensor, parallel
 from autograd.backend import array_module, require_cupy
 from autograd.memory import reuse_freed_memory
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
@@ -72,6 +72,9 @@ def parse_args(argv=None):
                              "still spans --epochs (for smoke runs and tests)")
     parser.add_argument("--knn-every", type=int, default=None, metavar="N",
                         help="every N epochs, k-NN accuracy (cosine, k=200) on the held-out split")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the array work (default: $OMP_NUM_THREADS, else "
+                             "every core); not saved with the run")
     return parser.parse_args(argv)
 
 
@@ -103,7 +106,7 @@ def resolve_config(args):
     """The run's settings: from the flags, or from the checkpoint's folder when resuming."""
     given = vars(args)
     if not args.resume:
-        config = {key: value for key, value in given.items() if key != "resume"}
+        config = {key: value for key, value in given.items() if key not in ("resume", "threads")}
         for key, default in RESUMABLE_OVERRIDES.items():
             config[key] = default if config[key] is None else config[key]
         return config, None
@@ -247,6 +250,10 @@ def monitor_knn(model, train, held_out, max_train=10000):
 def main(argv=None):
     args = parse_args(argv)
     reuse_freed_memory()  # reuse last step's pages instead of faulting in new ones
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be at least 1, got {args.threads}")
+        parallel.set_num_threads(args.threads)
     config, resumed = resolve_config(args)
     # Ctrl-C arrives as KeyboardInterrupt (train() saves a checkpoint); so should a polite kill.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
