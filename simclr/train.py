@@ -74,7 +74,8 @@ def parse_args(argv=None):
                         help="every N epochs, k-NN accuracy (cosine, k=200) on the held-out split")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the array work (default: $OMP_NUM_THREADS, else "
-                             "every core); not saved with the run")
+                             "every core); not saved with the run. A run repeats bit for bit "
+                             "with the same thread count")
     return parser.parse_args(argv)
 
 

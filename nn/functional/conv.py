@@ -26,7 +26,7 @@ from autograd.backend import device_of
 
 from .windows import output_size, pair
 
-CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
+CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
 _buffers = {}  # reused column buffers: (module, dtype, shape) -> array
 
 
