@@ -12,14 +12,14 @@ every core.
     parallel_ranges(n)      -> [(start, stop), ...], one range of rows per thread
     run(fn, ranges)         -> [fn(start, stop), ...], computed in parallel (in order)
     add(a, b)               a + b, the first axis split over the threads
-    matmul(a, b, out)       a @ b, the rows of a split over the threads
-    matmul_transposed(a, b) a.T @ b, the sum over rows split over the threads
+    matmul(a, b, out)       a @ b, the larger side of the result split over the threads
+    matmul_transposed(a, b) a.T @ b, a long sum over rows split over the threads
     map_ranges(fn, ranges)  fn on many pieces, each thread taking the next free piece
     map_blocks(fn, ...)     fn on cache-sized blocks of rows, the blocks spread over threads
     set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
 
-CuPy arrays never go through the pool: a GPU kernel is already parallel, so `run` calls fn
-once on all rows. With one thread, or when OpenBLAS's thread count cannot be set (NumPy built
+CuPy arrays never go through the pool: a GPU kernel is already parallel, so their work is one
+piece, run in the calling thread. With one thread, or when OpenBLAS's thread count cannot be set (NumPy built
 on another BLAS), everything runs in the calling thread and the BLAS keeps its own threads.
 """
 import ctypes
@@ -81,7 +81,7 @@ def set_num_threads(n):
     With n > 1, OpenBLAS is set to one thread, as our threads do the splitting; with n == 1 it
     gets the one thread too. If OpenBLAS's thread count cannot be set, our pool stays at one
     thread and the BLAS keeps its own."""
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {n!r}")
     with _lock:
         if _state["blas_setter"] is None:
