@@ -10,7 +10,7 @@ from autograd import Tensor, gradcheck, parallel, to_numpy
 from autograd.memory import reuse_freed_memory
 from nn.functional import conv
 from nn.functional.im2col import Conv2dIm2col
-from nn.functional.normalization import _batch_moments, _Blocks
+from nn.functional.normalization import _batch_moments, _Blocks, batch_norm_reference
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 
@@ -195,6 +195,27 @@ def test_fused_batch_norm_matches_pytorch(xp, split_everything, dtype, training)
     for what, mine, t in pairs:
         error = relative_error(mine, t.detach().numpy())
         assert error <= PARITY_TOLERANCE[dtype], f"{what}: relative error {error:.3g} ({dtype})"
+
+
+@pytest.mark.parametrize("fused", ["none", "relu", "residual+relu"])
+def test_fused_batch_norm_equals_the_tensor_op_reference(xp, split_everything, fused):
+    """The fast op against batch_norm_reference (plain Tensor ops), values and all gradients."""
+    x, residual, weight, bias, _ = batch_norm_inputs(xp, (5, 4, 3, 6))
+    copies = [Tensor(t.data.copy(), requires_grad=True) for t in (x, residual, weight, bias)]
+    relu, res = "relu" in fused, "residual" in fused
+    fast = F.batch_norm(x, None, None, weight, bias, training=True,
+                        residual=residual if res else None, relu=relu)
+    slow = batch_norm_reference(copies[0], copies[2], copies[3],
+                                residual=copies[1] if res else None, relu=relu)
+    upstream = xp.asarray(numpy.random.default_rng(4).standard_normal(x.shape))
+    fast.backward(upstream)
+    slow.backward(upstream)
+    assert relative_error(fast.data, slow.data) < 1e-12
+    for name, mine, theirs in zip(("x", "residual", "weight", "bias"), (x, residual, weight, bias),
+                                  copies):
+        if name == "residual" and not res:
+            continue
+        assert relative_error(mine.grad, theirs.grad) < 1e-10, name
 
 
 def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):

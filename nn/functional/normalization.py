@@ -192,6 +192,25 @@ def _total(parts, xp, dtype):
     return xp.stack(parts).sum(axis=0, dtype=xp.float64).astype(dtype)
 
 
+def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False):
+    """Training-mode batch norm (+ residual, + ReLU) written with plain Tensor ops, the way the
+    formula reads; the engine differentiates it op by op. The reference that tests hold the
+    fused BatchNorm above to (it keeps no running statistics).
+
+    x (N, C, *), weight and bias (C,) Tensors -> relu?(weight * (x - mu) / sqrt(var + eps)
+    + bias + residual?), mu and the biased var taken over every axis but 1."""
+    from .activation import relu as relu_op
+    axes = (0,) + tuple(range(2, x.ndim))
+    per_channel = (1, x.shape[1]) + (1,) * (x.ndim - 2)          # broadcasts over N, H, W
+    mean = x.mean(axis=axes, keepdims=True)
+    centered = x - mean
+    var = (centered * centered).mean(axis=axes, keepdims=True)
+    y = centered / (var + eps).sqrt() * weight.reshape(*per_channel) + bias.reshape(*per_channel)
+    if residual is not None:
+        y = y + residual
+    return relu_op(y) if relu else y
+
+
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, residual=None, relu=False):
     """Batch normalisation, as torch.nn.functional.batch_norm.
