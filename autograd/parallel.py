@@ -102,6 +102,16 @@ def _name_worker(indices):
     _local.index = next(indices)
 
 
+def _forget_pool_after_fork():
+    """A forked child has none of its parent's threads: start a new pool there when needed
+    (the old one would queue work for a thread that does not exist, and wait forever)."""
+    _state["threads"] = _state["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def get_num_threads():
     """The number of threads `run` splits work over (the pool is started on first use)."""
     if _state["threads"] is None:

@@ -2,6 +2,8 @@
 (conv2d, batch norm fused with ReLU and a residual, linear) with the splitting forced on, and
 autograd.memory. The forced splitting (`split_everything`) makes even tiny arrays go through
 several threads and many blocks, so the paths that only big arrays take in training run here."""
+import os
+
 import numpy
 import pytest
 
@@ -104,6 +106,31 @@ def test_split_add_keeps_the_layout_of_channels_last_views(split_everything):
     numpy.testing.assert_array_equal(total, a + b)
     assert total.strides == a.strides
     assert parallel.add(numpy.float64(2), numpy.float64(3)) == 5
+
+
+def _split_product_in_a_child(queue):
+    a = numpy.arange(12.0).reshape(6, 2)
+    queue.put(parallel.matmul(a, a.T).tolist())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch, threads):
+    """After fork the parent's pool threads do not exist in the child: work handed to them
+    would wait forever. The child must start its own pool."""
+    import multiprocessing
+    parallel.set_num_threads(2)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    parallel.matmul(numpy.ones((4, 2)), numpy.ones((2, 3)))  # the parent's pool is in use
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_split_product_in_a_child, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on the parent's thread pool")
+    a = numpy.arange(12.0).reshape(6, 2)
+    assert queue.get(timeout=5) == (a @ a.T).tolist()
 
 
 def test_set_num_threads_rejects_nonsense():
