@@ -42,7 +42,7 @@ def _buffer(purpose, xp, shape, dtype):
     so the zero border is written once, not once per call."""
     key = (purpose, xp.__name__, str(dtype), shape, parallel.thread_index())
     if key not in _buffers:
-        if len(_buffers) > 64:
+        if len(_buffers) > 64 * parallel.get_num_threads():  # a model's shapes, per thread
             _buffers.clear()
         _buffers[key] = (xp.zeros if purpose == "padded" else xp.empty)(shape, dtype=dtype)
     return _buffers[key]

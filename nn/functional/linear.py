@@ -15,7 +15,7 @@ class Linear(Function):
         if bias:
             check_same_float_dtype("linear", x, bias[0])
         ctx.save_for_backward(x, weight)
-        if x.ndim == 2:  # (N, in) @ (in, out) -> (N, out), rows split over the CPU's threads
+        if x.ndim == 2:  # (N, in) @ (in, out) -> (N, out), split over the CPU's threads
             out = parallel.matmul(x, weight.T)
         else:
             out = x @ weight.T  # (..., in) @ (in, out) -> (..., out)
