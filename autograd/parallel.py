@@ -19,8 +19,9 @@ every core.
     set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
 
 CuPy arrays never go through the pool: a GPU kernel is already parallel, so their work is one
-piece, run in the calling thread. With one thread, or when OpenBLAS's thread count cannot be set (NumPy built
-on another BLAS), everything runs in the calling thread and the BLAS keeps its own threads.
+piece, run in the calling thread. With one thread, or when OpenBLAS's thread count cannot be
+set (NumPy built on another BLAS), everything runs in the calling thread and the BLAS keeps
+its own threads.
 """
 import ctypes
 import glob
@@ -129,7 +130,8 @@ def _threads_for(pieces, total_bytes, array):
     the work is small (under MIN_BYTES_PER_THREAD per thread), on the GPU, or when called from
     inside a parallel section (a nested split would wait for a pool thread that is waiting)."""
     threads = get_num_threads()
-    if threads == 1 or is_cupy_array(array) or thread_index() != 0 or _local.__dict__.get("busy"):
+    nested = thread_index() != 0 or getattr(_local, "busy", False)
+    if threads == 1 or is_cupy_array(array) or nested:
         return 1
     return int(max(1, min(threads, pieces, total_bytes // MIN_BYTES_PER_THREAD)))
 

@@ -44,9 +44,10 @@ def product_shape(cls, arrays, params):
     convolution or linear layer computes, or None for another op."""
     name = cls.__name__
     if "conv" in name.lower() and len(arrays) >= 2 and getattr(arrays[1], "ndim", 0) == 4:
+        from nn.functional.windows import output_size
         (N, C, H, W), (F, _, kh, kw) = arrays[0].shape, arrays[1].shape
-        (sh, sw), (ph, pw) = params.get("stride", (1, 1)), params.get("padding", (0, 0))
-        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        Ho, Wo = output_size("conv2d", (H, W), (kh, kw), params.get("stride", (1, 1)),
+                             params.get("padding", (0, 0)))
         return N * Ho * Wo, C * kh * kw, F
     if name == "Linear":
         x, weight = arrays[:2]

@@ -109,9 +109,7 @@ class Conv2d(Function):
             if needs_weight:  # (F, M) @ (M, C), transposed, each thread summing its rows
                 grad_w_matrix = parallel.matmul_transposed(grad_rows, rows.reshape(-1, C)).T
             if needs_x:
-                grad_rows_x = parallel.matmul(grad_rows, w_matrix.T,
-                                              xp.empty((grad_rows.shape[0], C), grad.dtype))
-                grad_rows_x = grad_rows_x.reshape(N, Ho, Wo, C)
+                grad_rows_x = parallel.matmul(grad_rows, w_matrix.T).reshape(N, Ho, Wo, C)
                 if stride == (1, 1):
                     grad_x = grad_rows_x
                 else:
