@@ -66,7 +66,7 @@ def backward(root, grad):
                     f"for input {position} of shape {parent.shape} and dtype {parent.dtype}")
             if parent._node is None:  # a leaf: accumulate into .grad
                 if parent.grad is None:
-                    parent.grad = g.copy()  # own the buffer: g may alias another gradient
+                    parent.grad = parallel.copy(g)  # own it: g may alias another gradient
                 else:
                     parent.grad += g
             elif id(parent) in grads:

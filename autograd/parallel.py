@@ -12,6 +12,8 @@ every core.
     parallel_ranges(n)      -> [(start, stop), ...], one range of rows per thread
     run(fn, ranges)         -> [fn(start, stop), ...], computed in parallel (in order)
     add(a, b)               a + b, the first axis split over the threads
+    total(arrays)           arrays[0] + arrays[1] + ..., added in that order, split likewise
+    copy(a)                 a C-contiguous copy of a, split likewise
     matmul(a, b, out)       a @ b, the larger side of the result split over the threads
     matmul_transposed(a, b) a.T @ b, a long sum over rows split over the threads
     map_ranges(fn, ranges)  fn on many pieces, each thread taking the next free piece
@@ -37,6 +39,7 @@ from .backend import array_module, is_cupy_array
 
 MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand-off
 BLOCK_BYTES = 512 * 2**10  # map_blocks: a block of rows that stays in cache
+PIECES_PER_THREAD = 2  # matmul: pieces per thread, balanced over the threads as they come free
 
 _state = {"threads": None, "pool": None, "blas_setter": None}
 _lock = threading.Lock()
@@ -199,13 +202,47 @@ def map_blocks(fn, rows, row_bytes, array):
 def add(a, b):
     """a + b for two arrays of one shape (any strides), as a new array of a's layout, the
     first axis split over the threads."""
-    xp = array_module(a, b)
+    array_module(a, b)  # a clear error if they are on two devices
+    return total([a, b])
+
+
+def total(arrays):
+    """arrays[0] + arrays[1] + ... for arrays of one shape, as a new array: each thread adds up
+    its own rows of all of them, in list order, so the result does not depend on the threads."""
+    first, rest = arrays[0], arrays[1:]
+    if not rest or first.ndim == 0:
+        return sum(rest, first.copy(order="K"))
+    xp = array_module(first)
+    out = xp.empty_like(first)
+
+    def add_rows(start, stop):
+        rows = out[start:stop]
+        xp.add(first[start:stop], rest[0][start:stop], out=rows)
+        for array in rest[1:]:
+            rows += array[start:stop]
+    for_rows(add_rows, first.shape[0], first[:1].nbytes * len(arrays), first)
+    return out
+
+
+def copy(a):
+    """A C-contiguous copy of a (any strides), the first axis split over the threads."""
+    xp = array_module(a)
     if a.ndim == 0:
-        return a + b
-    out = xp.empty_like(a)
-    for_rows(lambda start, stop: xp.add(a[start:stop], b[start:stop], out=out[start:stop]),
+        return a.copy()
+    out = xp.empty(a.shape, dtype=a.dtype)
+    for_rows(lambda start, stop: xp.copyto(out[start:stop], a[start:stop]),
              a.shape[0], a[:1].nbytes, a)
     return out
+
+
+def _pieces(length, unit_bytes, array):
+    """range(length) cut into PIECES_PER_THREAD equal pieces per thread (one piece when the
+    work stays in the calling thread): map_ranges then balances them over the threads."""
+    pieces = _threads_for(length, length * unit_bytes, array)
+    if pieces > 1:
+        pieces = min(length, pieces * PIECES_PER_THREAD)
+    bounds = [length * p // pieces for p in range(pieces + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def matmul(a, b, out=None):
@@ -219,29 +256,31 @@ def matmul(a, b, out=None):
     M, K = a.shape
     F = b.shape[1]
     if M >= F:
-        for_rows(lambda start, stop: xp.matmul(a[start:stop], b, out=out[start:stop]),
-                 M, K * a.itemsize, a)
+        def rows(start, stop):
+            xp.matmul(a[start:stop], b, out=out[start:stop])
+        map_ranges(rows, _pieces(M, K * a.itemsize, a), M * K * a.itemsize, a)
     else:
-        for_rows(lambda start, stop: xp.matmul(a, b[:, start:stop], out=out[:, start:stop]),
-                 F, K * a.itemsize, a)
+        def columns(start, stop):
+            xp.matmul(a, b[:, start:stop], out=out[:, start:stop])
+        map_ranges(columns, _pieces(F, K * a.itemsize, a), F * K * a.itemsize, a)
     return out
 
 
 def matmul_transposed(a, b):
     """a.T @ b for a (M, F) and b (M, K) -> (F, K). When M is the long side (a weight gradient
-    summed over a conv's pixels), each thread multiplies its rows and the partial products
-    are added; otherwise each thread computes its own rows of the result."""
+    summed over a conv's pixels), the threads multiply pieces of the rows and the partial
+    products are added in order (parallel.total); otherwise each thread computes its own rows
+    of the result."""
     xp = array_module(a)
     M, F = a.shape
     K = b.shape[1]
     if M < F + K:
         out = xp.empty((F, K), dtype=xp.result_type(a, b))
-        for_rows(lambda start, stop: xp.matmul(a[:, start:stop].T, b, out=out[start:stop]),
-                 F, M * a.itemsize, a)
+
+        def rows(start, stop):
+            xp.matmul(a[:, start:stop].T, b, out=out[start:stop])
+        map_ranges(rows, _pieces(F, M * a.itemsize, a), F * M * a.itemsize, a)
         return out
-    parts = for_rows(lambda start, stop: a[start:stop].T @ b[start:stop],
-                     M, (F + K) * a.itemsize, a)
-    total = parts[0]
-    for part in parts[1:]:
-        total += part
-    return total
+    parts = map_ranges(lambda start, stop: a[start:stop].T @ b[start:stop],
+                       _pieces(M, (F + K) * a.itemsize, a), M * (F + K) * a.itemsize, a)
+    return total(parts)

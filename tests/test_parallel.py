@@ -10,7 +10,7 @@ import pytest
 import nn.functional as F
 from autograd import Tensor, gradcheck, parallel, to_numpy
 from autograd.memory import reuse_freed_memory
-from nn.functional import conv
+from nn.functional import conv, normalization
 from nn.functional.im2col import Conv2dIm2col
 from nn.functional.normalization import _batch_moments, _Blocks, batch_norm_reference
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
@@ -39,6 +39,7 @@ def split_everything(request, monkeypatch, threads):
     monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
     monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
     monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
+    monkeypatch.setattr(normalization, "TILE_BYTES", 24)
     return request.param
 
 
@@ -112,6 +113,27 @@ def test_split_add_keeps_the_layout_of_channels_last_views(split_everything):
     numpy.testing.assert_array_equal(total, a + b)
     assert total.strides == a.strides
     assert parallel.add(numpy.float64(2), numpy.float64(3)) == 5
+
+
+def test_total_adds_in_list_order_whatever_the_split(split_everything):
+    rng = numpy.random.default_rng(0)
+    parts = [rng.standard_normal((7, 3)).astype("float32") for _ in range(5)]
+    expected = parts[0] + parts[1]
+    for part in parts[2:]:
+        expected = expected + part  # the same order, so the same rounding: equal bits
+    numpy.testing.assert_array_equal(parallel.total(parts), expected)
+    single = parallel.total(parts[:1])
+    numpy.testing.assert_array_equal(single, parts[0])
+    assert single is not parts[0]  # a new array, never an alias of an input
+    assert parallel.total([numpy.float32(1), numpy.float32(2)]) == 3
+
+
+def test_copy_of_a_strided_view_is_contiguous_and_equal(split_everything):
+    x = numpy.arange(5 * 6 * 4 * 3.0).reshape(5, 6, 4, 3)
+    view = x[:, ::2, ::2]
+    copied = parallel.copy(view)
+    numpy.testing.assert_array_equal(copied, view)
+    assert copied.flags.c_contiguous and not numpy.shares_memory(copied, x)
 
 
 def _split_product_in_a_child(queue):
@@ -260,6 +282,20 @@ def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
     exact = rows.astype(numpy.float64)
     numpy.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
     numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
+
+
+def test_batch_norm_blocks_are_whole_tiles_then_the_rest(monkeypatch):
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 64)      # 8 rows of 8 bytes per block ...
+    monkeypatch.setattr(normalization, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
+    rows = numpy.arange(46, dtype=numpy.float32).reshape(23, 2)
+    blocks = _Blocks(rows)
+    assert blocks.tile_rows == 3
+    assert blocks.ranges == [(0, 6), (6, 12), (12, 18), (18, 21), (21, 23)]
+    for start, stop in blocks.ranges:
+        view = blocks.view(rows, start, stop)
+        assert view.shape[1:] == blocks.tile(numpy.zeros(2, numpy.float32))[:view.shape[1]].shape
+        assert numpy.shares_memory(view, rows)
+        numpy.testing.assert_array_equal(view.reshape(-1, 2), rows[start:stop])
 
 
 def test_batch_norm_rejects_a_residual_of_another_shape():

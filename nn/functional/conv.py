@@ -81,14 +81,16 @@ class Conv2d(Function):
     @staticmethod
     def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(0, 0)):
         check_conv_inputs(x, weight, bias)
-        xp = array_module(x)
         N, C = x.shape[:2]
         F, _, kh, kw = weight.shape
         Ho, Wo = output_size("conv2d", x.shape[2:], (kh, kw), stride, padding)
         ctx.geometry = (kh, kw), stride, padding, (Ho, Wo)
         x_last = channels_last(x)                                    # (N, H, W, C)
-        w_matrix = weight.transpose(2, 3, 1, 0).reshape(kh * kw * C, F)  # (K, F)
-        ctx.save_for_backward(x_last, w_matrix)
+        w_rows = _filter_rows(weight)                                # (F, K)
+        ctx.save_for_backward(x_last, w_rows)
+        # (K, F): BLAS multiplies by a C-contiguous matrix a few percent faster than by the
+        # transposed view; a 1x1 kernel's (many large products) is left a view all the same
+        w_matrix = w_rows.T if kh == kw == 1 else parallel.copy(w_rows.T)
         out = _convolve(x_last, w_matrix, ctx.geometry)              # (N, Ho, Wo, F)
         if bias is not None:
             out += bias
@@ -96,25 +98,22 @@ class Conv2d(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x_last, w_matrix = ctx.saved
+        x_last, w_rows = ctx.saved                                   # (N, H, W, C), (F, K)
         xp = array_module(grad)
         N, H, W, C = x_last.shape
         (kh, kw), stride, padding, (Ho, Wo) = ctx.geometry
-        F = w_matrix.shape[1]
+        F = w_rows.shape[0]
         grad_rows = channels_last(grad).reshape(-1, F)               # (N*Ho*Wo, F)
         needs_x, needs_weight = ctx.needs_input_grad[:2]
-        grad_x = grad_w_matrix = grad_bias = None
+        grad_x = grad_w_rows = grad_bias = None
         if kh == kw == 1 and padding == (0, 0):
-            rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
-            if needs_weight:  # (F, M) @ (M, C), transposed, each thread summing its rows
-                grad_w_matrix = parallel.matmul_transposed(grad_rows, rows.reshape(-1, C)).T
+            if needs_weight:  # (F, M) @ (M, C), each thread summing its rows
+                rows = _strided_pixels(x_last, stride).reshape(-1, C)
+                grad_w_rows = parallel.matmul_transposed(grad_rows, rows)
             if needs_x:
-                grad_rows_x = parallel.matmul(grad_rows, w_matrix.T).reshape(N, Ho, Wo, C)
-                if stride == (1, 1):
-                    grad_x = grad_rows_x
-                else:
-                    grad_x = xp.zeros((N, H, W, C), dtype=grad.dtype)
-                    grad_x[:, ::stride[0], ::stride[1]] = grad_rows_x
+                grad_rows_x = parallel.matmul(grad_rows, w_rows).reshape(N, Ho, Wo, C)
+                grad_x = grad_rows_x if stride == (1, 1) else \
+                    _spread_pixels(grad_rows_x, (N, H, W, C), stride)
         else:
             ph, pw = padding
             grad_4d = grad_rows.reshape(N, Ho * Wo, F)
@@ -122,27 +121,27 @@ class Conv2d(Function):
                 def weight_grad(start, stop):  # the sum over images start..stop-1: (F, K)
                     cols = _columns(x_last, ctx.geometry, start, stop)
                     return grad_4d[start:stop].reshape(-1, F).T @ cols
-                parts = _for_chunks(weight_grad, x_last, ctx.geometry)
-                grad_w_matrix = sum(parts[1:], parts[0]).T                   # (K, F)
+                grad_w_rows = parallel.total(_for_chunks(weight_grad, x_last, ctx.geometry))
             if needs_x and stride == (1, 1) and ph < kh and pw < kw:
                 grad_x = _transposed_by_flipped_kernel(grad_rows.reshape(N, Ho, Wo, F),
-                                                       w_matrix, ctx.geometry, C)
+                                                       w_rows, ctx.geometry, C)
             elif needs_x:
                 grad_padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad.dtype)
 
                 def input_grad(start, stop):  # adds onto images start..stop-1 only
-                    grad_cols = grad_4d[start:stop].reshape(-1, F) @ w_matrix.T  # (n*Ho*Wo, K)
+                    grad_cols = grad_4d[start:stop].reshape(-1, F) @ w_rows  # (n*Ho*Wo, K)
                     _col2im(grad_cols, grad_padded[start:stop], ctx.geometry)
                 _for_chunks(input_grad, x_last, ctx.geometry)
                 grad_x = grad_padded[:, ph:ph + H, pw:pw + W]
-        if grad_w_matrix is not None:  # (K, F) -> (F, C, kh, kw)
-            grad_w_matrix = xp.ascontiguousarray(
-                grad_w_matrix.reshape(kh, kw, C, F).transpose(3, 2, 0, 1))
+        grad_w = None
+        if grad_w_rows is not None:  # (F, K) -> (F, C, kh, kw)
+            grad_w = grad_w_rows.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+            grad_w = grad_w if kh == kw == 1 else parallel.copy(grad_w)
         if grad_x is not None:
             grad_x = grad_x.transpose(0, 3, 1, 2)                    # (N, C, H, W) view
         if len(ctx.needs_input_grad) == 3 and ctx.needs_input_grad[2]:
             grad_bias = grad_rows.sum(axis=0)
-        return (grad_x, grad_w_matrix, grad_bias)[:len(ctx.needs_input_grad)]
+        return (grad_x, grad_w, grad_bias)[:len(ctx.needs_input_grad)]
 
 
 def _convolve(x_last, w_matrix, geometry):
@@ -153,8 +152,8 @@ def _convolve(x_last, w_matrix, geometry):
     N, C, F = x_last.shape[0], x_last.shape[3], w_matrix.shape[1]
     out = xp.empty((N, Ho, Wo, F), dtype=x_last.dtype)
     if kh == kw == 1 and padding == (0, 0):  # no windows overlap: the input is the columns
-        rows = x_last[:, ::stride[0], ::stride[1]] if stride != (1, 1) else x_last
-        parallel.matmul(rows.reshape(-1, C), w_matrix, out.reshape(-1, F))
+        rows = _strided_pixels(x_last, stride).reshape(-1, C)
+        parallel.matmul(rows, w_matrix, out.reshape(-1, F))
     else:
         def convolve_chunk(start, stop):
             cols = _columns(x_last, geometry, start, stop)
@@ -163,17 +162,46 @@ def _convolve(x_last, w_matrix, geometry):
     return out
 
 
-def _transposed_by_flipped_kernel(grad_last, w_matrix, geometry, C):
+def _filter_rows(weight):
+    """The weight (F, C, kh, kw) as an (F, K) matrix, one filter per row, each in the order
+    k = (i, j, c) of a column-matrix row (a copy, except for a 1x1 kernel: a free view)."""
+    F, C, kh, kw = weight.shape
+    if kh == kw == 1:
+        return weight.reshape(F, C)
+    return parallel.copy(weight.transpose(0, 2, 3, 1)).reshape(F, -1)
+
+
+def _strided_pixels(x_last, stride):
+    """x_last (N, H, W, C) at the pixels a strided 1x1 kernel reads, x_last[:, ::sh, ::sw], as
+    a C-contiguous array (copied by the threads), or x_last itself for stride 1."""
+    if stride == (1, 1):
+        return x_last
+    return parallel.copy(x_last[:, ::stride[0], ::stride[1]])
+
+
+def _spread_pixels(grad_strided, shape, stride):
+    """The adjoint of _strided_pixels: an array of `shape` (N, H, W, C), zero except at the
+    strided pixels, which receive grad_strided; split over the threads by images."""
+    xp = array_module(grad_strided)
+    grad = xp.empty(shape, dtype=grad_strided.dtype)
+
+    def fill(start, stop):
+        grad[start:stop] = 0
+        grad[start:stop, ::stride[0], ::stride[1]] = grad_strided[start:stop]
+    parallel.for_rows(fill, shape[0], grad[:1].nbytes, grad)
+    return grad
+
+
+def _transposed_by_flipped_kernel(grad_last, w_rows, geometry, C):
     """dx for a stride-1 convolution: itself a convolution of the output gradient.
 
     dx[u, v, c] = sum_{i,j,f} dout[u + ph - i, v + pw - j, f] W[f, c, i, j]: the output gradient,
     padded by (kh-1-ph, kw-1-pw), convolved with the kernel flipped in space and with its
     in/out channels swapped. This trades col2im's slice-adds for one more im2col copy."""
     (kh, kw), _, (ph, pw), _ = geometry
-    xp = array_module(grad_last)
     N, Ho, Wo, F = grad_last.shape
-    flipped = w_matrix.reshape(kh, kw, C, F)[::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, F, C)
-    flipped = xp.ascontiguousarray(flipped).reshape(kh * kw * F, C)
+    flipped = w_rows.reshape(F, kh, kw, C)[:, ::-1, ::-1].transpose(1, 2, 0, 3)  # (kh, kw, F, C)
+    flipped = parallel.copy(flipped).reshape(kh * kw * F, C)
     H, W = Ho + kh - 1 - 2 * ph, Wo + kw - 1 - 2 * pw
     return _convolve(grad_last, flipped, ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W)))
 

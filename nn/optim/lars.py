@@ -59,20 +59,17 @@ class LARS(Optimizer):
                             f"got {type(exclude).__name__}")
         self.excluded = [bool(exclude(name, param)) for name, param in zip(self.names, self.params)]
 
-    def step(self):
-        """Update every parameter that has a gradient, in place on its array."""
-        for index, (param, excluded) in enumerate(zip(self.params, self.excluded)):
-            if param.grad is None:
-                continue
-            weight, grad = param.data, param.grad
-            if excluded:
-                scaled_lr = self.lr
-            else:
-                grad = grad + self.weight_decay * weight
-                scaled_lr = self.lr * trust_ratio(weight, grad, self.eta)
-            velocity = self.momentum_buffers[index]
-            if velocity is None:
-                velocity = self.momentum_buffers[index] = array_module(weight).zeros_like(weight)
-            velocity *= self.momentum
-            velocity += scaled_lr * grad
-            weight -= velocity
+    def update(self, index):
+        param, excluded = self.params[index], self.excluded[index]
+        weight, grad = param.data, param.grad
+        if excluded:
+            scaled_lr = self.lr
+        else:
+            grad = grad + self.weight_decay * weight
+            scaled_lr = self.lr * trust_ratio(weight, grad, self.eta)
+        velocity = self.momentum_buffers[index]
+        if velocity is None:
+            velocity = self.momentum_buffers[index] = array_module(weight).zeros_like(weight)
+        velocity *= self.momentum
+        velocity += scaled_lr * grad
+        weight -= velocity

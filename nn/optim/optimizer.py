@@ -4,11 +4,13 @@ import numbers
 
 import numpy
 
+from autograd import parallel
 from autograd.backend import array_module, to_numpy
 
 
 class Optimizer:
-    """Updates parameters in place from their `.grad`; subclasses write `step()`.
+    """Updates parameters in place from their `.grad`; subclasses write `update(index)`, the
+    step of one parameter.
 
     params  an iterable of parameters (tensors with `.data` and `.grad`, as from
             `module.parameters()`), or of (name, parameter) pairs (`module.named_parameters()`)
@@ -35,7 +37,21 @@ class Optimizer:
         self._lr = non_negative("lr", value)
 
     def step(self):
-        raise NotImplementedError(f"{type(self).__name__} does not define step()")
+        """Update every parameter that has a gradient, in place on its array."""
+        updated = [index for index, param in enumerate(self.params) if param.grad is not None]
+        if not updated:
+            return
+        # the parameters are independent: threads take them one at a time, largest first, so
+        # that the big ones start early (autograd.parallel; on the GPU, one after another)
+        updated.sort(key=lambda index: -self.params[index].data.size)
+        parallel.map_ranges(lambda index, _: self.update(index),
+                            [(index, index + 1) for index in updated],
+                            sum(self.params[index].data.nbytes for index in updated),
+                            self.params[updated[0]].data)
+
+    def update(self, index):
+        """Update parameter `index` (which has a gradient) in place; subclasses write this."""
+        raise NotImplementedError(f"{type(self).__name__} does not define update()")
 
     def zero_grad(self):
         """Forget every gradient (set `.grad` to None), so the next backward() starts afresh."""

@@ -28,20 +28,17 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs a momentum > 0, got momentum=0")
         self.nesterov = bool(nesterov)
 
-    def step(self):
-        """Update every parameter that has a gradient, in place on its array."""
-        for index, param in enumerate(self.params):
-            if param.grad is None:
-                continue
-            direction = param.grad
-            if self.weight_decay:
-                direction = direction + self.weight_decay * param.data
-            if self.momentum:
-                buffer = self.momentum_buffers[index]
-                if buffer is None:
-                    buffer = self.momentum_buffers[index] = direction.copy()
-                else:
-                    buffer *= self.momentum
-                    buffer += direction
-                direction = direction + self.momentum * buffer if self.nesterov else buffer
-            param.data -= self.lr * direction
+    def update(self, index):
+        param = self.params[index]
+        direction = param.grad
+        if self.weight_decay:
+            direction = direction + self.weight_decay * param.data
+        if self.momentum:
+            buffer = self.momentum_buffers[index]
+            if buffer is None:
+                buffer = self.momentum_buffers[index] = direction.copy()
+            else:
+                buffer *= self.momentum
+                buffer += direction
+            direction = direction + self.momentum * buffer if self.nesterov else buffer
+        param.data -= self.lr * direction
