@@ -56,8 +56,9 @@ def _default_threads():
     return os.cpu_count() or 1
 
 
-def _openblas_thread_setter():
-    """OpenBLAS's set_num_threads, from the copy NumPy loaded, or None (another BLAS)."""
+def _openblas_function(name, argtypes, restype):
+    """OpenBLAS's function `name` (e.g. "set_num_threads"), from the copy NumPy loaded, under
+    any of the names its builds export, or None (NumPy uses another BLAS)."""
     candidates = []
     if os.path.exists("/proc/self/maps"):
         with open("/proc/self/maps") as maps:
@@ -70,13 +71,26 @@ def _openblas_thread_setter():
             library = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            setter = getattr(library, name, None)
-            if setter is not None:
-                setter.argtypes, setter.restype = [ctypes.c_int], None
-                return setter
+        for exported in (f"scipy_openblas_{name}64_", f"scipy_openblas_{name}",
+                         f"openblas_{name}64_", f"openblas_{name}"):
+            function = getattr(library, exported, None)
+            if function is not None:
+                function.argtypes, function.restype = argtypes, restype
+                return function
     return None
+
+
+def _openblas_thread_setter():
+    """OpenBLAS's set_num_threads, or None (another BLAS)."""
+    return _openblas_function("set_num_threads", [ctypes.c_int], None)
+
+
+def blas_description():
+    """What OpenBLAS says of itself at run time, e.g. "OpenBLAS 0.3.31 ... SkylakeX ...": the
+    CPU kernels it chose on this machine (NumPy's build information names the build target
+    instead). None when NumPy's BLAS is not OpenBLAS."""
+    get_config = _openblas_function("get_config", [], ctypes.c_char_p)
+    return get_config().decode(errors="replace").strip() if get_config else None
 
 
 def set_num_threads(n):

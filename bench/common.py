@@ -169,13 +169,17 @@ def _first_line(path, prefix):
 
 
 def numpy_blas():
-    """NumPy's BLAS as "name version (configuration)", from numpy.show_config."""
+    """NumPy's BLAS as "name version (configuration)": OpenBLAS's own description at run time
+    (it names the CPU kernels chosen here), else numpy.show_config's build information."""
     import numpy
+
+    from autograd.parallel import blas_description
     try:
         blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
     except (TypeError, KeyError):
-        return "unknown"
-    return f"{blas.get('name')} {blas.get('version')} ({blas.get('openblas configuration', '')})"
+        blas = {}
+    configuration = blas_description() or blas.get("openblas configuration", "")
+    return f"{blas.get('name', 'unknown')} {blas.get('version', '')} ({configuration})"
 
 
 def machine(program, argv):

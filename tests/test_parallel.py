@@ -161,6 +161,11 @@ def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch, threads):
     assert queue.get(timeout=5) == (a @ a.T).tolist()
 
 
+def test_blas_description_names_openblas_or_is_none():
+    description = parallel.blas_description()
+    assert description is None or "OpenBLAS" in description
+
+
 def test_set_num_threads_rejects_nonsense():
     for bad in (0, -1, 1.5, "2"):
         with pytest.raises(ValueError, match="positive int"):
