@@ -289,6 +289,30 @@ def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
     numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_optimizer_steps_on_threads_equal_one_thread(split_everything, optimizer):
+    from nn.module import Parameter
+    from nn.optim import LARS, SGD
+
+    def two_steps():
+        rng = numpy.random.default_rng(0)
+        params = [Parameter(rng.standard_normal(shape).astype("float32"))
+                  for shape in ((6, 5), (7,), (3, 2, 2), (1,), (4, 4))]
+        make = {"lars": lambda: LARS(params, lr=0.5, weight_decay=1e-3),
+                "sgd": lambda: SGD(params, lr=0.5, momentum=0.9, nesterov=True)}[optimizer]
+        opt = make()
+        for _ in range(2):
+            for index, param in enumerate(params):
+                param.grad = None if index == 3 else rng.standard_normal(param.shape).astype(
+                    "float32")  # parameter 3 has no gradient: left alone
+            opt.step()
+        return [param.data for param in params]
+    threaded = two_steps()
+    parallel.set_num_threads(1)
+    for a, b in zip(threaded, two_steps()):
+        numpy.testing.assert_array_equal(a, b)
+
+
 def test_batch_norm_blocks_are_whole_tiles_then_the_rest(monkeypatch):
     monkeypatch.setattr(parallel, "BLOCK_BYTES", 64)      # 8 rows of 8 bytes per block ...
     monkeypatch.setattr(normalization, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
