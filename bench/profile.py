@@ -7,13 +7,17 @@ Function's forward and backward while --steps steps run, grouped by op (a convol
 kernel and stride, e.g. "Conv2d 3x3/2"). Times are exclusive: an op that calls another op's
 forward does not count the inner one twice. What no op accounts for is the LARS update (timed
 on its own) and the rest: the engine's graph walk, gradient accumulation, Python.
-On the CPU it then times the step's matrix products on their own (the same shapes, random
+On the CPU it also measures how the step uses the threads (autograd.parallel): the time in
+parallel sections, the part of it that the calling thread spends waiting for the others to
+finish their share, and the time outside any section, when one thread works and the others
+idle. Then it times the step's matrix products on their own (the same shapes, random
 numbers): the floor that the BLAS sets, against which the rest of the step is overhead.
 On a GPU each op waits for the device before its clock is read, which slows the step but
 charges every kernel to the op that launched it.
 """
 import json
 import sys
+import threading
 import time
 from collections import defaultdict
 
@@ -142,12 +146,55 @@ class OpProfiler:
         self._saved.clear()
 
 
+class ThreadUse:
+    """While active (a `with` block), how the calling thread spends its time with respect to
+    autograd.parallel's sections (each `parallel.run` over more than one range):
+
+        sections  seconds inside them, every thread given work
+        waiting   the part of that after the calling thread finished its own share, waiting
+                  for the other threads (imbalance, and a thread starting late)
+        count     how many sections ran
+    Time outside the sections is the step's time minus `sections`: one thread at work."""
+
+    def __enter__(self):
+        from autograd import parallel
+
+        self.parallel, self.original = parallel, parallel.run
+        self.sections = self.waiting = 0.0
+        self.count = 0
+
+        def run(fn, ranges):
+            if len(ranges) == 1:
+                return self.original(fn, ranges)
+            caller, finished = threading.get_ident(), [0.0]
+
+            def fn_timed(start, stop):
+                try:
+                    return fn(start, stop)
+                finally:
+                    if threading.get_ident() == caller:
+                        finished[0] = time.perf_counter()
+            start = time.perf_counter()
+            try:
+                return self.original(fn_timed, ranges)
+            finally:
+                end = time.perf_counter()
+                self.sections += end - start
+                self.waiting += end - max(finished[0], start)
+                self.count += 1
+        parallel.run = run
+        return self
+
+    def __exit__(self, *exc_info):
+        self.parallel.run = self.original
+
+
 def profile_ours(args):
     """Run the warm-up, then profile --steps steps; a result dict of per-step milliseconds."""
     ours = build_ours(args)
     for _ in range(args.warmup):
         ours.step()
-    with OpProfiler(ours.sync) as profiler:
+    with OpProfiler(ours.sync) as profiler, ThreadUse() as threads:
         optimizer_step = ours.optimizer.step
         ours.optimizer.step = lambda: profiler.timed(("LARS update", "-"), optimizer_step)
         try:
@@ -168,7 +215,10 @@ def profile_ours(args):
         ops[label][phase] += seconds * per_step
         if phase != "backward":  # one call is one forward (and its backward)
             ops[label]["calls"] += profiler.calls[(label, phase)] / args.steps
-    return {"step_ms": total * per_step, "ops": dict(ops), "products_ms": products_ms}
+    thread_use = {"sections_ms": threads.sections * per_step,
+                  "waiting_ms": threads.waiting * per_step, "sections": threads.count / args.steps}
+    return {"step_ms": total * per_step, "ops": dict(ops), "products_ms": products_ms,
+            "threads": thread_use}
 
 
 def report(args, result):
@@ -190,6 +240,14 @@ def report(args, result):
              f"profiled), ms per step:")
     table = title + "\n" + format_table(
         ["op", "calls", "forward ms", "backward ms", "total ms", "share"], rows)
+    use = result.get("threads")
+    if use and use["sections"]:
+        alone = step_ms - use["sections_ms"]
+        table += (f"\nThreads: {use['sections']:.0f} parallel sections per step take "
+                  f"{use['sections_ms']:.0f} ms, of which the calling thread waits "
+                  f"{use['waiting_ms']:.0f} ms for the others to finish their share; outside "
+                  f"them one thread works alone for {alone:.0f} ms ({100 * alone / step_ms:.1f}% "
+                  f"of the step).")
     if result.get("products_ms"):
         products = result["products_ms"]
         table += (f"\nThe step's matrix products alone (forward, input and weight gradient of "

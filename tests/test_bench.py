@@ -2,8 +2,10 @@
 tests only check that every program runs and reports what it promises."""
 import json
 import math
+import time
 
 import numpy
+import pytest
 
 import nn
 from autograd import Function, Tensor
@@ -62,3 +64,23 @@ def test_op_profiler_charges_convolutions_by_kernel_and_restores_every_op():
 def test_profile_harness_runs_a_tiny_resnet18_step(capsys):
     assert profile.main(TINY_STEP + ["--steps", "1"]) == 0
     assert "rest: engine" in capsys.readouterr().out
+
+
+def test_thread_use_counts_sections_and_the_wait_at_their_end(monkeypatch):
+    from autograd import parallel
+
+    before = parallel.get_num_threads()
+    parallel.set_num_threads(2)
+    try:
+        if parallel.get_num_threads() != 2:
+            pytest.skip("NumPy's BLAS is not OpenBLAS here: autograd.parallel runs one thread")
+        original = parallel.run
+        with profile.ThreadUse() as use:
+            # the caller's share is instant, the other thread's takes 50 ms: the caller waits
+            parallel.run(lambda start, stop: start and time.sleep(0.05), [(0, 1), (1, 2)])
+            parallel.run(lambda start, stop: None, [(0, 1)])  # one range: not a section
+        assert parallel.run is original
+        assert use.count == 1
+        assert 0.04 < use.waiting <= use.sections < 1
+    finally:
+        parallel.set_num_threads(before)
