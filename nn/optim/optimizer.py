@@ -41,8 +41,9 @@ class Optimizer:
         updated = [index for index, param in enumerate(self.params) if param.grad is not None]
         if not updated:
             return
-        # the parameters are independent: threads take them one at a time, largest first, so
-        # that the big ones start early (autograd.parallel; on the GPU, one after another)
+        # the parameters are independent (separate arrays: a list with one twice is refused):
+        # threads take them one at a time, largest first, so that the big ones start early
+        # (autograd.parallel; on the GPU, one after another)
         updated.sort(key=lambda index: -self.params[index].data.size)
         parallel.map_ranges(lambda index, _: self.update(index),
                             [(index, index + 1) for index in updated],
