@@ -39,7 +39,8 @@ from .backend import array_module, is_cupy_array
 
 MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand-off
 BLOCK_BYTES = 512 * 2**10  # map_blocks: a block of rows that stays in cache
-PIECES_PER_THREAD = 2  # matmul: pieces per thread, balanced over the threads as they come free
+PIECE_BYTES = 4 * 2**20  # matmul: rows of about this size (of its widest operand) per piece
+PIECES_PER_THREAD = 2  # and at least this many pieces per thread, taken as threads come free
 
 _state = {"threads": None, "pool": None, "blas_setter": None}
 _lock = threading.Lock()
@@ -250,11 +251,14 @@ def copy(a):
 
 
 def _pieces(length, unit_bytes, array):
-    """range(length) cut into PIECES_PER_THREAD equal pieces per thread (one piece when the
-    work stays in the calling thread): map_ranges then balances them over the threads."""
-    pieces = _threads_for(length, length * unit_bytes, array)
-    if pieces > 1:
-        pieces = min(length, pieces * PIECES_PER_THREAD)
+    """range(length) cut into pieces of about PIECE_BYTES (unit_bytes per unit), at least
+    PIECES_PER_THREAD per thread, for map_ranges to balance over the threads; one piece when
+    the work stays in the calling thread."""
+    threads = _threads_for(length, length * unit_bytes, array)
+    pieces = 1
+    if threads > 1:
+        pieces = min(length, max(threads * PIECES_PER_THREAD,
+                                 -(-length * unit_bytes // PIECE_BYTES)))
     bounds = [length * p // pieces for p in range(pieces + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -272,7 +276,7 @@ def matmul(a, b, out=None):
     if M >= F:
         def rows(start, stop):
             xp.matmul(a[start:stop], b, out=out[start:stop])
-        map_ranges(rows, _pieces(M, K * a.itemsize, a), M * K * a.itemsize, a)
+        map_ranges(rows, _pieces(M, max(K, F) * a.itemsize, a), M * K * a.itemsize, a)
     else:
         def columns(start, stop):
             xp.matmul(a, b[:, start:stop], out=out[:, start:stop])
@@ -296,5 +300,5 @@ def matmul_transposed(a, b):
         map_ranges(rows, _pieces(F, M * a.itemsize, a), F * M * a.itemsize, a)
         return out
     parts = map_ranges(lambda start, stop: a[start:stop].T @ b[start:stop],
-                       _pieces(M, (F + K) * a.itemsize, a), M * (F + K) * a.itemsize, a)
+                       _pieces(M, max(F, K) * a.itemsize, a), M * (F + K) * a.itemsize, a)
     return total(parts)

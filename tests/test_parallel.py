@@ -115,6 +115,19 @@ def test_split_add_keeps_the_layout_of_channels_last_views(split_everything):
     assert parallel.add(numpy.float64(2), numpy.float64(3)) == 5
 
 
+def test_products_are_cut_into_pieces_of_about_piece_bytes(monkeypatch, threads):
+    use_threads(2)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(parallel, "PIECE_BYTES", 100)
+    a = numpy.zeros((10, 1))
+    pieces = parallel._pieces(50, 10, a)  # 500 bytes: 5 pieces of 100
+    assert pieces == [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50)]
+    assert len(parallel._pieces(3, 10, a)) == 3  # never more pieces than rows
+    assert len(parallel._pieces(50, 1, a)) == 4  # at least PIECES_PER_THREAD per thread
+    parallel.set_num_threads(1)
+    assert parallel._pieces(50, 10, a) == [(0, 50)]  # one thread: one piece
+
+
 def test_total_adds_in_list_order_whatever_the_split(split_everything):
     rng = numpy.random.default_rng(0)
     parts = [rng.standard_normal((7, 3)).astype("float32") for _ in range(5)]
