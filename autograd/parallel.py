@@ -14,10 +14,9 @@ every core.
     add(a, b)               a + b, the first axis split over the threads
     total(arrays)           arrays[0] + arrays[1] + ..., added in that order, split likewise
     copy(a)                 a C-contiguous copy of a, split likewise
-    matmul(a, b, out)       a @ b, the larger side of the result split over the threads
-    matmul_transposed(a, b) a.T @ b, a long sum over rows split over the threads
+    matmul(a, b, out)       a @ b, the larger side of the result cut into pieces for the threads
+    matmul_transposed(a, b) a.T @ b, a long sum over rows cut likewise, the parts added in order
     map_ranges(fn, ranges)  fn on many pieces, each thread taking the next free piece
-    map_blocks(fn, ...)     fn on cache-sized blocks of rows, the blocks spread over threads
     set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
 
 CuPy arrays never go through the pool: a GPU kernel is already parallel, so their work is one
@@ -38,7 +37,7 @@ import numpy
 from .backend import array_module, is_cupy_array
 
 MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand-off
-BLOCK_BYTES = 512 * 2**10  # map_blocks: a block of rows that stays in cache
+BLOCK_BYTES = 512 * 2**10  # block_rows: a block of rows that stays in cache (batch norm)
 PIECE_BYTES = 4 * 2**20  # matmul: rows of about this size (of its widest operand) per piece
 PIECES_PER_THREAD = 2  # and at least this many pieces per thread, taken as threads come free
 
@@ -199,19 +198,9 @@ def map_ranges(fn, ranges, total_bytes, array):
 
 
 def block_rows(row_bytes):
-    """How many rows of row_bytes each make one block of map_blocks."""
+    """How many rows of row_bytes make one block of about BLOCK_BYTES: a piece of work on which
+    several NumPy calls in a row read memory once (it stays in cache between them)."""
     return max(1, BLOCK_BYTES // row_bytes)
-
-
-def map_blocks(fn, rows, row_bytes, array):
-    """[fn(start, stop) for each block of rows], in order: blocks of about BLOCK_BYTES, taken
-    by the threads one after another (map_ranges). Several NumPy calls on one block then read
-    memory once (the block stays in cache between them). On the GPU: one block of all rows."""
-    if is_cupy_array(array):
-        return [fn(0, rows)]
-    per_block = block_rows(row_bytes)
-    blocks = [(start, min(rows, start + per_block)) for start in range(0, rows, per_block)]
-    return map_ranges(fn, blocks, rows * row_bytes, array)
 
 
 def add(a, b):
@@ -264,10 +253,10 @@ def _pieces(length, unit_bytes, array):
 
 
 def matmul(a, b, out=None):
-    """a (M, K) @ b (K, F) -> (M, F), written into `out` when given. The threads split the
-    larger side of the result: the rows of a (a conv's many pixels) or the columns of b (a
-    linear layer's outputs for a few rows, where splitting rows would make every thread
-    read all of b)."""
+    """a (M, K) @ b (K, F) -> (M, F), written into `out` when given. The larger side of the
+    result is cut into pieces (_pieces) that the threads take as they come free: the rows of a
+    (a conv's many pixels) or the columns of b (a linear layer's outputs for a few rows, where
+    splitting rows would make every thread read all of b)."""
     xp = array_module(a)
     if out is None:
         out = xp.empty((a.shape[0], b.shape[1]), dtype=xp.result_type(a, b))
