@@ -13,6 +13,7 @@ from autograd.memory import reuse_freed_memory
 from nn.functional import conv, normalization
 from nn.functional.im2col import Conv2dIm2col
 from nn.functional.normalization import _batch_moments, _Blocks, batch_norm_reference
+from nn.functional.pooling import max_pool2d
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 
@@ -198,6 +199,24 @@ def test_conv2d_split_over_threads_and_chunks_matches_the_reference(split_everyt
                        padding=(padding, padding)).backward(upstream)
     numpy.testing.assert_allclose(x.grad, x_ref.grad, rtol=1e-10, atol=1e-12)
     numpy.testing.assert_allclose(w.grad, w_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_max_pool2d_of_channels_last_input_split_over_threads_matches_pytorch(split_everything):
+    rng = numpy.random.default_rng(0)
+    x_last = rng.standard_normal((4, 9, 11, 5))                    # (N, H, W, C) memory
+    upstream = rng.standard_normal((4, 5, 5, 6))
+    x = Tensor(x_last.transpose(0, 3, 1, 2), requires_grad=True)   # as conv2d's output
+    out = max_pool2d(x, 3, 2, 1)
+    out.backward(upstream)
+    nchw = Tensor(numpy.ascontiguousarray(x.data), requires_grad=True)
+    max_pool2d(nchw, 3, 2, 1).backward(upstream)                  # the same op on NCHW memory
+    numpy.testing.assert_array_equal(nchw.grad, x.grad)
+    torch = import_torch()
+    x_torch = torch.tensor(numpy.ascontiguousarray(x.data), requires_grad=True)
+    out_torch = torch.nn.functional.max_pool2d(x_torch, 3, 2, 1)
+    out_torch.backward(torch.tensor(upstream))
+    numpy.testing.assert_array_equal(out.data, out_torch.detach().numpy())
+    numpy.testing.assert_allclose(x.grad, x_torch.grad.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_linear_split_matches_finite_differences(split_everything):

@@ -53,6 +53,16 @@ def test_max_pool2d_propagates_nan(xp):
     assert numpy.isnan(out[0, 0, 0, 1]) and numpy.isnan(out).sum() == 1
 
 
+def test_max_pool2d_sends_the_gradient_of_a_nan_window_to_its_last_nan(xp):
+    nan = numpy.nan
+    x = Tensor(xp.asarray([[[[nan, 1.0, 2.0, 3.0], [5.0, nan, 0.0, 1.0]]]]), requires_grad=True)
+    out = max_pool2d(x, 2)
+    out.backward(xp.ones(out.shape))
+    assert numpy.isnan(to_numpy(out.data)[0, 0, 0, 0]) and to_numpy(out.data)[0, 0, 0, 1] == 3.0
+    # PyTorch's choice: every NaN takes over, so the last one in the window is the argmax
+    assert numpy.array_equal(to_numpy(x.grad), [[[[0, 0, 0, 1.0], [0, 1.0, 0, 0]]]])
+
+
 def _check_parity(torch, xp, ours_fn, torch_fn, x_shape, dtype):
     x = randn(xp, *x_shape, dtype=dtype, seed=2, requires_grad=True)
     x_torch = torch.tensor(to_numpy(x.data), requires_grad=True)

@@ -6,7 +6,7 @@ windows.window_slices): no loop over pixels, and the same code runs on CuPy. Win
 follows PyTorch: stride defaults to the kernel size, the output size rounds down, and the
 padding may be at most half the kernel.
 """
-from autograd import Function, array_module
+from autograd import Function, array_module, parallel
 
 from .windows import crop2d, output_size, pad2d, pair, window_slices
 
@@ -27,25 +27,46 @@ class MaxPool2d(Function):
     The gradient of a window goes to its argmax alone: on ties, to the first maximum in
     row-major window order (as PyTorch). Overlapping windows (kernel 3, stride 2) may pick
     the same pixel, which then receives the sum of their gradients.
+
+    The arrays are (N, C, H, W)-shaped views of channels-last memory, the layout of conv2d's
+    output that this op follows in a ResNet: a window offset's view then runs over the C
+    channels of a pixel contiguously, where in NCHW memory its stride-2 pixels have no two
+    values side by side. The images are split over the threads (autograd.parallel).
     """
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):
         out_size = _geometry("max_pool2d", x, kernel_size, stride, padding)
         xp = array_module(x)
-        x_padded = pad2d(x, padding, value=-float("inf"))
-        windows = window_slices(kernel_size, stride, out_size)
-        out = x_padded[next(windows)[2]].copy()  # (N, C, Ho, Wo): offset (0, 0) of each window
+        N, C, H, W = x.shape
+        (ph, pw), kw = padding, kernel_size[1]
+        x_padded = _channels_last(xp, (N, C, H + 2 * ph, W + 2 * pw), x.dtype) if ph or pw else x
+        out = _channels_last(xp, (N, C) + out_size, x.dtype)
         # which kernel offset i*kw + j holds the maximum so far (one byte suffices up to 16x16)
         offsets = kernel_size[0] * kernel_size[1]
-        argmax = xp.zeros(out.shape, dtype=xp.uint8 if offsets <= 256 else xp.int32)
-        for i, j, window in windows:
-            candidate = x_padded[window]
-            # strict >: a later equal value leaves the first maximum in place;
-            # a NaN always takes over, so a NaN in a window reaches the output, as in PyTorch
-            better = (candidate > out) | xp.isnan(candidate)
-            xp.copyto(out, candidate, where=better)
-            argmax[better] = i * kernel_size[1] + j
+        argmax = _channels_last(xp, out.shape, xp.uint8 if offsets <= 256 else xp.int32)
+
+        def pool(start, stop):  # images start..stop-1
+            padded = x_padded[start:stop]
+            if ph or pw:  # -inf around x
+                for border in (padded[:, :, :ph], padded[:, :, ph + H:],
+                               padded[:, :, :, :pw], padded[:, :, :, pw + W:]):
+                    border[...] = -xp.inf
+                padded[:, :, ph:ph + H, pw:pw + W] = x[start:stop]
+            windows = window_slices(kernel_size, stride, out_size)
+            best, best_offset = out[start:stop], argmax[start:stop]
+            best[...] = padded[next(windows)[2]]                     # offset (0, 0)
+            best_offset[...] = 0
+            for i, j, window in windows:
+                candidate = padded[window]
+                # strict >: a later equal value leaves the first maximum in place
+                xp.copyto(best_offset, i * kw + j, where=candidate > best)
+                xp.maximum(best, candidate, out=best)  # NaN wins: it reaches the output
+            nan = xp.isnan(best)
+            if nan.any():  # a NaN's window sends its gradient to its last NaN, as PyTorch
+                for i, j, window in window_slices(kernel_size, stride, out_size):
+                    xp.copyto(best_offset, i * kw + j, where=nan & xp.isnan(padded[window]))
+        parallel.for_rows(pool, N, x_padded[:1].nbytes, x)
         ctx.geometry = kernel_size, stride, padding, out_size
         ctx.padded_shape = x_padded.shape
         ctx.save_for_backward(argmax)
@@ -56,10 +77,22 @@ class MaxPool2d(Function):
         (argmax,) = ctx.saved
         kernel, stride, padding, out_size = ctx.geometry
         xp = array_module(grad)
-        grad_padded = xp.zeros(ctx.padded_shape, dtype=grad.dtype)
-        for i, j, window in window_slices(kernel, stride, out_size):
-            grad_padded[window] += grad * (argmax == i * kernel[1] + j)
+        grad_padded = _channels_last(xp, ctx.padded_shape, grad.dtype)
+
+        def unpool(start, stop):  # images start..stop-1
+            grad_part, offsets_part = grad[start:stop], argmax[start:stop]
+            part = grad_padded[start:stop]
+            part[...] = 0
+            for i, j, window in window_slices(kernel, stride, out_size):
+                part[window] += grad_part * (offsets_part == i * kernel[1] + j)
+        parallel.for_rows(unpool, grad.shape[0], grad_padded[:1].nbytes, grad)
         return crop2d(grad_padded, padding)
+
+
+def _channels_last(xp, shape, dtype):
+    """An uninitialised (N, C, H, W)-shaped array whose memory is (N, H, W, C)."""
+    N, C, H, W = shape
+    return xp.empty((N, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
 
 
 class AvgPool2d(Function):
