@@ -9,7 +9,7 @@ import pytest
 
 import nn
 from autograd import Function, Tensor
-from bench import ops, profile, step
+from bench import ops, pair, profile, step
 from bench.flops import forward_flops
 
 TINY_STEP = ["--arch", "resnet18", "--width", "0.0625", "--batch-size", "4", "--warmup", "1",
@@ -84,3 +84,31 @@ def test_thread_use_counts_sections_and_the_wait_at_their_end(monkeypatch):
         assert 0.04 < use.waiting <= use.sections < 1
     finally:
         parallel.set_num_threads(before)
+
+
+def _in_a_git_checkout():
+    import subprocess
+    from bench.common import REPO_ROOT
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT,
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("op", ["batch_norm", "conv2d", "max_pool2d"])
+def test_pair_harness_times_the_op_at_two_revisions_in_pairs(op, capsys):
+    if not _in_a_git_checkout():
+        pytest.skip("bench.pair reads old versions with git show")
+    assert pair.main(["--op", op, "--old", "HEAD", "--repeats", "2", "--batch-size", "2",
+                      "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + len(pair.cases(op, 2, numpy.random.default_rng(0)))
+    assert "geometric mean" in lines[-1]
+
+
+def test_pair_summary_sums_medians_and_averages_ratios_geometrically():
+    results = {"fast": {"old": [1.0, 3.0, 2.0], "new": [1.0, 1.0, 1.0], "ratios": [1, 0.5, 0.25]},
+               "slow": {"old": [2.0], "new": [4.0], "ratios": [2.0]}}
+    total, geometric = pair.summarize(results)
+    assert total == (1.0 + 4.0) / (2.0 + 2.0)
+    assert geometric == pytest.approx(1.0)  # sqrt(0.5 * 2)
+    timed = pair.paired_ratios(lambda side: {"old": 2.0, "new": 1.0}[side], 3)
+    assert timed["ratios"] == [0.5, 0.5, 0.5] and len(timed["old"]) == 3
