@@ -10,12 +10,13 @@ file (`git show REV:path`, or the working tree for --new WORKTREE) are loaded si
 modules; every repeat runs each case once with each version, back to back, in alternating
 order, and the report is the median over repeats of each case's new/old time ratio, then the
 ratio of the summed median times and the geometric mean of the per-case ratios. Below 1, the
-new code is faster. An A/A run shows the noise floor (0.98-1.02 on the machine of
+new code is faster. An A/A run shows the noise floor (0.98-1.01 on the machine of
 bench/RESULTS.md, where the unpaired comparison read 0.96-1.08).
 
 A case is forward + backward at a ResNet-50 shape (CIFAR stem, N = --batch-size images;
-batch norm with ReLU and with residual + ReLU, as the network calls it), float32, with
-autograd.memory.reuse_freed_memory() as in training.
+batch norm with ReLU and with residual + ReLU, as the network calls it; the max-pool is the
+ImageNet stem's, on N/2 images of 112x112), float32, with autograd.memory.reuse_freed_memory()
+as in training.
 """
 import argparse
 import importlib.util
