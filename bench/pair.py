@@ -116,7 +116,8 @@ def cases(op, batch_size, rng):
                 made.append((f"BN {C} at {H}x{H}" + (" + residual" if with_residual else ""),
                              run))
     else:
-        x, upstream = channels_last(N // 2, 64, 112, 112), channels_last(N // 2, 64, 56, 56)
+        images = max(1, N // 2)
+        x, upstream = channels_last(images, 64, 112, 112), channels_last(images, 64, 56, 56)
         made.append(("max-pool 3x3/2 64 at 112x112",
                      lambda m: timed(lambda x: m.max_pool2d(x, 3, 2, 1), [x], upstream)))
     return made
