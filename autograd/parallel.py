@@ -40,6 +40,7 @@ MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand
 BLOCK_BYTES = 512 * 2**10  # block_rows: a block of rows that stays in cache (batch norm)
 PIECE_BYTES = 4 * 2**20  # matmul: rows of about this size (of its widest operand) per piece
 PIECES_PER_THREAD = 2  # and at least this many pieces per thread, taken as threads come free
+SHRINK_TO = 8  # the last pieces of a product shrink to 1/SHRINK_TO of the others (shrinking_ranges)
 
 _state = {"threads": None, "pool": None, "blas_setter": None}
 _lock = threading.Lock()
@@ -175,8 +176,16 @@ def run(fn, ranges):
 
 
 def for_rows(fn, rows, row_bytes, array):
-    """run(fn, parallel_ranges(rows, row_bytes, array)): fn(start, stop) on each thread's rows."""
-    return run(fn, parallel_ranges(rows, row_bytes, array))
+    """fn(start, stop) on pieces of range(rows) (row_bytes each), in the threads (map_ranges):
+    PIECES_PER_THREAD pieces per thread, the last ones shrinking (shrinking_ranges), none
+    under a quarter of MIN_BYTES_PER_THREAD. Returns the results, in order of rows."""
+    threads = _threads_for(rows, rows * row_bytes, array)
+    if threads == 1:
+        return [fn(0, rows)]
+    largest = -(-rows // (threads * PIECES_PER_THREAD))
+    smallest = max(largest // SHRINK_TO, -(-MIN_BYTES_PER_THREAD // (4 * row_bytes)))
+    return map_ranges(fn, shrinking_ranges(rows, largest, threads, smallest),
+                      rows * row_bytes, array)
 
 
 def map_ranges(fn, ranges, total_bytes, array):
@@ -239,17 +248,31 @@ def copy(a):
     return out
 
 
+def shrinking_ranges(length, largest, threads, smallest=1):
+    """range(length) cut into (start, stop) pieces for `threads` threads that each take the
+    next piece as they come free (map_ranges): pieces of `largest` units while much is left,
+    then a (2 * threads)-th of what remains, down to `smallest`. A section ends when its last
+    piece does; with equal pieces one thread may start the last one as the others run out of
+    work, and they all wait for it. Shrinking pieces (OpenMP's "guided" schedule) make that
+    wait a small piece's time."""
+    largest, smallest = max(1, largest), max(1, min(smallest, largest))
+    ranges, start = [], 0
+    while start < length:
+        size = min(largest, max(smallest, -(-(length - start) // (2 * threads))))
+        ranges.append((start, min(length, start + size)))
+        start += size
+    return ranges
+
+
 def _pieces(length, unit_bytes, array):
-    """range(length) cut into pieces of about PIECE_BYTES (unit_bytes per unit), at least
-    PIECES_PER_THREAD per thread, for map_ranges to balance over the threads; one piece when
-    the work stays in the calling thread."""
+    """range(length) cut into pieces for map_ranges to balance over the threads: about
+    PIECE_BYTES (unit_bytes per unit) and at least PIECES_PER_THREAD per thread, shrinking
+    towards the end (shrinking_ranges); one piece when the work stays in the calling thread."""
     threads = _threads_for(length, length * unit_bytes, array)
-    pieces = 1
-    if threads > 1:
-        pieces = min(length, max(threads * PIECES_PER_THREAD,
-                                 -(-length * unit_bytes // PIECE_BYTES)))
-    bounds = [length * p // pieces for p in range(pieces + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    if threads == 1:
+        return [(0, length)]
+    largest = min(-(-PIECE_BYTES // unit_bytes), -(-length // (threads * PIECES_PER_THREAD)))
+    return shrinking_ranges(length, largest, threads, smallest=largest // SHRINK_TO)
 
 
 def matmul(a, b, out=None):

@@ -108,17 +108,46 @@ def test_split_add_keeps_the_layout_of_channels_last_views(split_everything):
     assert parallel.add(numpy.float64(2), numpy.float64(3)) == 5
 
 
+def covers_in_order(ranges, length):
+    return [r for start, stop in ranges for r in range(start, stop)] == list(range(length))
+
+
+def test_shrinking_ranges_end_in_small_pieces():
+    sizes = [stop - start for start, stop in parallel.shrinking_ranges(1000, 100, 2, 10)]
+    assert sizes[:6] == [100] * 6  # 400+ left: pieces of the largest size
+    assert sizes[6:9] == [100, 75, 57]  # then a quarter (2 threads) of what is left ...
+    assert all(a >= b for a, b in zip(sizes, sizes[1:]))
+    assert min(sizes[:-1]) == 10 and sum(sizes) == 1000  # ... down to the smallest
+    assert covers_in_order(parallel.shrinking_ranges(1000, 100, 2, 10), 1000)
+    assert parallel.shrinking_ranges(5, 100, 2) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert parallel.shrinking_ranges(0, 100, 2) == []
+    assert parallel.shrinking_ranges(3, 0, 2) == [(0, 1), (1, 2), (2, 3)]  # at least 1
+
+
 def test_products_are_cut_into_pieces_of_about_piece_bytes(monkeypatch, threads):
     use_threads(2)
     monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
     monkeypatch.setattr(parallel, "PIECE_BYTES", 100)
     a = numpy.zeros((10, 1))
-    pieces = parallel._pieces(50, 10, a)  # 500 bytes: 5 pieces of 100
-    assert pieces == [(0, 10), (10, 20), (20, 30), (30, 40), (40, 50)]
+    pieces = parallel._pieces(500, 10, a)  # 5000 bytes: pieces of 100 bytes, then smaller
+    assert covers_in_order(pieces, 500)
+    sizes = [stop - start for start, stop in pieces]
+    assert sizes[:40] == [10] * 40 and max(sizes) == 10 and min(sizes[:-1]) == 1
     assert len(parallel._pieces(3, 10, a)) == 3  # never more pieces than rows
-    assert len(parallel._pieces(50, 1, a)) == 4  # at least PIECES_PER_THREAD per thread
+    assert parallel._pieces(50, 1, a)[0] == (0, 13)  # at least PIECES_PER_THREAD per thread
     parallel.set_num_threads(1)
     assert parallel._pieces(50, 10, a) == [(0, 50)]  # one thread: one piece
+
+
+def test_for_rows_covers_the_rows_in_pieces(monkeypatch, threads):
+    use_threads(2)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 4)
+    seen = parallel.for_rows(lambda start, stop: (start, stop), 100, 1, numpy.zeros(1))
+    assert covers_in_order(seen, 100) and len(seen) > 4  # shrinking pieces, returned in order
+    assert all(stop - start >= 1 for start, stop in seen)
+    parallel.set_num_threads(1)
+    assert parallel.for_rows(lambda start, stop: (start, stop), 100, 1, numpy.zeros(1)) == \
+        [(0, 100)]
 
 
 def test_total_adds_in_list_order_whatever_the_split(split_everything):

@@ -215,10 +215,12 @@ def _chunk_size(x_last, geometry):
 
 def _for_chunks(fn, x_last, geometry):
     """[fn(start, stop) for each chunk of images start..stop-1], in order; on the CPU the
-    threads take the chunks one by one as they come free (autograd.parallel.map_ranges)."""
+    threads take the chunks one by one as they come free (autograd.parallel.map_ranges), the
+    last chunks smaller (down to a quarter), so that the threads finish together."""
     N = x_last.shape[0]
     chunk, per_image = _chunk_size(x_last, geometry)
-    chunks = [(start, min(N, start + chunk)) for start in range(0, N, chunk)]
+    threads = parallel.get_num_threads() if device_of(x_last) == "cpu" else 1
+    chunks = parallel.shrinking_ranges(N, chunk, threads, smallest=chunk // 4)
     return parallel.map_ranges(fn, chunks, N * per_image, x_last)
 
 
