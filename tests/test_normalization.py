@@ -191,6 +191,29 @@ def test_normalize_of_a_zero_vector_matches_pytorch(xp):
     numpy.testing.assert_allclose(to_numpy(x.grad), tx.grad.numpy(), rtol=1e-12)
 
 
+# ----- the batch statistics in float32 ------------------------------------------------------
+
+@pytest.mark.parametrize("offset", [0.0, 1.0, 3.0, 1e3], ids=lambda v: f"mean={v:g}std")
+def test_batch_statistics_in_float32_are_as_accurate_as_two_passes(xp, offset):
+    """mean and var of float32 input against float64 ones. The sums of x and x^2 that the
+    batch statistics start from cancel when the mean is large against the spread: at
+    mean = 1000 std they would lose every digit (relative error near 1). Such channels must
+    be recomputed from centred values; channels near zero keep the float32 sums' precision."""
+    from nn.functional.normalization import _batch_moments, _Blocks
+    rng = numpy.random.default_rng(5)
+    C = 24
+    spread = numpy.exp(rng.uniform(-3, 3, C))
+    x = rng.standard_normal((20000, C)) * spread + offset * spread * rng.choice([-1, 1], C)
+    rows = xp.asarray(x.astype(numpy.float32))
+    mean, var = _batch_moments(rows, _Blocks(rows))
+    exact = x.astype(numpy.float32).astype(numpy.float64)
+    assert mean.dtype == var.dtype == numpy.float32
+    mean_error = numpy.abs(to_numpy(mean) - exact.mean(axis=0)) / exact.std(axis=0)
+    var_error = numpy.abs(to_numpy(var) - exact.var(axis=0)) / exact.var(axis=0)
+    assert mean_error.max() < 2e-6 * (1 + offset), mean_error.max()  # float32's own rounding
+    assert var_error.max() < 3e-5, f"var relative error {var_error.max():.3g}"
+
+
 # ----- dtypes -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("training", [True, False])

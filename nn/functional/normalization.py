@@ -39,9 +39,10 @@ class BatchNorm(Function):
     channels-last conv outputs, in blocks of rows small enough to stay in the CPU's cache and
     spread over threads (autograd.parallel). Each pass reads memory once however many NumPy
     calls it makes on a block:
-      forward   1. per block: its mean and its sum of squared deviations; the blocks are then
-                   combined exactly (Chan et al.'s pairwise formula, in float64), so var is
-                   the two-pass value without a second read;
+      forward   1. per block: its mean and its sum of squared deviations, from its sums of x
+                   and x^2 (or, where that would lose precision, of (x - mean)^2: see
+                   _batch_moments); the blocks are then combined exactly (Chan et al.'s
+                   pairwise formula, in float64), without a second read of x;
                 2. y = max(x * scale + shift + residual, 0), scale = gamma / sigma and
                    shift = beta - mu * scale.
       backward  1. g = g * (y > 0) and its per-channel sums sum(g), sum(g * x);
@@ -198,26 +199,48 @@ class _Blocks:
         return (self.ones[:, :block.shape[0]] @ block)[0]
 
 
+RAW_MOMENTS_LIMIT = 4  # a channel's sums of x and x^2 are trusted where mean^2 <= this * var
+
+
 def _batch_moments(rows, blocks):
     """The per-channel mean and biased variance of rows (n, C), reading rows once.
 
-    Each block of rows gives its count m_b, mean mu_b and sum of squared deviations M2_b (the
-    block is in cache, so centring it costs no memory traffic); then, in float64,
-    mu = sum_b m_b mu_b / n and M2 = sum_b M2_b + sum_b m_b (mu_b - mu)^2 (Chan, Golub and
-    LeVeque 1979), exact in exact arithmetic and as stable as two passes over the data."""
+    Each block of rows gives its count m_b, mean mu_b and sum of squared deviations M2_b;
+    then, in float64, mu = sum_b m_b mu_b / n and M2 = sum_b M2_b + sum_b m_b (mu_b - mu)^2
+    (Chan, Golub and LeVeque 1979), exact in exact arithmetic. Within a block (in cache):
+
+      - first from the block's sums of x and of x^2, two reads of the block and no new array:
+        M2_b = sum(x^2) - m_b mu_b^2. The float32 sum of squares carries a relative rounding
+        error e, and the subtraction cancels: M2_b's relative error is e (1 + mu_b^2 / var_b).
+      - so the channels with mu_b^2 > RAW_MOMENTS_LIMIT * var_b (values far from zero compared
+        with their spread) are done again the two-pass way: their columns are copied out,
+        centred, and M2_b = sum((x - mu_b)^2), whose error is e however large mu_b is.
+    M2_b's error is thus at most 1 + RAW_MOMENTS_LIMIT times that of the two-pass sum. At the
+    batch norms of a ResNet-18 in SimCLR training (CIFAR-10, at steps 0 and 60), mu_b^2 / var_b
+    exceeded 1 in 16-19% of the channels of a block, 4 in 2% and 16 in 0.02-0.05%. (On the GPU
+    every channel is done the two-pass way: choosing would wait for the device.)"""
     xp = array_module(rows)
     n, C = rows.shape
+    f64 = xp.float64
 
     def block_moments(start, stop):
-        block_mean = blocks.column_sums(rows[start:stop]) / (stop - start)   # (C,)
-        block = blocks.view(rows, start, stop)
-        centered = (block - blocks.tile(block_mean)[:block.shape[1]]).reshape(-1, C)
-        return stop - start, block_mean, xp.einsum("nc,nc->c", centered, centered)
+        m, block = stop - start, rows[start:stop]
+        block_mean = blocks.column_sums(block).astype(f64) / m                # (C,)
+        if not blocks.on_cpu:
+            centered = block - block_mean.astype(rows.dtype)
+            return m, block_mean, xp.einsum("nc,nc->c", centered, centered).astype(f64)
+        m2 = xp.einsum("nc,nc->c", block, block).astype(f64) - m * block_mean ** 2
+        redo = xp.flatnonzero((block_mean ** 2 > RAW_MOMENTS_LIMIT / m * m2) | (m2 < 0))
+        if len(redo):
+            centered = block[:, redo]                                          # a copy
+            centered -= block_mean[redo].astype(rows.dtype)
+            m2[redo] = xp.einsum("nc,nc->c", centered, centered)
+        return m, block_mean, m2
     parts = blocks.map(block_moments)
-    counts = xp.asarray([p[0] for p in parts], dtype=xp.float64)[:, None]  # (blocks, 1)
-    means = xp.stack([p[1] for p in parts]).astype(xp.float64)             # (blocks, C)
+    counts = xp.asarray([p[0] for p in parts], dtype=f64)[:, None]          # (blocks, 1)
+    means = xp.stack([p[1] for p in parts])                                 # (blocks, C)
     mean = (counts * means).sum(axis=0) / n
-    m2 = _total([p[2] for p in parts], xp, xp.float64) + (counts * (means - mean) ** 2).sum(axis=0)
+    m2 = xp.stack([p[2] for p in parts]).sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
     return mean.astype(rows.dtype), (m2 / n).astype(rows.dtype)
 
 
