@@ -58,6 +58,7 @@ def test_channels_last_conv2d_matches_the_im2col_reference(xp, name, chunk_bytes
     if chunk_bytes is not None:
         monkeypatch.setitem(conv_module.CHUNK_BYTES, "cpu", chunk_bytes)
         monkeypatch.setitem(conv_module.CHUNK_BYTES, "cuda", chunk_bytes)
+        monkeypatch.setattr(conv_module, "MIN_CHUNK_ROWS", 1)
     config = CONFIGS[name]
     stride, padding = pair(config[2], "stride", 1), pair(config[3], "padding", 0)
     results = []
@@ -155,3 +156,18 @@ def test_conv2d_rejects_bad_stride(xp, stride):
 def test_conv2d_rejects_non_tensor_input():
     with pytest.raises(TypeError, match="expected a Tensor"):
         conv2d(numpy.zeros((1, 2, 4, 4)), Tensor(numpy.zeros((3, 2, 3, 3))))
+
+
+def test_chunks_have_at_least_min_chunk_rows_and_leave_every_thread_one(monkeypatch):
+    from autograd import parallel
+    monkeypatch.setattr(parallel, "get_num_threads", lambda: 2)
+    monkeypatch.setitem(conv_module.CHUNK_BYTES, "cpu", 4 * 2**20)
+    x = numpy.zeros((64, 4, 4, 512), numpy.float32)  # stage 4: 16 rows of 18 KiB per image
+    geometry = ((3, 3), (1, 1), (1, 1), (4, 4))
+    chunk, fewest, per_image = conv_module._chunk_size(x, geometry)
+    assert per_image == 16 * 9 * 512 * 4 and chunk == fewest == 32  # 512 rows, not 4 MiB
+    chunk, fewest, _ = conv_module._chunk_size(x[:40], geometry)
+    assert chunk == fewest == 20  # 40 images: 20 each for the two threads
+    x = numpy.zeros((64, 32, 32, 64), numpy.float32)  # stage 1: 1024 rows per image
+    chunk, fewest, _ = conv_module._chunk_size(x, ((3, 3), (1, 1), (1, 1), (32, 32)))
+    assert chunk == fewest == 1

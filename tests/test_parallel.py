@@ -40,6 +40,7 @@ def split_everything(request, monkeypatch, threads):
     monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
     monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
     monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
+    monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
     monkeypatch.setattr(normalization, "TILE_BYTES", 24)
     return request.param
 

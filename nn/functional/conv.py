@@ -27,6 +27,7 @@ from autograd.backend import device_of
 from .windows import output_size, pair
 
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
+MIN_CHUNK_ROWS = 512  # but at least this many rows of columns per chunk (see _chunk_size)
 _buffers = {}  # reused column buffers: (module, dtype, shape) -> array
 
 
@@ -207,20 +208,30 @@ def _transposed_by_flipped_kernel(grad_last, w_rows, geometry, C):
 
 
 def _chunk_size(x_last, geometry):
-    """(images per chunk, bytes of one image's columns): as many images as fit in CHUNK_BYTES."""
+    """(images per chunk, fewest images per chunk, bytes of one image's columns).
+
+    As many images as fit in CHUNK_BYTES, but enough for MIN_CHUNK_ROWS rows of columns: each
+    chunk's product packs the whole weight matrix into BLAS's buffers again, and at the last
+    stages (an image is 16-64 rows there, the weights up to 9 MiB) chunks of a few images
+    spent more time packing than multiplying. Never more images than leave every thread one."""
     (kh, kw), _, _, (Ho, Wo) = geometry
+    N = x_last.shape[0]
     per_image = Ho * Wo * kh * kw * x_last.shape[3] * x_last.itemsize
-    return max(1, min(x_last.shape[0], CHUNK_BYTES[device_of(x_last)] // per_image)), per_image
+    threads = parallel.get_num_threads() if device_of(x_last) == "cpu" else 1
+    fewest = min(-(-MIN_CHUNK_ROWS // (Ho * Wo)), -(-N // threads))
+    chunk = max(1, fewest, min(N, CHUNK_BYTES[device_of(x_last)] // per_image))
+    return chunk, max(1, fewest, chunk // 4), per_image
 
 
 def _for_chunks(fn, x_last, geometry):
     """[fn(start, stop) for each chunk of images start..stop-1], in order; on the CPU the
     threads take the chunks one by one as they come free (autograd.parallel.map_ranges), the
-    last chunks smaller (down to a quarter), so that the threads finish together."""
+    last chunks smaller (down to a quarter, or the fewest images of _chunk_size), so that the
+    threads finish together."""
     N = x_last.shape[0]
-    chunk, per_image = _chunk_size(x_last, geometry)
+    chunk, fewest, per_image = _chunk_size(x_last, geometry)
     threads = parallel.get_num_threads() if device_of(x_last) == "cpu" else 1
-    chunks = parallel.shrinking_ranges(N, chunk, threads, smallest=chunk // 4)
+    chunks = parallel.shrinking_ranges(N, chunk, threads, smallest=fewest)
     return parallel.map_ranges(fn, chunks, N * per_image, x_last)
 
 
@@ -230,7 +241,7 @@ def _columns(x_last, geometry, start, stop):
     xp = array_module(x_last)
     kernel, stride, padding, (Ho, Wo) = geometry
     K = kernel[0] * kernel[1] * x_last.shape[3]
-    chunk, _ = _chunk_size(x_last, geometry)
+    chunk = _chunk_size(x_last, geometry)[0]
     cols = _buffer("columns", xp, (chunk * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
     windows = _windows(_pad(x_last[start:stop], padding, chunk), kernel, stride, (Ho, Wo))
     cols.reshape(windows.shape)[...] = windows                      # the one copy: im2col
