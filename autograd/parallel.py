@@ -41,6 +41,8 @@ BLOCK_BYTES = 512 * 2**10  # block_rows: a block of rows that stays in cache (ba
 PIECE_BYTES = 4 * 2**20  # matmul: rows of about this size (of its widest operand) per piece
 PIECES_PER_THREAD = 2  # and at least this many pieces per thread, taken as threads come free
 SHRINK_TO = 8  # the last pieces of a product shrink to 1/SHRINK_TO of the others (shrinking_ranges)
+MIN_PIECE = 512  # but never below this many rows (or columns): each piece's product packs the
+                 # whole other operand into BLAS's buffers again
 
 _state = {"threads": None, "pool": None, "blas_setter": None}
 _lock = threading.Lock()
@@ -272,7 +274,9 @@ def _pieces(length, unit_bytes, array):
     if threads == 1:
         return [(0, length)]
     largest = min(-(-PIECE_BYTES // unit_bytes), -(-length // (threads * PIECES_PER_THREAD)))
-    return shrinking_ranges(length, largest, threads, smallest=largest // SHRINK_TO)
+    largest = max(largest, min(MIN_PIECE, -(-length // threads)))
+    return shrinking_ranges(length, largest, threads,
+                            smallest=max(largest // SHRINK_TO, min(MIN_PIECE, largest)))
 
 
 def matmul(a, b, out=None):

@@ -41,6 +41,7 @@ def split_everything(request, monkeypatch, threads):
     monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
     monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
     monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
     monkeypatch.setattr(normalization, "TILE_BYTES", 24)
     return request.param
 
@@ -129,6 +130,7 @@ def test_products_are_cut_into_pieces_of_about_piece_bytes(monkeypatch, threads)
     use_threads(2)
     monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
     monkeypatch.setattr(parallel, "PIECE_BYTES", 100)
+    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
     a = numpy.zeros((10, 1))
     pieces = parallel._pieces(500, 10, a)  # 5000 bytes: pieces of 100 bytes, then smaller
     assert covers_in_order(pieces, 500)
@@ -136,6 +138,9 @@ def test_products_are_cut_into_pieces_of_about_piece_bytes(monkeypatch, threads)
     assert sizes[:40] == [10] * 40 and max(sizes) == 10 and min(sizes[:-1]) == 1
     assert len(parallel._pieces(3, 10, a)) == 3  # never more pieces than rows
     assert parallel._pieces(50, 1, a)[0] == (0, 13)  # at least PIECES_PER_THREAD per thread
+    monkeypatch.setattr(parallel, "MIN_PIECE", 100)  # but never under MIN_PIECE rows ...
+    assert [stop - start for start, stop in parallel._pieces(500, 10, a)] == [100] * 5
+    assert parallel._pieces(150, 10, a) == [(0, 75), (75, 150)]  # ... unless a thread gets none
     parallel.set_num_threads(1)
     assert parallel._pieces(50, 10, a) == [(0, 50)]  # one thread: one piece
 
