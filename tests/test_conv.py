@@ -18,6 +18,9 @@ CONFIGS = {
     "3x3_stride2_pad1_odd_7x9": ((1, 2, 7, 9), (3, 2, 3, 3), 2, 1, False),
     "7x7_stride2_pad3_stem": ((1, 2, 9, 7), (2, 2, 7, 7), 2, 3, True),
     "2x3_kernel_stride_2x1_pad_1x0": ((2, 2, 6, 7), (3, 2, 2, 3), (2, 1), (1, 0), True),
+    # 16+ channels: dW from the columns of the input gradient (conv._transposed_by_flipped_kernel)
+    "3x3_pad1_16_channels": ((3, 16, 5, 4), (3, 16, 3, 3), 1, 1, False),
+    "2x3_kernel_pad_1x2_16_channels": ((2, 16, 4, 5), (5, 16, 2, 3), 1, (1, 2), True),
 }
 
 

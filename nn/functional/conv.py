@@ -118,15 +118,20 @@ class Conv2d(Function):
         else:
             ph, pw = padding
             grad_4d = grad_rows.reshape(N, Ho * Wo, F)
-            if needs_weight:
+            by_flipped_kernel = needs_x and stride == (1, 1) and ph < kh and pw < kw
+            # dx, and dW from the same columns unless x has few channels (C = 3: an RGB
+            # image), which make x^T @ columns a thin product, slower than its own im2col
+            shared = by_flipped_kernel and needs_weight and C >= 16
+            if by_flipped_kernel:
+                grad_x, grad_w_rows = _transposed_by_flipped_kernel(
+                    grad_rows.reshape(N, Ho, Wo, F), w_rows, ctx.geometry,
+                    x_last if shared else None)
+            if needs_weight and not shared:
                 def weight_grad(start, stop):  # the sum over images start..stop-1: (F, K)
                     cols = _columns(x_last, ctx.geometry, start, stop)
                     return grad_4d[start:stop].reshape(-1, F).T @ cols
                 grad_w_rows = parallel.total(_for_chunks(weight_grad, x_last, ctx.geometry))
-            if needs_x and stride == (1, 1) and ph < kh and pw < kw:
-                grad_x = _transposed_by_flipped_kernel(grad_rows.reshape(N, Ho, Wo, F),
-                                                       w_rows, ctx.geometry, C)
-            elif needs_x:
+            if needs_x and not by_flipped_kernel:
                 grad_padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad.dtype)
 
                 def input_grad(start, stop):  # adds onto images start..stop-1 only
@@ -193,18 +198,41 @@ def _spread_pixels(grad_strided, shape, stride):
     return grad
 
 
-def _transposed_by_flipped_kernel(grad_last, w_rows, geometry, C):
-    """dx for a stride-1 convolution: itself a convolution of the output gradient.
+def _transposed_by_flipped_kernel(grad_last, w_rows, geometry, x_last=None):
+    """dx for a stride-1 convolution: itself a convolution of the output gradient; and, when
+    x_last is given, dW from the same column matrix. Returns dx (N, H, W, C) and dW as an
+    (F, kh, kw, C) view (the order of a row of filter rows), or None.
 
     dx[u, v, c] = sum_{i,j,f} dout[u + ph - i, v + pw - j, f] W[f, c, i, j]: the output gradient,
     padded by (kh-1-ph, kw-1-pw), convolved with the kernel flipped in space and with its
-    in/out channels swapped. This trades col2im's slice-adds for one more im2col copy."""
+    in/out channels swapped. This trades col2im's slice-adds for one more im2col copy.
+
+    That column matrix has a row per input pixel (u, v), and in column (i', j', f) the value
+    dout[u + i' - (kh-1-ph), v + j' - (kw-1-pw), f]. So columns^T @ x, summed over the pixels,
+    is sum_{u,v} dout[u + ph - i, v + pw - j, f] x[u, v, c] = dW[f, c, i, j] at i = kh-1-i',
+    j = kw-1-j': the weight gradient without a column matrix of x (one im2col fewer).
+    (In this order, not x^T @ columns, each filter's values lie in kh*kw runs of C: the
+    final copy into (F, C, kh, kw) gathers from a few runs, not from every F-th value.)"""
+    xp = array_module(grad_last)
     (kh, kw), _, (ph, pw), _ = geometry
     N, Ho, Wo, F = grad_last.shape
+    C = w_rows.shape[1] // (kh * kw)
     flipped = w_rows.reshape(F, kh, kw, C)[:, ::-1, ::-1].transpose(1, 2, 0, 3)  # (kh, kw, F, C)
     flipped = parallel.copy(flipped).reshape(kh * kw * F, C)
     H, W = Ho + kh - 1 - 2 * ph, Wo + kw - 1 - 2 * pw
-    return _convolve(grad_last, flipped, ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W)))
+    flipped_geometry = ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W))
+    grad_x = xp.empty((N, H, W, C), dtype=grad_last.dtype)
+
+    def chunk(start, stop):
+        cols = _columns(grad_last, flipped_geometry, start, stop)  # (n*H*W, kh*kw*F)
+        xp.matmul(cols, flipped, out=grad_x[start:stop].reshape(-1, C))
+        if x_last is not None:  # (kh*kw*F, C), summed over these images' pixels
+            return cols.T @ x_last[start:stop].reshape(-1, C)
+    parts = _for_chunks(chunk, grad_last, flipped_geometry)
+    if x_last is None:
+        return grad_x, None
+    grad_w = parallel.total(parts).reshape(kh, kw, F, C)[::-1, ::-1]  # (i, j, F, C)
+    return grad_x, grad_w.transpose(2, 0, 1, 3)                         # (F, i, j, C) view
 
 
 def _chunk_size(x_last, geometry):
