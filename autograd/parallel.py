@@ -256,8 +256,10 @@ def shrinking_ranges(length, largest, threads, smallest=1):
     then a (2 * threads)-th of what remains, down to `smallest`. A section ends when its last
     piece does; with equal pieces one thread may start the last one as the others run out of
     work, and they all wait for it. Shrinking pieces (OpenMP's "guided" schedule) make that
-    wait a small piece's time."""
+    wait a small piece's time. With one thread nobody waits: pieces of `largest` throughout."""
     largest, smallest = max(1, largest), max(1, min(smallest, largest))
+    if threads <= 1:
+        smallest = largest
     ranges, start = [], 0
     while start < length:
         size = min(largest, max(smallest, -(-(length - start) // (2 * threads))))

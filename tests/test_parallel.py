@@ -124,6 +124,7 @@ def test_shrinking_ranges_end_in_small_pieces():
     assert parallel.shrinking_ranges(5, 100, 2) == [(0, 2), (2, 3), (3, 4), (4, 5)]
     assert parallel.shrinking_ranges(0, 100, 2) == []
     assert parallel.shrinking_ranges(3, 0, 2) == [(0, 1), (1, 2), (2, 3)]  # at least 1
+    assert parallel.shrinking_ranges(10, 4, 1, 1) == [(0, 4), (4, 8), (8, 10)]  # one thread
 
 
 def test_products_are_cut_into_pieces_of_about_piece_bytes(monkeypatch, threads):
