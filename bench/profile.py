@@ -95,11 +95,13 @@ class OpProfiler:
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
         self._inner_seconds = [0.0]  # time spent in nested timed calls, one entry per level
+        self.active = []  # the keys of the timed calls under way, innermost last
         self.products = []  # (M, K, F) of every convolution's and linear layer's product
         self._saved = {}
 
     def timed(self, key, function, *args, **kwargs):
         self._inner_seconds.append(0.0)
+        self.active.append(key)
         self.sync()
         start = time.perf_counter()
         try:
@@ -110,6 +112,7 @@ class OpProfiler:
             self.seconds[key] += elapsed - self._inner_seconds.pop()
             self.calls[key] += 1
             self._inner_seconds[-1] += elapsed
+            self.active.pop()
 
     def _wrap(self, cls, forward, backward):
         def timed_forward(ctx, *arrays, **params):
@@ -146,6 +149,11 @@ class OpProfiler:
         self._saved.clear()
 
 
+def _current_key(profiler):
+    """The (label, phase) of the innermost op `profiler` is timing, or ("none", "-")."""
+    return profiler.active[-1] if profiler.active else ("none", "-")
+
+
 class ThreadUse:
     """While active (a `with` block), how the calling thread spends its time with respect to
     autograd.parallel's sections (each `parallel.run` over more than one range):
@@ -155,6 +163,10 @@ class ThreadUse:
                   for the other threads (imbalance, and a thread starting late)
         count     how many sections ran
     Time outside the sections is the step's time minus `sections`: one thread at work."""
+
+    def __init__(self, current=lambda: ("none", "-")):
+        self.current = current  # () -> the (label, phase) to charge a section's wait to
+        self.waiting_by = defaultdict(float)
 
     def __enter__(self):
         from autograd import parallel
@@ -181,6 +193,7 @@ class ThreadUse:
                 end = time.perf_counter()
                 self.sections += end - start
                 self.waiting += end - max(finished[0], start)
+                self.waiting_by[self.current()] += end - max(finished[0], start)
                 self.count += 1
         parallel.run = run
         return self
@@ -194,7 +207,8 @@ def profile_ours(args):
     ours = build_ours(args)
     for _ in range(args.warmup):
         ours.step()
-    with OpProfiler(ours.sync) as profiler, ThreadUse() as threads:
+    profiler = OpProfiler(ours.sync)
+    with profiler, ThreadUse(lambda: _current_key(profiler)) as threads:
         optimizer_step = ours.optimizer.step
         ours.optimizer.step = lambda: profiler.timed(("LARS update", "-"), optimizer_step)
         try:
@@ -216,7 +230,9 @@ def profile_ours(args):
         if phase != "backward":  # one call is one forward (and its backward)
             ops[label]["calls"] += profiler.calls[(label, phase)] / args.steps
     thread_use = {"sections_ms": threads.sections * per_step,
-                  "waiting_ms": threads.waiting * per_step, "sections": threads.count / args.steps}
+                  "waiting_ms": threads.waiting * per_step, "sections": threads.count / args.steps,
+                  "waiting_by_op_ms": {f"{label} {phase}".replace(" -", ""): seconds * per_step
+                                       for (label, phase), seconds in threads.waiting_by.items()}}
     return {"step_ms": total * per_step, "ops": dict(ops), "products_ms": products_ms,
             "threads": thread_use}
 
@@ -248,6 +264,10 @@ def report(args, result):
                   f"{use['waiting_ms']:.0f} ms for the others to finish their share; outside "
                   f"them one thread works alone for {alone:.0f} ms ({100 * alone / step_ms:.1f}% "
                   f"of the step).")
+        most = sorted(use.get("waiting_by_op_ms", {}).items(), key=lambda item: -item[1])[:5]
+        if most:
+            table += " Its waits, by op: " + ", ".join(
+                f"{name} {ms:.0f} ms" for name, ms in most) + "."
     if result.get("products_ms"):
         products = result["products_ms"]
         table += (f"\nThe step's matrix products alone (forward, input and weight gradient of "

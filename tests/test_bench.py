@@ -75,13 +75,14 @@ def test_thread_use_counts_sections_and_the_wait_at_their_end(monkeypatch):
         if parallel.get_num_threads() != 2:
             pytest.skip("NumPy's BLAS is not OpenBLAS here: autograd.parallel runs one thread")
         original = parallel.run
-        with profile.ThreadUse() as use:
+        with profile.ThreadUse(lambda: ("Conv2d 3x3", "backward")) as use:
             # the caller's share is instant, the other thread's takes 50 ms: the caller waits
             parallel.run(lambda start, stop: start and time.sleep(0.05), [(0, 1), (1, 2)])
             parallel.run(lambda start, stop: None, [(0, 1)])  # one range: not a section
         assert parallel.run is original
         assert use.count == 1
         assert 0.04 < use.waiting <= use.sections < 1
+        assert dict(use.waiting_by) == {("Conv2d 3x3", "backward"): use.waiting}
     finally:
         parallel.set_num_threads(before)
 
