@@ -18,8 +18,11 @@ it fast on a CPU, none of which changes the arithmetic:
 3. The window view. The columns of a chunk are one strided view of the padded input
    (as_strided: no copy), copied once into the buffer.
 
-Backward, per chunk: dW += cols^T dout, dcols = dout W^T, and col2im adds dcols back onto
-the input's pixels (one strided slice-add per kernel offset, no atomics).
+Backward, per chunk. A stride-1 convolution's dx is itself a convolution, of the output
+gradient with the kernel flipped: im2col of dout, one GEMM; and the same columns give dW
+(_transposed_by_flipped_kernel), so x needs no second im2col. Otherwise: dW += cols^T dout,
+dcols = dout W^T, and col2im adds dcols back onto the input's pixels (one strided slice-add
+per kernel offset, no atomics).
 """
 from autograd import Function, array_module, parallel
 from autograd.backend import device_of
