@@ -9,8 +9,8 @@ has just helped OpenBLAS is not free for an elementwise pass that follows. We th
 and set OpenBLAS to one thread while ours are in use: one pool, no spinning, every pass on
 every core.
 
-    parallel_ranges(n)      -> [(start, stop), ...], one range of rows per thread
     run(fn, ranges)         -> [fn(start, stop), ...], computed in parallel (in order)
+    for_rows(fn, n, ...)    fn(start, stop) on pieces of range(n), in the threads
     add(a, b)               a + b, the first axis split over the threads
     total(arrays)           arrays[0] + arrays[1] + ..., added in that order, split likewise
     copy(a)                 a C-contiguous copy of a, split likewise
@@ -154,13 +154,6 @@ def _threads_for(pieces, total_bytes, array):
     if threads == 1 or is_cupy_array(array) or nested:
         return 1
     return int(max(1, min(threads, pieces, total_bytes // MIN_BYTES_PER_THREAD)))
-
-
-def parallel_ranges(rows, row_bytes, array):
-    """Split range(rows) into one contiguous (start, stop) per thread (see _threads_for)."""
-    threads = _threads_for(rows, rows * row_bytes, array)
-    bounds = [rows * t // threads for t in range(threads + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def run(fn, ranges):

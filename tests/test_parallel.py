@@ -48,21 +48,13 @@ def split_everything(request, monkeypatch, threads):
 
 # ----- the module itself --------------------------------------------------------------------
 
-def test_ranges_cover_the_rows_once_in_order(monkeypatch, threads):
-    use_threads(3)
-    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
-    array = numpy.zeros(1)
-    for rows in (1, 2, 3, 10, 11):
-        ranges = parallel.parallel_ranges(rows, 1, array)
-        assert len(ranges) == min(3, rows)
-        assert [r for start, stop in ranges for r in range(start, stop)] == list(range(rows))
-
-
 def test_small_work_stays_in_the_calling_thread(threads):
     use_threads(2)
     small = parallel.MIN_BYTES_PER_THREAD  # one thread's worth of bytes in all
-    assert parallel.parallel_ranges(small, 1, numpy.zeros(1)) == [(0, small)]
-    assert len(parallel.parallel_ranges(4 * small, 1, numpy.zeros(1))) == 2
+    pieces = lambda rows: parallel.for_rows(lambda start, stop: (start, stop), rows, 1,
+                                            numpy.zeros(1))
+    assert pieces(small) == [(0, small)]
+    assert len(pieces(4 * small)) > 1
 
 
 def test_run_uses_the_pool_and_propagates_errors(monkeypatch, threads):
@@ -82,9 +74,9 @@ def test_a_split_inside_a_split_runs_serially(monkeypatch, threads):
     parallel.set_num_threads(2)
     monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
     array = numpy.zeros(1)
-    inner = parallel.for_rows(lambda start, stop: parallel.parallel_ranges(8, 1, array),
-                              8, 1, array)
-    assert all(ranges == [(0, 8)] for ranges in inner)
+    inner = parallel.for_rows(
+        lambda start, stop: parallel.for_rows(lambda a, b: (a, b), 8, 1, array), 8, 1, array)
+    assert len(inner) > 1 and all(ranges == [(0, 8)] for ranges in inner)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
