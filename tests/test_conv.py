@@ -21,7 +21,11 @@ CONFIGS = {
     # 16+ channels: dW from the columns of the input gradient (conv._transposed_by_flipped_kernel)
     "3x3_pad1_16_channels": ((3, 16, 5, 4), (3, 16, 3, 3), 1, 1, False),
     "2x3_kernel_pad_1x2_16_channels": ((2, 16, 4, 5), (5, 16, 2, 3), 1, (1, 2), True),
+    # 3x3, stride 1, even sizes of at most WINOGRAD_MAX_PIXELS: winograd.py on the CPU
+    "3x3_pad1_winograd_4x6": ((2, 3, 4, 6), (5, 3, 3, 3), 1, 1, True),
+    "3x3_pad1_winograd_8x8_16_channels": ((2, 16, 8, 8), (4, 16, 3, 3), 1, 1, False),
 }
+WINOGRAD_CONFIGS = ["3x3_pad1_winograd_4x6", "3x3_pad1_winograd_8x8_16_channels"]
 
 
 def _inputs(xp, config, dtype="float64"):

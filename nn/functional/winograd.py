@@ -1,0 +1,181 @@
+"""A 3x3 stride-1 convolution by Winograd's minimal filtering, F(2x2, 3x3): 2.25x fewer
+multiplications than im2col + GEMM. Read im2col.py and conv.py first; conv.py calls this
+for the 3x3 convolutions where it measured faster (conv.WINOGRAD_MAX_PIXELS).
+
+The 1-D idea (Winograd 1980; for convnets, Lavin and Gray 2016, "Fast Algorithms for
+Convolutional Neural Networks"). Two outputs of a 3-tap filter g over four inputs d,
+    y0 = d0 g0 + d1 g1 + d2 g2,   y1 = d1 g0 + d2 g1 + d3 g2      (6 multiplications),
+are also y = A^T [(G g) * (B^T d)] with 4 multiplications (the * is elementwise):
+
+    B^T = [[1,  0, -1,  0],     G = [[  1,    0,    0],     A^T = [[1, 1,  1,  0],
+           [0,  1,  1,  0],          [1/2,  1/2,  1/2],            [0, 1, -1, -1]]
+           [0, -1,  1,  0],          [1/2, -1/2,  1/2],
+           [0,  1,  0, -1]]          [  0,    0,    1]]
+
+(expand it: every product cancels but the six above). Nested in 2-D, a 2x2 tile of the
+output comes from the 4x4 tile of the padded input that covers its windows:
+    Y = A^T [U * V] A,   U = G g G^T (4x4, per filter and channel),   V = B^T d B (4x4).
+Summed over the input channels c, each of the 16 positions xi = (i, j) of the 4x4 is a
+matrix product over c: M[xi](tiles, F) = V[xi](tiles, C) @ U[xi]^T(C, F), U[xi] (F, C). So
+a convolution is
+    1. input tiles:  V = B^T d B for every tile (tiles overlap by 2 pixels), (16, T, C);
+    2. 16 products:  M[xi] = V[xi] @ U[xi]^T, T C F multiply-adds each: 16 per 2x2 outputs
+                     and channel pair, where im2col's product does 4 * 9 = 36 (the 2.25x);
+    3. output:       Y = A^T M A, each 4x4 tile of M -> 2x2 output pixels.
+The transforms only add and subtract (and halve, in G), so float32 loses little: measured,
+the result is as close to the exact sum as im2col's (tests/test_winograd.py).
+
+Backward. dx is the convolution of the output gradient with the kernel flipped and its
+channels swapped (as in conv.py), so it is the same three steps. dW follows from Y being
+linear in U: dU[xi] = Z[xi]^T @ V[xi] (F, C), summed over tiles, with Z = A dY A^T the
+output gradient's 2x2 tiles taken to 4x4; then dW = G^T dU G for each filter and channel.
+
+How it runs. A 2-D transform M t M^T of every tile t is one matrix product: with the tile
+flattened to a column, it is (M (x) M) @ t, the Kronecker product (x) a 16x16 (or 4x16,
+16x4, 16x9) matrix. So each transform copies the tiles of a few images into a scratch
+array, one row per position in the tile (as im2col copies windows), and multiplies it by
+the small matrix; BLAS does the adds in one pass, where NumPy would make one pass per term.
+The images are split over the threads in pieces of about PIECE_BYTES; the 16 products over
+the threads by xi (on the GPU, one batched product). Only even H and W (ResNet's 32, 16, 8,
+4); conv.py checks.
+"""
+from autograd import array_module, parallel
+from autograd.backend import device_of
+
+from .scratch import buffer, pad
+
+B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+PIECE_BYTES = 2**20  # the images of one piece of a transform: about this many bytes of tiles
+
+
+def _kron(matrix, xp, dtype):
+    """M (x) M for a 2-D transform of tiles: row (i, j), column (p, q) holds M[i, p] M[j, q], so
+    that M t M^T of a tile t, flattened row by row, is one product (M (x) M) @ t."""
+    m = xp.asarray(matrix, dtype=dtype)
+    return xp.kron(m, m)
+
+
+def _by_images(fn, images, image_bytes, array):
+    """fn(start, stop) for ranges of images of about PIECE_BYTES (image_bytes each), split over
+    the threads, which take the next piece as they come free."""
+    threads = parallel.get_num_threads()
+    largest = max(1, PIECE_BYTES // image_bytes)
+    pieces = parallel.shrinking_ranges(images, largest, threads, smallest=max(1, largest // 4))
+    parallel.map_ranges(fn, pieces, images * image_bytes, array)
+
+
+def _products(fn, array, total_bytes):
+    """fn(start, stop) over ranges of the 16 tile positions xi: one per piece on the CPU (the
+    threads take them as they come free), all 16 in one call on the GPU (a batched product)."""
+    on_cpu = device_of(array) == "cpu"
+    ranges = [(k, k + 1) for k in range(16)] if on_cpu else [(0, 16)]
+    parallel.map_ranges(fn, ranges, total_bytes, array)
+
+
+def _overlapping_tiles(padded, out):
+    """out[p, q, n, a, b] = padded[n, 2a + p, 2b + q] for p, q < 4: the 4x4 tiles of the padded
+    images (n, Hp, Wp, C), two pixels apart, copied once (as im2col copies windows)."""
+    xp = array_module(padded)
+    s_n, s_h, s_w, s_c = padded.strides
+    tiles = xp.lib.stride_tricks.as_strided(padded, out.shape,
+                                            (s_h, s_w, s_n, 2 * s_h, 2 * s_w, s_c))
+    xp.copyto(out, tiles)
+
+
+def filter_tiles(weight):
+    """U = G g G^T for each filter and channel: weight (F, C, 3, 3) -> (16, F, C), one product
+    (G (x) G) @ g with the kernels as the columns of a (9, F C) matrix (a free view)."""
+    xp = array_module(weight)
+    F, C = weight.shape[:2]
+    kernels = weight.reshape(F * C, 9).T                                 # (9, F C) view
+    return (_kron(G, xp, weight.dtype) @ kernels).reshape(16, F, C)
+
+
+def input_tiles(x_last):
+    """V = B^T d B for every 4x4 tile d of x_last (N, H, W, C) padded by 1: (16, T, C), the
+    T = N H/2 W/2 tiles in the order (image, tile row, tile column)."""
+    xp = array_module(x_last)
+    N, H, W, C = x_last.shape
+    per_image = (H // 2) * (W // 2) * C                     # values of one image's tiles, per xi
+    V = xp.empty((16, N * per_image), dtype=x_last.dtype)
+    transform = _kron(B_T, xp, x_last.dtype)                             # (16, 16)
+
+    def tile(start, stop):
+        n = stop - start
+        d = buffer("winograd tiles", xp, (4, 4, n, H // 2, W // 2, C), x_last.dtype)
+        _overlapping_tiles(pad(x_last[start:stop], (1, 1), n), d)
+        xp.matmul(transform, d.reshape(16, -1), out=V[:, start * per_image:stop * per_image])
+    _by_images(tile, N, 16 * per_image * x_last.itemsize, x_last)
+    return V.reshape(16, -1, C)
+
+
+def _untile(M, out):
+    """out = A^T m A for every 4x4 tile m of M (16, T, F): its 2x2 output pixels, into the
+    channels-last out (N, H, W, F)."""
+    xp = array_module(M)
+    N, H, W, F = out.shape
+    per_image = (H // 2) * (W // 2) * F
+    M = M.reshape(16, -1)
+    transform = _kron(A_T, xp, M.dtype)                                  # (4, 16)
+
+    def untile(start, stop):
+        n = stop - start
+        y = buffer("winograd pixels", xp, (2, 2, n, H // 2, W // 2, F), M.dtype)
+        xp.matmul(transform, M[:, start * per_image:stop * per_image], out=y.reshape(4, -1))
+        # pixel (2a + p, 2b + q) of each image is y[p, q, image, a, b]
+        pixels = out[start:stop].reshape(n, H // 2, 2, W // 2, 2, F).transpose(2, 4, 0, 1, 3, 5)
+        xp.copyto(pixels, y)
+    _by_images(untile, N, 16 * per_image * M.itemsize, M)
+
+
+def _gradient_tiles(grad_last):
+    """Z = A dy A^T for every 2x2 tile dy of grad_last (N, H, W, F): (16, T, F)."""
+    xp = array_module(grad_last)
+    N, H, W, F = grad_last.shape
+    per_image = (H // 2) * (W // 2) * F
+    Z = xp.empty((16, N * per_image), dtype=grad_last.dtype)
+    transform = _kron(A_T, xp, grad_last.dtype).T                        # (16, 4)
+
+    def tile(start, stop):
+        n = stop - start
+        dy = buffer("winograd pixels", xp, (2, 2, n, H // 2, W // 2, F), grad_last.dtype)
+        xp.copyto(dy, grad_last[start:stop].reshape(n, H // 2, 2, W // 2, 2, F)
+                  .transpose(2, 4, 0, 1, 3, 5))
+        xp.matmul(transform, dy.reshape(4, -1), out=Z[:, start * per_image:stop * per_image])
+    _by_images(tile, N, 16 * per_image * grad_last.itemsize, grad_last)
+    return Z.reshape(16, -1, F)
+
+
+def convolve(V, U, image_size):
+    """The 3x3 convolution (stride 1, padding 1) of the images whose input_tiles are V
+    (16, T, C), by the filters whose filter_tiles are U (16, F, C): (N, H, W, F), channels
+    last, for image_size (H, W)."""
+    xp = array_module(V)
+    H, W = image_size
+    F = U.shape[1]
+    M = xp.empty((16, V.shape[1], F), dtype=V.dtype)
+
+    def multiply(start, stop):
+        xp.matmul(V[start:stop], U[start:stop].transpose(0, 2, 1), out=M[start:stop])
+    _products(multiply, V, V.nbytes + M.nbytes)
+    out = xp.empty((V.shape[1] // ((H // 2) * (W // 2)), H, W, F), dtype=V.dtype)
+    _untile(M, out)
+    return out
+
+
+def weight_grad(V, grad_last):
+    """dW (F, C, 3, 3) of the convolution of the images whose input_tiles are V (16, T, C),
+    given the output gradient grad_last (N, H, W, F): dU[xi] = Z[xi]^T @ V[xi] (F, C) with
+    Z = A dY A^T, then dW = G^T dU G."""
+    xp = array_module(V)
+    F, C = grad_last.shape[3], V.shape[2]
+    Z = _gradient_tiles(grad_last)                                      # (16, T, F)
+    dU = xp.empty((16, F, C), dtype=V.dtype)
+
+    def multiply(start, stop):
+        xp.matmul(Z[start:stop].transpose(0, 2, 1), V[start:stop], out=dU[start:stop])
+    _products(multiply, V, V.nbytes + Z.nbytes)
+    dW = dU.reshape(16, F * C).T @ _kron(G, xp, V.dtype)               # (F C, 9): G^T dU G
+    return dW.reshape(F, C, 3, 3)
