@@ -23,8 +23,8 @@ def direct_conv3x3(x_last, weight):
 
 
 def convolve(x_last, weight):
-    return winograd.convolve(winograd.input_tiles(x_last), winograd.filter_tiles(weight),
-                             x_last.shape[1:3])
+    return winograd.convolve(winograd.input_tiles(x_last),
+                             winograd.filter_tiles(weight).transpose(0, 2, 1), x_last.shape[1:3])
 
 
 def _arrays(xp, shape, filters, dtype, seed=0):
@@ -79,6 +79,15 @@ def test_winograd_float32_is_about_as_accurate_as_im2col(xp):
     im2col = conv_module._convolve(x, w_matrix, geometry)
     assert fast.dtype == numpy.float32
     assert relative_error(fast, exact) <= 4 * relative_error(im2col, exact) + 1e-7
+
+
+def test_flipped_filter_tiles_are_the_tiles_of_the_flipped_kernel(xp):
+    # dx convolves by the kernel flipped in space, channels swapped: filter_tiles(flipped=True)
+    # gets its tiles from the unflipped weight by reordering G (x) G's rows
+    _, weight = _arrays(xp, (1, 2, 2, 5), 3, "float64", seed=7)
+    flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, 3, 3)
+    expected = winograd.filter_tiles(flipped).transpose(0, 2, 1)        # (16, F, C) operands
+    assert relative_error(winograd.filter_tiles(weight, flipped=True), to_numpy(expected)) <= 1e-15
 
 
 def test_transforms_in_one_image_pieces_give_the_same_result(xp, monkeypatch):

@@ -76,7 +76,8 @@ class Conv2d(Function):
         if ctx.winograd:  # keeps x's tiles, not x, for dW
             tiles = winograd.input_tiles(x_last)                     # (16, T, C)
             ctx.save_for_backward(tiles, weight)
-            out = winograd.convolve(tiles, winograd.filter_tiles(weight), x.shape[2:])
+            filters = winograd.filter_tiles(weight).transpose(0, 2, 1)   # (16, C, F)
+            out = winograd.convolve(tiles, filters, x.shape[2:])
             if bias is not None:
                 out += bias
             return out.transpose(0, 3, 1, 2)
@@ -149,12 +150,11 @@ def _winograd_backward(ctx, grad):
     """Conv2d.backward for a convolution that ran as winograd.py's: dx is the convolution of
     grad by the kernel flipped and its channels swapped, dW comes from x's saved tiles."""
     tiles, weight = ctx.saved                                        # (16, T, C), (F, C, 3, 3)
-    xp = array_module(grad)
     grad_last = channels_last(grad)                                  # (N, H, W, F)
     grad_x = grad_w = grad_bias = None
     if ctx.needs_input_grad[0]:
-        flipped = xp.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        grad_x = winograd.convolve(winograd.input_tiles(grad_last), winograd.filter_tiles(flipped),
+        grad_x = winograd.convolve(winograd.input_tiles(grad_last),
+                                   winograd.filter_tiles(weight, flipped=True),  # (16, F, C)
                                    grad.shape[2:]).transpose(0, 3, 1, 2)
     if ctx.needs_input_grad[1]:
         grad_w = winograd.weight_grad(tiles, grad_last)

@@ -47,6 +47,7 @@ from .scratch import buffer, pad
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
+FLIP = (3, 1, 2, 0)  # G[:, ::-1] = G[FLIP, :]: see filter_tiles
 PIECE_BYTES = 2**20  # the images of one piece of a transform: about this many bytes of tiles
 
 
@@ -84,13 +85,22 @@ def _overlapping_tiles(padded, out):
     xp.copyto(out, tiles)
 
 
-def filter_tiles(weight):
+def filter_tiles(weight, flipped=False):
     """U = G g G^T for each filter and channel: weight (F, C, 3, 3) -> (16, F, C), one product
-    (G (x) G) @ g with the kernels as the columns of a (9, F C) matrix (a free view)."""
+    (G (x) G) @ g with the kernels as the columns of a (9, F C) matrix (a free view).
+
+    flipped=True: the tiles of the kernels flipped in space, with F and C swapped (the
+    convolution that gives dx), without copying the weight: flipping g flips G's columns, and
+    G with its columns reversed is G with rows 0 and 3 swapped, so the flipped kernel's tile
+    at xi = (i, j) is U[(P i, P j)] transposed (P: 0 <-> 3). The rows of G (x) G are taken in
+    that order, and the result (16, F, C) is each position's (F, C) operand."""
     xp = array_module(weight)
     F, C = weight.shape[:2]
     kernels = weight.reshape(F * C, 9).T                                 # (9, F C) view
-    return (_kron(G, xp, weight.dtype) @ kernels).reshape(16, F, C)
+    transform = _kron(G, xp, weight.dtype)                              # (16, 9)
+    if flipped:
+        transform = transform[[4 * FLIP[i] + FLIP[j] for i in range(4) for j in range(4)]]
+    return (transform @ kernels).reshape(16, F, C)
 
 
 def input_tiles(x_last):
@@ -148,17 +158,18 @@ def _gradient_tiles(grad_last):
     return Z.reshape(16, -1, F)
 
 
-def convolve(V, U, image_size):
+def convolve(V, filters, image_size):
     """The 3x3 convolution (stride 1, padding 1) of the images whose input_tiles are V
-    (16, T, C), by the filters whose filter_tiles are U (16, F, C): (N, H, W, F), channels
-    last, for image_size (H, W)."""
+    (16, T, C), for image_size (H, W): (N, H, W, F), channels last. filters (16, C, F): each
+    position's operand, filter_tiles(weight).transpose(0, 2, 1) for the convolution by
+    `weight`, filter_tiles(weight, flipped=True) for its dx."""
     xp = array_module(V)
     H, W = image_size
-    F = U.shape[1]
+    F = filters.shape[2]
     M = xp.empty((16, V.shape[1], F), dtype=V.dtype)
 
     def multiply(start, stop):
-        xp.matmul(V[start:stop], U[start:stop].transpose(0, 2, 1), out=M[start:stop])
+        xp.matmul(V[start:stop], filters[start:stop], out=M[start:stop])
     _products(multiply, V, V.nbytes + M.nbytes)
     out = xp.empty((V.shape[1] // ((H // 2) * (W // 2)), H, W, F), dtype=V.dtype)
     _untile(M, out)
@@ -177,5 +188,5 @@ def weight_grad(V, grad_last):
     def multiply(start, stop):
         xp.matmul(Z[start:stop].transpose(0, 2, 1), V[start:stop], out=dU[start:stop])
     _products(multiply, V, V.nbytes + Z.nbytes)
-    dW = dU.reshape(16, F * C).T @ _kron(G, xp, V.dtype)               # (F C, 9): G^T dU G
+    dW = parallel.matmul(dU.reshape(16, F * C).T, _kron(G, xp, V.dtype))  # (F C, 9): G^T dU G
     return dW.reshape(F, C, 3, 3)
