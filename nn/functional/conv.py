@@ -18,7 +18,7 @@ it fast on a CPU, none of which changes the arithmetic:
 3. The window view. The columns of a chunk are one strided view of the padded input
    (as_strided: no copy), copied once into the buffer.
 
-The 3x3 stride-1 convolutions of small images (ResNet-50's last three stages) run instead as
+The 3x3 stride-1 convolutions of small images (ResNet-50's last two stages) run instead as
 Winograd's F(2x2, 3x3), with 2.25x fewer multiplications: winograd.py, and _uses_winograd for
 where it measured faster.
 
@@ -37,7 +37,7 @@ from .windows import output_size, pair
 
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
 MIN_CHUNK_ROWS = 512  # but at least this many rows of columns per chunk (see _chunk_size)
-WINOGRAD_MAX_PIXELS = 256  # 3x3 stride-1 convolutions of images this small: see _uses_winograd
+WINOGRAD_MAX_PIXELS = 64  # 3x3 stride-1 convolutions of images this small: see _uses_winograd
 
 
 def channels_last(x):
@@ -166,11 +166,13 @@ def _winograd_backward(ctx, grad):
 def _uses_winograd(x_last, geometry):
     """Whether this convolution runs as winograd.py's F(2x2, 3x3): a 3x3 kernel, stride 1,
     padding 1, even H and W of at most WINOGRAD_MAX_PIXELS pixels, on the CPU. Measured
-    against im2col (bench.pair, forward + backward, N = 64, 2 threads): 0.89x the time at
-    16x16, 0.68x at 8x8 and 0.79x at 4x4 (ResNet-50's stages 2-4, 128-512 channels); but
-    1.06x at 32x32 with 64 channels, where the 16 products over only 64 channels run at a
-    lower rate than im2col's one over 576, and 2x with 3 input channels. On the GPU it is
-    unmeasured, so im2col runs there."""
+    against im2col (bench.pair, forward + backward, N = 64, 2 threads): 0.68-0.73x the time
+    at 8x8 and 0.74-0.79x at 4x4 (ResNet-50's last two stages, 256 and 512 channels). At 16x16
+    it measured 0.89x, but only by keeping x's tiles (4x the size of x) from the forward pass
+    to the backward: ResNet-18's peak memory at 64 images rose from 1104 to 1402 MiB, over
+    PyTorch's 1378, and recomputing them instead made it 1.03x. At 32x32 with 64 channels it
+    was 1.06x (its 16 products over only 64 channels run at a lower rate than im2col's one
+    over 576), with 3 channels 2x. On the GPU it is unmeasured, so im2col runs there."""
     (kh, kw), stride, padding, _ = geometry
     H, W = x_last.shape[1:3]
     return ((kh, kw) == (3, 3) and stride == (1, 1) and padding == (1, 1) and H % 2 == 0
