@@ -60,7 +60,9 @@ def _kron(matrix, xp, dtype):
 
 def _by_images(fn, images, image_bytes, array):
     """fn(start, stop) for ranges of images of about PIECE_BYTES (image_bytes each), split over
-    the threads, which take the next piece as they come free."""
+    the threads, which take the next piece as they come free (on the GPU: all images at once)."""
+    if device_of(array) != "cpu":
+        return fn(0, images)
     threads = parallel.get_num_threads()
     largest = max(1, PIECE_BYTES // image_bytes)
     pieces = parallel.shrinking_ranges(images, largest, threads, smallest=max(1, largest // 4))
