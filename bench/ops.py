@@ -27,6 +27,9 @@ from bench.common import (SIDES, describe_machine, default_threads, format_table
 # name -> (kind, shape settings); C/F channels in/out, H the input side, k the kernel side
 LAYERS = {
     "conv 3x3 64->64 at 32x32": ("conv", dict(C=64, F=64, H=32, k=3, stride=1, padding=1)),
+    # stages 3 and 4: ours by Winograd's F(2x2, 3x3) (nn/functional/winograd.py)
+    "conv 3x3 256->256 at 8x8": ("conv", dict(C=256, F=256, H=8, k=3, stride=1, padding=1)),
+    "conv 3x3 512->512 at 4x4": ("conv", dict(C=512, F=512, H=4, k=3, stride=1, padding=1)),
     "conv 1x1 256->64 at 32x32": ("conv", dict(C=256, F=64, H=32, k=1, stride=1, padding=0)),
     "conv 1x1 64->256 at 32x32": ("conv", dict(C=64, F=256, H=32, k=1, stride=1, padding=0)),
     "conv 3x3/2 128->128 at 32x32": ("conv", dict(C=128, F=128, H=32, k=3, stride=2, padding=1)),
