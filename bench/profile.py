@@ -162,11 +162,13 @@ class ThreadUse:
         waiting   the part of that after the calling thread finished its own share, waiting
                   for the other threads (imbalance, and a thread starting late)
         count     how many sections ran
-    Time outside the sections is the step's time minus `sections`: one thread at work."""
+    Time outside the sections is the step's time minus `sections`: one thread at work.
+    `waiting_by` and `sections_by` split waiting and sections by the op running (current())."""
 
     def __init__(self, current=lambda: ("none", "-")):
-        self.current = current  # () -> the (label, phase) to charge a section's wait to
+        self.current = current  # () -> the (label, phase) to charge a section to
         self.waiting_by = defaultdict(float)
+        self.sections_by = defaultdict(float)
 
     def __enter__(self):
         from autograd import parallel
@@ -194,6 +196,7 @@ class ThreadUse:
                 self.sections += end - start
                 self.waiting += end - max(finished[0], start)
                 self.waiting_by[self.current()] += end - max(finished[0], start)
+                self.sections_by[self.current()] += end - start
                 self.count += 1
         parallel.run = run
         return self
@@ -229,10 +232,17 @@ def profile_ours(args):
         ops[label][phase] += seconds * per_step
         if phase != "backward":  # one call is one forward (and its backward)
             ops[label]["calls"] += profiler.calls[(label, phase)] / args.steps
+    # per op and phase: its own time outside parallel sections (one thread at work)
+    alone_by = {key: seconds - threads.sections_by.get(key, 0.0)
+                for key, seconds in profiler.seconds.items()}
+    alone_by[("rest", "-")] = total - sum(profiler.seconds.values()) - threads.sections_by.get(
+        ("none", "-"), 0.0)
     thread_use = {"sections_ms": threads.sections * per_step,
                   "waiting_ms": threads.waiting * per_step, "sections": threads.count / args.steps,
                   "waiting_by_op_ms": {f"{label} {phase}".replace(" -", ""): seconds * per_step
-                                       for (label, phase), seconds in threads.waiting_by.items()}}
+                                       for (label, phase), seconds in threads.waiting_by.items()},
+                  "alone_by_op_ms": {f"{label} {phase}".replace(" -", ""): seconds * per_step
+                                     for (label, phase), seconds in alone_by.items()}}
     return {"step_ms": total * per_step, "ops": dict(ops), "products_ms": products_ms,
             "threads": thread_use}
 
@@ -267,6 +277,10 @@ def report(args, result):
         most = sorted(use.get("waiting_by_op_ms", {}).items(), key=lambda item: -item[1])[:5]
         if most:
             table += " Its waits, by op: " + ", ".join(
+                f"{name} {ms:.0f} ms" for name, ms in most) + "."
+        most = sorted(use.get("alone_by_op_ms", {}).items(), key=lambda item: -item[1])[:6]
+        if most:
+            table += " Alone, by op: " + ", ".join(
                 f"{name} {ms:.0f} ms" for name, ms in most) + "."
     if result.get("products_ms"):
         products = result["products_ms"]

@@ -102,7 +102,12 @@ def filter_tiles(weight, flipped=False):
     transform = _kron(G, xp, weight.dtype)                              # (16, 9)
     if flipped:
         transform = transform[[4 * FLIP[i] + FLIP[j] for i in range(4) for j in range(4)]]
-    return (transform @ kernels).reshape(16, F, C)
+    U = xp.empty((16, F * C), dtype=weight.dtype)
+
+    def filters(start, stop):  # the threads take the filters start..stop-1
+        xp.matmul(transform, kernels[:, start * C:stop * C], out=U[:, start * C:stop * C])
+    parallel.for_rows(filters, F, 16 * C * weight.itemsize, weight)
+    return U.reshape(16, F, C)
 
 
 def input_tiles(x_last):
