@@ -77,7 +77,10 @@ def test_winograd_float32_is_about_as_accurate_as_im2col(xp):
     geometry = ((3, 3), (1, 1), (1, 1), (8, 8))
     w_matrix = xp.ascontiguousarray(conv_module._filter_rows(weight).T)
     im2col = conv_module._convolve(x, w_matrix, geometry)
-    assert fast.dtype == numpy.float32
+    tiles = winograd.input_tiles(x)
+    assert fast.dtype == tiles.dtype == numpy.float32                  # no float64 inside
+    assert winograd.weight_grad(tiles, fast).dtype == numpy.float32
+    assert winograd.filter_tiles(weight, flipped=True).dtype == numpy.float32
     assert relative_error(fast, exact) <= 4 * relative_error(im2col, exact) + 1e-7
 
 
