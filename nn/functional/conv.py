@@ -166,8 +166,8 @@ def _winograd_backward(ctx, grad):
 def _uses_winograd(x_last, geometry):
     """Whether this convolution runs as winograd.py's F(2x2, 3x3): a 3x3 kernel, stride 1,
     padding 1, even H and W of at most WINOGRAD_MAX_PIXELS pixels, on the CPU. Measured
-    against im2col (bench.pair, forward + backward, N = 64, 2 threads): 0.68-0.73x the time
-    at 8x8 and 0.74-0.79x at 4x4 (ResNet-50's last two stages, 256 and 512 channels). At 16x16
+    against im2col (bench.pair, forward + backward, N = 64, 2 threads): 0.70x the time at 8x8
+    and 0.61x at 4x4 (ResNet-50's last two stages, 256 and 512 channels). At 16x16
     it measured 0.89x, but only by keeping x's tiles (4x the size of x) from the forward pass
     to the backward: ResNet-18's peak memory at 64 images rose from 1104 to 1402 MiB, over
     PyTorch's 1378, and recomputing them instead made it 1.03x. At 32x32 with 64 channels it
