@@ -6,7 +6,7 @@ import pytest
 
 import nn.functional.conv as conv_module
 import nn.functional.winograd as winograd
-from autograd import Tensor, to_numpy
+from autograd import to_numpy
 from helpers import relative_error
 
 from test_conv import CONFIGS, WINOGRAD_CONFIGS
