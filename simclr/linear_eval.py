@@ -8,7 +8,6 @@ Both report top-1 accuracy on the held-out split (the data set's test split, or 
 split carved with --val-fraction / --val-per-class). Baselines: --random-init evaluates an
 untrained encoder of the same architecture; --raw-pixels fits the classifiers on the pixels.
 """
-import argparse
 import json
 import os
 import sys
@@ -18,6 +17,7 @@ import numpy
 
 from autograd.backend import require_cupy, to_numpy
 from autograd.memory import reuse_freed_memory
+from simclr import cli
 from simclr.checkpoint import load_checkpoint
 from simclr.data import add_data_arguments, load_from_arguments
 from simclr.evaluate import encode, knn_accuracy, linear_probe
@@ -25,7 +25,7 @@ from simclr.train import build_model
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m simclr.linear_eval", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m simclr.linear_eval", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint.npz of simclr.train, or its --out folder")
     source.add_argument("--raw-pixels", action="store_true", help="baseline: classifiers on raw pixels")
@@ -44,6 +44,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    """The program: exit status 0 when done, 2 for a user's mistake (one line, see
+    simclr/cli.py)."""
+    return cli.run(_main, argv, prog="python -m simclr.linear_eval")
+
+
+def _main(argv):
     args = parse_args(argv)
     reuse_freed_memory()  # see autograd/memory.py
     xp = numpy if args.backend == "numpy" else require_cupy()

@@ -23,6 +23,7 @@ from autograd import Tensor, parallel
 from autograd.backend import array_module, require_cupy
 from autograd.memory import reuse_freed_memory
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
+from simclr import cli
 from simclr.augment import SimCLRAugment
 from simclr.checkpoint import load_checkpoint, save_checkpoint
 from simclr.data import add_data_arguments, load_from_arguments
@@ -42,7 +43,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m simclr.train", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m simclr.train", description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None,
                         help="numpy (default): the CPU; cupy: an NVIDIA GPU (needs the cuda12/cuda13 extra)")
     add_data_arguments(parser)
@@ -249,6 +250,12 @@ def monitor_knn(model, train, held_out, max_train=10000):
 
 
 def main(argv=None):
+    """The program: exit status 0 when done, 2 for a user's mistake (one line, see
+    simclr/cli.py), 130 after Ctrl-C, 1 when training diverged."""
+    return cli.run(_main, argv, prog="python -m simclr.train")
+
+
+def _main(argv):
     args = parse_args(argv)
     reuse_freed_memory()  # reuse last step's pages instead of faulting in new ones
     if args.threads is not None:
