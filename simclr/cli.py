@@ -10,7 +10,12 @@ parse). The message names the flag or the file, the value given and what is expe
 """
 import argparse
 import errno
+import math
 import sys
+
+import numpy
+
+from autograd.backend import require_cupy
 
 EXIT_USAGE = 2
 
@@ -29,7 +34,12 @@ class UsageError(Exception):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser, whose errors (a flag it cannot parse, a choice it does not know) are
     UsageErrors, printed as one line like every other mistake (argparse would print the usage
-    first). `--help` still prints the usage."""
+    first). `--help` still prints the usage. Flags must be spelled out (no abbreviations such
+    as --epo for --epochs), so that a script means the same when a flag is added."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise UsageError(message)
@@ -51,3 +61,42 @@ def run(main, argv=None, prog=None):
         where = f" {error.filename}" if error.filename else ""
         print(f"{prog}: error: could not use{where}: {reason} ({error.strerror})", file=sys.stderr)
         return EXIT_USAGE
+
+
+# Checks of a flag's value, for the programs' validate functions: each returns the value or
+# raises a UsageError that names the flag, the value and what is expected. argparse's type=float
+# accepts nan and inf, so every float flag goes through a finiteness check.
+
+def at_least(flag, value, minimum):
+    """An integer flag that must be >= minimum."""
+    if value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+    return value
+
+
+def positive_number(flag, value):
+    """A float flag that must be finite and > 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be a positive finite number, got {value}")
+    return value
+
+
+def non_negative_number(flag, value):
+    """A float flag that must be finite and >= 0."""
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{flag} must be a finite number of at least 0, got {value}")
+    return value
+
+
+class BackendUnavailable(UsageError, RuntimeError):
+    """--backend cupy on a machine without CuPy or without a usable GPU."""
+
+
+def require_backend(name):
+    """The array module for --backend `name`: numpy, or cupy when it and a GPU are usable."""
+    if name == "numpy":
+        return numpy
+    try:
+        return require_cupy()
+    except RuntimeError as error:  # require_cupy's two refusals: no CuPy, no usable GPU
+        raise BackendUnavailable(f"--backend cupy: {error}") from error

@@ -7,6 +7,8 @@ import time
 
 from PIL import Image, ImageDraw
 
+from simclr.files import atomic_write
+
 
 def format_duration(seconds):
     seconds = int(max(seconds, 0))
@@ -40,17 +42,17 @@ class ProgressLine:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, appended and flushed as training goes."""
+    """metrics.jsonl: one JSON object per line, appended and flushed as training goes.
 
-    def __init__(self, path, keep_until_step=None):
+    history: the records the log starts with. A new run starts empty; a resumed run starts with
+    its old records up to its checkpoint's step (the steps after it are redone). Starting a log
+    replaces the file atomically (a temporary file, then a rename), so a kill at that moment
+    leaves the old history whole, never an empty or half-written file."""
+
+    def __init__(self, path, history=()):
         self.path = path
-        if keep_until_step is not None and os.path.exists(path):
-            # A resumed run continues the log from its checkpoint: drop steps it will redo.
-            with open(path) as file:
-                kept = [line for line in file
-                        if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
-            with open(path, "w") as file:
-                file.writelines(kept)
+        with atomic_write(path, "w") as file:
+            file.writelines(json.dumps(record) + "\n" for record in history)
         self.file = open(path, "a")
 
     def write(self, **record):
@@ -58,12 +60,26 @@ class MetricsLog:
         self.file.flush()
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # a full disk: the last line may be torn, which read_metrics skips
+            pass
 
 
-def read_metrics(path):
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
+def read_metrics(path, until_step=None):
+    """The records of a metrics.jsonl (those with step <= until_step, if given). A line that is
+    not whole JSON (the torn last line of a write that a full disk or a kill cut short) is
+    skipped: the history before it is what it was."""
+    records = []
+    with open(path, errors="replace") as file:
+        for line in file:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (until_step is None or record.get("step", 0) <= until_step):
+                records.append(record)
+    return records
 
 
 def plot_loss_curve(records, path, size=(640, 400)):
@@ -94,4 +110,5 @@ def plot_loss_curve(records, path, size=(640, 400)):
         draw.text((left, bottom + 8), f"step {first}", fill="black")
         draw.text((right - 80, bottom + 8), f"step {last}", fill="black")
     draw.text((left + 5, top + 5), "NT-Xent loss", fill="black")
-    image.save(path)
+    with atomic_write(path) as file:
+        image.save(file, format="PNG")

@@ -25,17 +25,24 @@ from autograd.memory import reuse_freed_memory
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
 from simclr import cli
 from simclr.augment import SimCLRAugment
-from simclr.checkpoint import load_checkpoint, save_checkpoint
+from simclr.checkpoint import NonFiniteState, checkpoint_path, load_checkpoint, save_checkpoint
+from simclr.cli import UsageError
 from simclr.data import add_data_arguments, load_from_arguments
 from simclr.evaluate import encode, knn_accuracy
+from simclr.files import atomic_write, remove_temporaries
+from simclr.interrupts import Interrupted, StopRequest
 from simclr.loss import nt_xent
 from simclr.model import HEADS, SimCLR
 from simclr.report import MetricsLog, ProgressLine, format_duration, plot_loss_curve, read_metrics
+from simclr.runfolder import RunFolder
 
 ARCHITECTURES = {"resnet18": nn.resnet18, "resnet34": nn.resnet34, "resnet50": nn.resnet50}
 # Flags a resumed run may give anew (None: not given); every other setting comes from the
 # checkpoint. --max-steps is not inherited: a resumed run goes to the end unless it is given again.
 RESUMABLE_OVERRIDES = {"backend": "numpy", "knn_every": 0}
+# What else a resumed run may be given anew (see resolve_config)
+CHANGEABLE_ON_RESUME = {"backend", "knn_every", "out", "max_steps", "data_dir", "download", "epochs"}
+BOOLEAN_FLAGS = {"cifar-stem", "blur"}  # flags that also have a --no- form
 
 
 class TrainingDiverged(RuntimeError):
@@ -104,25 +111,62 @@ def build_optimizer(config, model):
     return SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=config["weight_decay"])
 
 
-def resolve_config(args):
-    """The run's settings: from the flags, or from the checkpoint's folder when resuming."""
-    given = vars(args)
+def given_flags(argv):
+    """The settings (config keys) that the command line `argv` gives explicitly: "--lr 2" and
+    "--lr=2" give "lr", "--no-blur" gives "blur". (Abbreviated flags are not accepted, see
+    simclr.cli.ArgumentParser, so every flag is spelled out.)"""
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0]
+            if name.startswith("no-") and name[3:] in BOOLEAN_FLAGS:
+                name = name[3:]
+            given.add(name.replace("-", "_"))
+    return given
+
+
+def resolve_config(args, given=None):
+    """The run's settings, and what it resumes from: (config, None) for a new run, or
+    (config, (model_state, optimizer_state, meta, source folder)) for --resume.
+
+    A resumed run keeps its saved settings. `given`, the settings the command line names
+    (given_flags; default: those that differ from the defaults), may change only what does
+    not make it another run: where it runs (--backend, --threads), where it writes (--out: the
+    run continues there, its history copied, the resumed folder left as it was), where its data
+    lies (--data-dir, --download), how far it goes (--epochs, to extend it; --max-steps) and
+    what it monitors (--knn-every). Any other setting given with a value other than the saved
+    one is refused, naming it: it would silently be ignored, or make a different run."""
+    values = vars(args)
+    if given is None:
+        defaults = vars(parse_args([]))
+        given = {key for key, value in values.items() if value != defaults.get(key)}
     if not args.resume:
-        config = {key: value for key, value in given.items() if key not in ("resume", "threads")}
+        config = {key: value for key, value in values.items() if key not in ("resume", "threads")}
         for key, default in RESUMABLE_OVERRIDES.items():
             config[key] = default if config[key] is None else config[key]
         return config, None
-    checkpoint_path = args.resume
-    if os.path.isdir(checkpoint_path):
-        checkpoint_path = os.path.join(checkpoint_path, "checkpoint.npz")
-    model_state, optimizer_state, meta = load_checkpoint(checkpoint_path)
+    path = checkpoint_path(args.resume)
+    model_state, optimizer_state, meta = load_checkpoint(path, flag="--resume")
+    source = os.path.dirname(os.path.abspath(path))
     config = dict(meta["config"])
-    config["out"] = os.path.dirname(os.path.abspath(checkpoint_path))
-    config["max_steps"] = given["max_steps"]
+    changed = sorted(key for key in given - CHANGEABLE_ON_RESUME - {"resume", "threads"}
+                     if key in values and values[key] != config.get(key))
+    if changed:
+        flags = ", ".join(f"--{key.replace('_', '-')} {values[key]} (saved: {config.get(key)})"
+                          for key in changed)
+        raise UsageError(f"--resume {args.resume}: {flags}: a resumed run keeps the settings it "
+                         f"was started with; start a new run (another --out) to change them")
+    config["out"] = values["out"] if "out" in given else source
+    config["max_steps"] = values["max_steps"]
+    for key in ("data_dir", "download", "epochs"):
+        if key in given:
+            config[key] = values[key]
     for key in RESUMABLE_OVERRIDES:
-        if given[key] is not None:
-            config[key] = given[key]
-    return config, (model_state, optimizer_state, meta)
+        if values[key] is not None:
+            config[key] = values[key]
+    return config, (model_state, optimizer_state, meta, source)
 
 
 def validate(config):
@@ -158,67 +202,115 @@ def train(config, resumed=None, stream=sys.stderr):
     schedule = WarmupCosine(scaled_lr(config), config["warmup_epochs"] * steps_per_epoch, total_steps)
     augment = SimCLRAugment(size=images.shape[1], color_strength=config["color_strength"],
                             blur=config["blur"])
-    step = 0
+    step, source = 0, None
     if resumed is not None:
-        model_state, optimizer_state, meta = resumed
+        model_state, optimizer_state, meta, source = resumed
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         step = meta["step"]
+        if step > total_steps:
+            raise UsageError(f"--epochs {config['epochs']}: the run in {source} is at step {step}, "
+                             f"past the {total_steps} steps of {config['epochs']} epochs; give at "
+                             f"least --epochs {-(-step // steps_per_epoch)}")
 
-    out = config["out"]
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as file:
-        json.dump(config, file, indent=2)
-    checkpoint_path = os.path.join(out, "checkpoint.npz")
-    metrics = MetricsLog(os.path.join(out, "metrics.jsonl"),
-                         keep_until_step=step if resumed is not None else -1)
-    progress = ProgressLine(config["epochs"], steps_per_epoch, stream)
+    with RunFolder(config["out"]) as folder:
+        metrics = prepare_folder(folder, config, source, step)
+        progress = ProgressLine(config["epochs"], steps_per_epoch, stream)
+        saved_step = step if resumed is not None else None  # the step of the checkpoint on disk
 
-    def checkpoint():
-        save_checkpoint(checkpoint_path, model, optimizer,
-                        {"step": step, "epoch": step // steps_per_epoch, "config": config})
+        def kept():
+            return ("no checkpoint was written" if saved_step is None else
+                    f"the checkpoint of step {saved_step} is kept")
 
-    held_out = splits.held_out()
-    start_time, start_step = time.perf_counter(), step
-    record = {}
-    try:
-        while step < max_steps:
-            epoch, batch = divmod(step, steps_per_epoch)
+        def save_at(step):
+            nonlocal saved_step
+            with stop.saving():
+                try:
+                    save_checkpoint(folder.file("checkpoint.npz"), model, optimizer,
+                                    {"step": step, "epoch": step // steps_per_epoch,
+                                     "config": config})
+                except NonFiniteState as error:
+                    raise TrainingDiverged(f"the model became non-finite by step {step}: "
+                                           f"{error}; {kept()}. Try a lower --lr") from None
+            saved_step = step
+
+        held_out = splits.held_out()
+        start_time, start_step = time.perf_counter(), step
+        record = {}
+
+        def train_epoch():
+            """The steps from `step` to the end of its epoch (or to max_steps, or to a stop
+            request); returns the last step's record."""
+            nonlocal step, record
+            epoch = step // steps_per_epoch
             order = numpy.random.default_rng([config["seed"], 1, epoch]).permutation(len(images))
             epoch_start, epoch_first_step = time.perf_counter(), step
-            while batch < steps_per_epoch and step < max_steps:
+            while step < min(max_steps, (epoch + 1) * steps_per_epoch) and stop.signum is None:
+                batch = step - epoch * steps_per_epoch
                 indices = order[batch * batch_size:(batch + 1) * batch_size]
                 loss = training_step(model, optimizer, augment, xp.asarray(images[indices]),
                                      numpy.random.default_rng([config["seed"], 2, step]),
                                      schedule(step), config["temperature"], step)
-                step, batch = step + 1, batch + 1
-                elapsed = time.perf_counter() - epoch_start
-                images_per_s = batch_size * (step - epoch_first_step) / max(elapsed, 1e-9)
-                seconds_left = (max_steps - step) * batch_size / max(images_per_s, 1e-9)
+                step += 1
+                images_per_s = batch_size * (step - epoch_first_step) / max(
+                    time.perf_counter() - epoch_start, 1e-9)
                 record = {"step": step, "epoch": epoch, "loss": loss, "lr": schedule(step - 1),
-                          "images_per_s": images_per_s,
-                          "elapsed": time.perf_counter() - start_time}
+                          "images_per_s": images_per_s, "elapsed": time.perf_counter() - start_time}
                 metrics.write(**record)
-                progress.update(epoch, batch, loss, images_per_s, seconds_left)
-            progress.update(epoch, batch, record["loss"], record["images_per_s"], 0, final=True)
-            checkpoint()
-            if config["knn_every"] and batch == steps_per_epoch and held_out is not None \
-                    and (epoch + 1) % config["knn_every"] == 0:
-                accuracy = monitor_knn(model, splits.train, held_out[1])
-                metrics.write(step=step, epoch=epoch, knn_accuracy=accuracy, split=held_out[0])
-                stream.write(f"  k-NN accuracy on {held_out[0]}: {accuracy:.4f}\n")
-    except KeyboardInterrupt:
-        checkpoint()
-        stream.write(f"\ninterrupted: checkpoint saved at step {step} in {checkpoint_path}; "
-                     f"continue with --resume {out}\n")
-        raise
-    finally:
-        metrics.close()
-    plot_loss_curve(read_metrics(metrics.path), os.path.join(out, "loss.png"))
+                progress.update(epoch, batch + 1, loss, images_per_s,
+                                (max_steps - step) * batch_size / max(images_per_s, 1e-9),
+                                final=step == (epoch + 1) * steps_per_epoch or step == max_steps)
+
+        with StopRequest(stream, lambda: f"when step {step + 1} is done") as stop:
+            try:
+                while step < max_steps and stop.signum is None:
+                    train_epoch()
+                    save_at(step)
+                    epoch, batch = divmod(step, steps_per_epoch)
+                    if config["knn_every"] and batch == 0 and held_out is not None \
+                            and epoch % config["knn_every"] == 0 and stop.signum is None:
+                        accuracy = monitor_knn(model, splits.train, held_out[1])
+                        metrics.write(step=step, epoch=epoch - 1, knn_accuracy=accuracy,
+                                      split=held_out[0])
+                        stream.write(f"  k-NN accuracy on {held_out[0]}: {accuracy:.4f}\n")
+                if stop.signum is not None:
+                    if saved_step != step:
+                        save_at(step)
+                    stream.write(f"stopped: checkpoint saved at step {step} in {folder.path}; "
+                                 f"continue with --resume {folder.path}\n")
+                    raise Interrupted(stop.signum, saved=True)
+            except Interrupted as interrupted:
+                if not interrupted.saved:
+                    stream.write(f"stopped at once: step {step + 1} was not finished; {kept()}\n")
+                raise
+            finally:
+                metrics.close()
+        plot_loss_curve(read_metrics(metrics.path), folder.file("loss.png"))
     done = time.perf_counter() - start_time
     stream.write(f"trained steps {start_step}..{step} of {total_steps} in {format_duration(done)}; "
-                 f"checkpoint: {checkpoint_path}\n")
+                 f"checkpoint: {folder.file('checkpoint.npz')}\n")
     return record
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.npz", "loss.png")
+
+
+def prepare_folder(folder, config, source, step):
+    """Make the --out folder (held by this process) ready for a run that starts at `step`, and
+    return its metrics log. A new run, or a resumed one that writes to another folder, needs a
+    folder that holds no run. The temporaries of writes that a kill cut short are removed; the
+    settings are written to config.json; the log starts with the history of the resumed run up
+    to its checkpoint's step (the steps after it are done again)."""
+    if source is None or os.path.realpath(source) != os.path.realpath(folder.path):
+        folder.check_holds_no_run()
+    for name in RUN_FILES:
+        remove_temporaries(folder.file(name))
+    history = ()
+    if source is not None and os.path.exists(os.path.join(source, "metrics.jsonl")):
+        history = read_metrics(os.path.join(source, "metrics.jsonl"), until_step=step)
+    with atomic_write(folder.file("config.json"), "w") as file:
+        json.dump(config, file, indent=2)
+    return MetricsLog(folder.file("metrics.jsonl"), history)
 
 
 def training_step(model, optimizer, augment, images, rng, lr, temperature, step):
@@ -262,15 +354,19 @@ def _main(argv):
         if args.threads < 1:
             raise SystemExit(f"--threads must be at least 1, got {args.threads}")
         parallel.set_num_threads(args.threads)
-    config, resumed = resolve_config(args)
-    # Ctrl-C arrives as KeyboardInterrupt (train() saves a checkpoint); so should a polite kill.
+    config, resumed = resolve_config(args, given_flags(sys.argv[1:] if argv is None else argv))
+    # SIGTERM (a polite kill) ends the run as Ctrl-C does: before training starts as a
+    # KeyboardInterrupt, during training as a request to stop (simclr/interrupts.py)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         train(config, resumed)
+    except Interrupted as interrupted:
+        return 128 + interrupted.signum
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
     except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"python -m simclr.train: error: {error}", file=sys.stderr)
         return 1
     return 0
 

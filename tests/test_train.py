@@ -1,12 +1,14 @@
 """python -m simclr.train and simclr.linear_eval on tiny smoke runs (synthetic images)."""
 import json
 import os
+import signal
 
 import numpy
 import pytest
 
 from simclr import linear_eval, train
 from simclr.checkpoint import load_checkpoint
+from simclr.interrupts import Interrupted
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "48", "--arch", "resnet18", "--width", "0.0625",
         "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--seed", "3"]
@@ -61,21 +63,24 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, 
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_step_lets_it_finish_saves_it_and_the_run_resumes_exactly(
+        tmp_path, monkeypatch, signum):
     run(tmp_path / "whole")
     real_step, calls = train.training_step, []
 
     def interrupted_step(*args):
-        if len(calls) == 4:
-            raise KeyboardInterrupt
         calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signum)  # Ctrl-C (or a kill) arrives as step 4 begins
         return real_step(*args)
 
     monkeypatch.setattr(train, "training_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         run(tmp_path / "parts")
+    assert stopped.value.signum == signum and stopped.value.saved
     monkeypatch.setattr(train, "training_step", real_step)
-    assert parameters(tmp_path / "parts")[2] == 4
+    assert parameters(tmp_path / "parts")[2] == 4  # step 4 was finished, then saved
     resume(tmp_path / "parts")
     assert_same_run(tmp_path / "whole", tmp_path / "parts")
 
