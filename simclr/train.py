@@ -27,7 +27,7 @@ from simclr import cli
 from simclr.augment import SimCLRAugment
 from simclr.checkpoint import NonFiniteState, checkpoint_path, load_checkpoint, save_checkpoint
 from simclr.cli import UsageError
-from simclr.data import add_data_arguments, load_from_arguments
+from simclr.data import add_data_arguments, check_data_flags, load_from_arguments
 from simclr.evaluate import encode, knn_accuracy
 from simclr.files import atomic_write, remove_temporaries
 from simclr.interrupts import Interrupted, StopRequest
@@ -66,7 +66,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr-scaling", choices=["linear", "sqrt", "none"], default="linear")
     parser.add_argument("--weight-decay", type=float, default=1e-6)
     parser.add_argument("--temperature", type=float, default=0.5)
-    parser.add_argument("--warmup-epochs", type=int, default=10)
+    parser.add_argument("--warmup-epochs", type=float, default=None,
+                        help="epochs of linear warm-up, fractions allowed (default: 10, or a tenth "
+                             "of the run when it is shorter than 100 epochs)")
     parser.add_argument("--color-strength", type=float, default=0.5)
     parser.add_argument("--blur", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--head", choices=HEADS, default="nonlinear")
@@ -76,15 +78,19 @@ def parse_args(argv=None):
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the run saved in DIR (its settings are used; --out defaults to DIR)")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="stop (with a checkpoint) after this many steps in all; the schedule "
-                             "still spans --epochs (for smoke runs and tests)")
+                        help="stop (with a checkpoint) after this many steps in all, at least 1; "
+                             "the schedule still spans --epochs (for smoke runs and tests)")
     parser.add_argument("--knn-every", type=int, default=None, metavar="N",
-                        help="every N epochs, k-NN accuracy (cosine, k=200) on the held-out split")
+                        help="every N epochs, k-NN accuracy (cosine, k=200) on the held-out split "
+                             "(default 0: never)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the array work (default: $OMP_NUM_THREADS, else "
                              "every core); not saved with the run. A run repeats bit for bit "
                              "with the same thread count")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.resume:  # a resumed run's data flags are its saved ones (see resolve_config)
+        check_data_flags(args)
+    return args
 
 
 def scaled_lr(config):
@@ -170,16 +176,28 @@ def resolve_config(args, given=None):
 
 
 def validate(config):
-    for key in ("batch_size", "epochs"):
-        if config[key] < 1:
-            raise SystemExit(f"--{key.replace('_', '-')} must be at least 1, got {config[key]}")
+    """Refuse a setting that no run can use, naming its flag (a UsageError: one line, exit 2),
+    and fill in the default warm-up, min(10, epochs / 10) epochs. The data flags are checked
+    as the data loads."""
+    cli.at_least("--epochs", config["epochs"], 1)
     if config["batch_size"] < 2:
-        raise SystemExit("--batch-size must be at least 2: NT-Xent needs other images as negatives")
-    if config["warmup_epochs"] < 0 or config["warmup_epochs"] > config["epochs"]:
-        raise SystemExit(f"--warmup-epochs must lie in [0, --epochs={config['epochs']}], "
-                         f"got {config['warmup_epochs']}")
-    if config["temperature"] <= 0:
-        raise SystemExit(f"--temperature must be positive, got {config['temperature']}")
+        raise UsageError(f"--batch-size must be at least 2 (NT-Xent needs other images as "
+                         f"negatives), got {config['batch_size']}")
+    for key in ("lr", "width", "temperature"):
+        cli.positive_number("--" + key, config[key])
+    for key in ("weight_decay", "color_strength"):
+        cli.non_negative_number("--" + key.replace("_", "-"), config[key])
+    cli.at_least("--proj-dim", config["proj_dim"], 1)
+    cli.at_least("--seed", config["seed"], 0)
+    if config["max_steps"] is not None:
+        cli.at_least("--max-steps", config["max_steps"], 1)
+    cli.at_least("--knn-every", config["knn_every"], 0)
+    if config["warmup_epochs"] is None:
+        config["warmup_epochs"] = min(10, config["epochs"] / 10)
+    warmup = config["warmup_epochs"]
+    if not (math.isfinite(warmup) and 0 <= warmup <= config["epochs"]):
+        raise UsageError(f"--warmup-epochs must lie in [0, --epochs {config['epochs']}], got {warmup}")
+    cli.require_backend(config["backend"])
 
 
 def train(config, resumed=None, stream=sys.stderr):
@@ -192,14 +210,21 @@ def train(config, resumed=None, stream=sys.stderr):
     batch_size = config["batch_size"]
     steps_per_epoch = len(images) // batch_size
     if steps_per_epoch == 0:
-        raise SystemExit(f"the training set has {len(images)} images, fewer than one batch of "
-                         f"{batch_size}: lower --batch-size")
+        raise UsageError(f"--batch-size {batch_size} is more than the {len(images)} training "
+                         f"images: lower --batch-size to at most {len(images)}")
+    if config["knn_every"] and splits.held_out() is None:
+        raise UsageError(f"--knn-every {config['knn_every']} needs a held-out split, and this data "
+                         f"has no test split: carve one with --val-fraction or --val-per-class")
+    if config["knn_every"] and splits.train.labels is None:
+        raise UsageError(f"--knn-every {config['knn_every']} needs labelled images, and "
+                         f"{config['data_dir']} has none (its images lie directly in it)")
     total_steps = config["epochs"] * steps_per_epoch
     max_steps = min(config["max_steps"] or total_steps, total_steps)
 
     model = build_model(config, images.shape[1]).to(device=device)
     optimizer = build_optimizer(config, model)
-    schedule = WarmupCosine(scaled_lr(config), config["warmup_epochs"] * steps_per_epoch, total_steps)
+    schedule = WarmupCosine(scaled_lr(config), round(config["warmup_epochs"] * steps_per_epoch),
+                            total_steps)
     augment = SimCLRAugment(size=images.shape[1], color_strength=config["color_strength"],
                             blur=config["blur"])
     step, source = 0, None
@@ -351,8 +376,7 @@ def _main(argv):
     args = parse_args(argv)
     reuse_freed_memory()  # reuse last step's pages instead of faulting in new ones
     if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit(f"--threads must be at least 1, got {args.threads}")
+        cli.at_least("--threads", args.threads, 1)
         parallel.set_num_threads(args.threads)
     config, resumed = resolve_config(args, given_flags(sys.argv[1:] if argv is None else argv))
     # SIGTERM (a polite kill) ends the run as Ctrl-C does: before training starts as a
