@@ -227,7 +227,7 @@ def test_val_per_class_holds_out_the_last_images_of_each_class(tmp_path):
     numpy.testing.assert_array_equal(splits.val.images[:, 0, 0, 0], [2, 3, 11, 12])
     numpy.testing.assert_array_equal(splits.train.images[:, 0, 0, 0], [0, 1, 10])
     numpy.testing.assert_array_equal(splits.val.labels, [0, 0, 1, 1])
-    with pytest.raises(ValueError, match="val_per_class=3 would leave no training images of class 'dog'"):
+    with pytest.raises(ValueError, match=r"--val-per-class 3 \(val_per_class=3\) would leave no training images of class 'dog'"):
         load_dataset("folder", tmp_path / "d", val_per_class=3, **folder_options(tmp_path))
 
 
@@ -253,7 +253,7 @@ def test_empty_folder_is_an_error_naming_it(tmp_path):
 def test_images_of_different_sizes_need_image_size(tmp_path):
     write_image(tmp_path / "d" / "a.png", (1, 1, 1), size=(8, 6))
     write_image(tmp_path / "d" / "b.png", (2, 2, 2), size=(5, 4))
-    with pytest.raises(ValueError, match=r"a.png is 6x8 \(HxW\) but b.png is 4x5; pass image_size"):
+    with pytest.raises(ValueError, match=r"a.png is 6x8 \(HxW\) but b.png is 4x5; pass --image-size S \(image_size=S"):
         load_image_folder(tmp_path / "d", **folder_options(tmp_path))
     splits = load_image_folder(tmp_path / "d", image_size=(4, 6), **folder_options(tmp_path))
     assert splits.train.images.shape == (2, 4, 6, 3)
@@ -304,13 +304,13 @@ def test_synthetic_shape_stands_out_in_every_image():
 
 
 def test_load_dataset_rejects_bad_names_and_arguments(tmp_path):
-    with pytest.raises(ValueError, match="unknown data set 'imagenet'; expected one of 'cifar10'"):
+    with pytest.raises(ValueError, match=r"unknown data set 'imagenet' \(--dataset\); expected one of 'cifar10'"):
         load_dataset("imagenet")
-    with pytest.raises(ValueError, match="needs data_dir"):
+    with pytest.raises(ValueError, match=r"needs --data-dir \(data_dir\)"):
         load_dataset("folder")
-    with pytest.raises(ValueError, match="download=True applies to 'cifar10' only"):
+    with pytest.raises(ValueError, match=r"--download \(download=True\) applies to --dataset cifar10 only"):
         load_dataset("synthetic", download=True)
-    with pytest.raises(ValueError, match="exactly one of val_fraction and val_per_class"):
+    with pytest.raises(ValueError, match=r"exactly one of --val-fraction and --val-per-class \(val_fraction and val_per_class\)"):
         load_dataset("synthetic", n=8, n_test=4, val_fraction=0.5, val_per_class=1)
     splits = load_dataset("synthetic", n=40, n_test=8, num_classes=4, val_per_class=2)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (32, 8, 8)
@@ -333,3 +333,20 @@ def test_unwritable_cache_warns_and_still_returns_the_images(tmp_path):
     with pytest.warns(UserWarning, match="could not write the image cache"):
         splits = load_image_folder(tmp_path / "d", cache_dir=tmp_path / "not-a-folder")
     assert len(splits.train) == 7
+
+
+def test_data_a_user_gets_wrong_is_a_value_error_and_a_usage_error(tmp_path):
+    """The library raises ValueError / FileNotFoundError; the programs print them as one line."""
+    from simclr.cli import UsageError
+    from simclr.data import DataError, DataNotFound
+    assert issubclass(DataError, ValueError) and issubclass(DataError, UsageError)
+    assert issubclass(DataNotFound, FileNotFoundError) and issubclass(DataNotFound, UsageError)
+    assert issubclass(ChecksumError, DataError) and issubclass(DownloadError, UsageError)
+    data = synthetic(12, num_classes=3)
+    with pytest.raises(DataError, match="would hold out all 4 images of class 'circle'"):
+        split_validation(data, val_fraction=0.9)
+    with pytest.raises(DataError, match="holds out no image"):
+        split_validation(data, val_fraction=0.01)
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises(DataNotFound, match="is a file, not a folder"):
+        load_dataset("folder", tmp_path / "file.txt")

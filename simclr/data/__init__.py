@@ -6,6 +6,7 @@ labels (N,) int64 or None, classes). `load_dataset(name, ...)` picks the loader 
 from simclr.data.cache import default_cache_dir
 from simclr.data.cifar10 import load_cifar10
 from simclr.data.dataset import ImageDataset, Splits, split_validation
+from simclr.data.errors import DataError, DataNotFound
 from simclr.data.fetch import ChecksumError, DownloadError, download
 from simclr.data.folder import decode_image, load_image_folder
 from simclr.data.load import DATASETS, load_dataset
@@ -14,6 +15,6 @@ from simclr.data.synthetic import load_synthetic, synthetic
 __all__ = [
     "ImageDataset", "Splits", "split_validation", "load_dataset", "DATASETS",
     "load_cifar10", "load_image_folder", "decode_image", "synthetic", "load_synthetic",
-    "download", "DownloadError", "ChecksumError", "default_cache_dir",
+    "download", "DownloadError", "ChecksumError", "DataError", "DataNotFound", "default_cache_dir",
 ]
-from simclr.data.arguments import add_data_arguments, load_from_arguments  # noqa: E402
+from simclr.data.arguments import add_data_arguments, check_data_flags, load_from_arguments  # noqa: E402

@@ -1,5 +1,8 @@
 """The data flags shared by `python -m simclr.train` and `python -m simclr.linear_eval`."""
+from simclr.data.errors import DataError
 from simclr.data.load import DATASETS, load_dataset
+
+SYNTHETIC_SIZE = 2000
 
 
 def add_data_arguments(parser):
@@ -20,22 +23,42 @@ def add_data_arguments(parser):
                        help="folder: resize every image to this size (needed if sizes differ)")
     group.add_argument("--limit", type=int, default=None,
                        help="use only the first N training images (smoke runs)")
-    group.add_argument("--synthetic-size", type=int, default=2000,
-                       help="synthetic: number of training images")
+    group.add_argument("--synthetic-size", type=int, default=None,
+                       help=f"synthetic: number of training images (default {SYNTHETIC_SIZE})")
+
+
+def check_data_flags(args):
+    """Refuse a data flag given for a data set it does not apply to (it would be ignored).
+    For the flags as given, not for a saved run's settings."""
+    if args.image_size is not None and args.dataset != "folder":
+        raise DataError(f"--image-size {args.image_size} applies to --dataset folder only; "
+                        f"--dataset {args.dataset} has images of one size (32x32)")
+    if args.synthetic_size is not None and args.dataset != "synthetic":
+        raise DataError(f"--synthetic-size {args.synthetic_size} applies to --dataset synthetic "
+                        f"only, not to --dataset {args.dataset}")
+
+
+def check_data_values(config):
+    """Refuse a data flag's value that no data set can satisfy; load_dataset checks the rest
+    (--val-fraction, --val-per-class, --image-size, --data-dir), naming the flag too."""
+    for flag, key in (("--limit", "limit"), ("--synthetic-size", "synthetic_size")):
+        if config.get(key) is not None and config[key] < 1:
+            raise DataError(f"{flag} must be at least 1, got {config[key]}")
 
 
 def load_from_arguments(config):
     """Splits for a dict of the flags above (an argparse namespace's vars, or a saved config)."""
+    check_data_values(config)
     options = {}
-    if config["dataset"] == "folder" and config.get("image_size"):
+    if config["dataset"] == "folder" and config.get("image_size") is not None:
         options["image_size"] = config["image_size"]
     if config["dataset"] == "synthetic":
-        options["n"] = config["synthetic_size"]
+        options["n"] = config.get("synthetic_size") or SYNTHETIC_SIZE
     splits = load_dataset(config["dataset"], config.get("data_dir"), download=config.get("download", False),
                           val_fraction=config.get("val_fraction"),
                           val_per_class=config.get("val_per_class"), seed=config.get("seed", 0),
                           **options)
-    if config.get("limit"):
+    if config.get("limit") is not None:
         limit = config["limit"]
         splits.train = splits.train.subset(range(min(limit, len(splits.train))))
     return splits

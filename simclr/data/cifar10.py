@@ -16,6 +16,7 @@ import numpy
 from simclr.data import fetch
 from simclr.data.cache import default_cache_dir
 from simclr.data.dataset import ImageDataset, Splits
+from simclr.data.errors import DataError, DataNotFound
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -48,17 +49,17 @@ def _unpickle(file, source):
     try:
         return _BatchUnpickler(file, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as error:
-        raise ValueError(f"{source} is not a readable CIFAR-10 batch: {error}") from error
+        raise DataError(f"{source} is not a readable CIFAR-10 batch: {error}") from error
 
 
 def _parse_batch(batch, source):
     """A batch dict -> (uint8 images (N, 32, 32, 3), int64 labels (N,))."""
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{source} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
+        raise DataError(f"{source} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
     data = numpy.asarray(batch[b"data"], dtype=numpy.uint8)
     labels = numpy.asarray(batch[b"labels"], dtype=numpy.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
-        raise ValueError(f"{source}: expected data (N, 3072) and N labels; got data {data.shape} "
+        raise DataError(f"{source}: expected data (N, 3072) and N labels; got data {data.shape} "
                          f"and labels {labels.shape}")
     planes = data.reshape(-1, 3, 32, 32)  # (N, 3072) -> (N, 3, 32, 32)
     images = planes.transpose(0, 2, 3, 1)  # (N, 3, 32, 32) -> (N, 32, 32, 3)
@@ -82,10 +83,10 @@ def _read_members(names, archive=None, folder=None):
                     if name in names and member.isfile():
                         found[name] = _unpickle(tar.extractfile(member), f"{archive}:{member.name}")
         except (tarfile.TarError, EOFError, OSError) as error:
-            raise ValueError(f"{archive} is not a readable .tar.gz archive: {error}") from error
+            raise DataError(f"{archive} is not a readable .tar.gz archive: {error}") from error
     missing = [name for name in names if name not in found]
     if missing:
-        raise ValueError(f"{archive or folder} lacks {', '.join(missing)}: it is not the official "
+        raise DataError(f"{archive or folder} lacks {', '.join(missing)}: it is not the official "
                          f"CIFAR-10 python release ({ARCHIVE_NAME} from {URL})")
     return found
 
@@ -96,6 +97,9 @@ def locate_cifar10(data_dir=None, download=False):
     the batches), ("archive", path) for cifar-10-python.tar.gz, downloading the archive there
     first when `download` is true and neither is present."""
     data_dir = Path(data_dir) if data_dir is not None else default_cache_dir()
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataNotFound(f"--data-dir {data_dir} is a file, not a folder: pass the folder that "
+                           f"holds {ARCHIVE_NAME} or {FOLDER_NAME}")
     if (data_dir / TRAIN_BATCHES[0]).is_file():
         return "folder", data_dir
     if (data_dir / FOLDER_NAME).is_dir():
@@ -106,7 +110,7 @@ def locate_cifar10(data_dir=None, download=False):
     if download:
         fetch.download(URL, archive, MD5, manual_hint=f"or extract it there as {data_dir / FOLDER_NAME}")
         return "archive", archive
-    raise FileNotFoundError(
+    raise DataNotFound(
         f"CIFAR-10 was not found in {data_dir}: expected {archive} or the extracted folder "
         f"{data_dir / FOLDER_NAME}. Pass download=True (--download) to fetch it from {URL}, or "
         f"download it by hand and place it at {archive}.")
@@ -132,7 +136,7 @@ def load_cifar10(data_dir=None, *, download=False):
                             archive=path if kind == "archive" else None,
                             folder=path if kind == "folder" else None)
     if not isinstance(batches[META], dict) or b"label_names" not in batches[META]:
-        raise ValueError(f"{path}:{META} is not CIFAR-10's batches.meta: it has no b'label_names'")
+        raise DataError(f"{path}:{META} is not CIFAR-10's batches.meta: it has no b'label_names'")
     classes = [name.decode() for name in batches[META][b"label_names"]]
     train = [_parse_batch(batches[name], f"{path}:{name}") for name in TRAIN_BATCHES]
     test_images, test_labels = _parse_batch(batches[TEST_BATCH], f"{path}:{TEST_BATCH}")

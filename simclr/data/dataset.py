@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy
 
+from simclr.data.errors import DataError
+
 
 @dataclass
 class ImageDataset:
@@ -90,18 +92,20 @@ def split_validation(dataset, val_fraction=None, val_per_class=None, seed=0):
     Exactly one of the two must be given.
     """
     if (val_fraction is None) == (val_per_class is None):
-        raise ValueError(
-            f"give exactly one of val_fraction and val_per_class; got val_fraction={val_fraction!r}, "
-            f"val_per_class={val_per_class!r}")
+        raise DataError(
+            f"give exactly one of --val-fraction and --val-per-class (val_fraction and "
+            f"val_per_class); got val_fraction={val_fraction!r}, val_per_class={val_per_class!r}")
     if val_fraction is not None and not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1; got {val_fraction!r}")
+        raise DataError(f"--val-fraction (val_fraction) must lie strictly between 0 and 1, got "
+                        f"{val_fraction!r}")
     if val_per_class is not None:
         if isinstance(val_per_class, bool) or not isinstance(val_per_class, (int, numpy.integer)) \
                 or val_per_class < 1:
-            raise ValueError(f"val_per_class must be a positive integer; got {val_per_class!r}")
+            raise DataError(f"--val-per-class (val_per_class) must be a positive integer, got "
+                            f"{val_per_class!r}")
         if dataset.labels is None:
-            raise ValueError("val_per_class needs a labelled data set; this one has no labels "
-                             "(use val_fraction for an unlabelled folder)")
+            raise DataError(f"--val-per-class {val_per_class} needs a labelled data set; this one "
+                            f"has no labels (use --val-fraction for an unlabelled folder)")
 
     if dataset.labels is None:
         groups = {"all images": numpy.arange(len(dataset))}
@@ -112,13 +116,21 @@ def split_validation(dataset, val_fraction=None, val_per_class=None, seed=0):
     for name, members in groups.items():
         if val_per_class is not None:
             if val_per_class >= len(members):
-                raise ValueError(
-                    f"val_per_class={val_per_class} would leave no training images of class "
-                    f"{name!r}, which has {len(members)}")
+                raise DataError(
+                    f"--val-per-class {val_per_class} (val_per_class={val_per_class}) would leave "
+                    f"no training images of class {name!r}, which has {len(members)}: it must be "
+                    f"smaller than the smallest class")
             val_indices.append(members[len(members) - val_per_class:])
         else:
             count = int(round(val_fraction * len(members)))
+            if count == len(members):
+                raise DataError(
+                    f"--val-fraction {val_fraction} (val_fraction={val_fraction}) would hold out all "
+                    f"{len(members)} images of class {name!r} and leave none for training")
             val_indices.append(rng.permutation(members)[:count])
     is_val = numpy.zeros(len(dataset), dtype=bool)
     is_val[numpy.concatenate(val_indices)] = True
+    if not is_val.any():
+        raise DataError(f"--val-fraction {val_fraction} (val_fraction={val_fraction}) holds out no "
+                        f"image: {val_fraction} of each class rounds to 0 of {len(dataset)} images")
     return dataset.subset(numpy.flatnonzero(~is_val)), dataset.subset(numpy.flatnonzero(is_val))

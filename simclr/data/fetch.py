@@ -6,16 +6,18 @@ import time
 from pathlib import Path
 from urllib.request import urlopen
 
+from simclr.cli import UsageError
 from simclr.data.cache import atomic_write
+from simclr.data.errors import DataError
 
 CHUNK_BYTES = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UsageError, RuntimeError):
     """A download failed (no network, server error, interrupted transfer)."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A file's MD5 is not the published one."""
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from simclr.data.cache import default_cache_dir, fingerprint, load_arrays, save_arrays
 from simclr.data.dataset import ImageDataset, Splits
+from simclr.data.errors import DataError, DataNotFound
 
 CACHE_VERSION = 1
 MIN_FILES_FOR_POOL = 2000  # below this a pool's start-up costs more than it saves
@@ -33,7 +34,8 @@ def _image_size_pair(image_size):
         return None
     pair = (image_size, image_size) if isinstance(image_size, (int, numpy.integer)) else tuple(image_size)
     if len(pair) != 2 or not all(isinstance(n, (int, numpy.integer)) and n > 0 for n in pair):
-        raise ValueError(f"image_size must be a positive int or a pair (height, width); got {image_size!r}")
+        raise DataError(f"--image-size (image_size) must be a positive int or a pair (height, width); "
+                        f"got {image_size!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -104,7 +106,8 @@ def _labelled_files(root, split, classes):
             continue
         members = _list_images(root, os.path.join(split, name))
         if not members:
-            raise ValueError(f"the class folder {root / split / name} holds no image files")
+            raise DataError(f"the class folder {root / split / name} holds no image files (by their "
+                            f"names' extensions: .png, .jpg, ...); remove it or add images")
         files += members
         labels += [label] * len(members)
     return files, labels
@@ -115,13 +118,13 @@ def _scan(root):
     if (root / "train").is_dir():
         classes = _list_classes(root / "train")
         if not classes:
-            raise ValueError(f"{root / 'train'} has no class folders; expected "
+            raise DataError(f"{root / 'train'} has no class folders; expected "
                              f"{root / 'train'}/<class>/<images>")
         splits = {"train": _labelled_files(root, "train", classes)}
         if (root / "test").is_dir():
             unknown = sorted(set(_list_classes(root / "test")) - set(classes))
             if unknown:
-                raise ValueError(f"{root / 'test'} has class folders {unknown} that {root / 'train'} lacks; "
+                raise DataError(f"{root / 'test'} has class folders {unknown} that {root / 'train'} lacks; "
                                  f"train classes are {classes}")
             splits["test"] = _labelled_files(root, "test", classes)
         return classes, splits
@@ -130,7 +133,7 @@ def _scan(root):
         return [], {"train": (flat, None)}
     classes = _list_classes(root)
     if not classes:
-        raise ValueError(f"no images found in {root}: expected {root}/train/<class>/<images>, "
+        raise DataError(f"no images found in {root}: expected {root}/train/<class>/<images>, "
                          f"{root}/<class>/<images>, or images directly in {root}")
     return classes, {"train": _labelled_files(root, "", classes)}
 
@@ -147,9 +150,10 @@ def _decode_splits(root, classes, splits, size, workers):
             shapes.setdefault(array.shape, path)
     if len(shapes) > 1:
         (first, a), (second, b) = list(shapes.items())[:2]
-        raise ValueError(
+        raise DataError(
             f"images in {root} differ in size: {a} is {first[0]}x{first[1]} (HxW) but {b} is "
-            f"{second[0]}x{second[1]}; pass image_size=S or (H, W) to resize them all to one size")
+            f"{second[0]}x{second[1]}; pass --image-size S (image_size=S or (H, W)) to resize them "
+            f"all to one size")
     datasets, start = {}, 0
     for name in names:
         files, labels = splits[name]
@@ -157,7 +161,7 @@ def _decode_splits(root, classes, splits, size, workers):
         start += len(files)
         kept = [i for i, (array, _) in enumerate(part) if array is not None]
         if not kept:
-            raise ValueError(f"no readable images in the {name} split of {root}: all {len(files)} "
+            raise DataError(f"no readable images in the {name} split of {root}: all {len(files)} "
                              f"files failed to decode, e.g. {files[0][0]} ({part[0][1]})")
         images = numpy.stack([part[i][0] for i in kept])  # N x (H, W, 3) -> (N, H, W, 3)
         kept_labels = None if labels is None else numpy.asarray(labels, dtype=numpy.int64)[kept]
@@ -203,7 +207,8 @@ def load_image_folder(root, *, image_size=None, cache_dir=None, use_cache=True, 
     """
     root = Path(root).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataNotFound(f"the image folder {root} (--data-dir) {what}")
     size = _image_size_pair(image_size)
     classes, splits = _scan(root)
     cache_path = _cache_path(root, splits, size, cache_dir or default_cache_dir()) if use_cache else None

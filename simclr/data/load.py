@@ -3,6 +3,7 @@ from dataclasses import replace
 
 from simclr.data.cifar10 import load_cifar10
 from simclr.data.dataset import split_validation
+from simclr.data.errors import DataError
 from simclr.data.folder import load_image_folder
 from simclr.data.synthetic import load_synthetic
 
@@ -23,18 +24,22 @@ def load_dataset(name, data_dir=None, *, download=False, val_fraction=None, val_
                n, n_test, image_size, num_classes for "synthetic".
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(map(repr, DATASETS))}")
+        raise DataError(f"unknown data set {name!r} (--dataset); expected one of "
+                        f"{', '.join(map(repr, DATASETS))}")
     if download and name != "cifar10":
-        raise ValueError(f"download=True applies to 'cifar10' only; {name!r} has nothing to download")
+        raise DataError(f"--download (download=True) applies to --dataset cifar10 only; {name!r} "
+                        f"has nothing to download")
     if name == "cifar10":
         splits = load_cifar10(data_dir, download=download, **options)
     elif name == "folder":
         if data_dir is None:
-            raise ValueError("the 'folder' data set needs data_dir, the folder that holds the images")
+            raise DataError("--dataset folder needs --data-dir (data_dir), the folder that holds "
+                            "the images")
         splits = load_image_folder(data_dir, **options)
     else:
         if data_dir is not None:
-            raise ValueError(f"the 'synthetic' data set is made, not read: got data_dir={str(data_dir)!r}")
+            raise DataError(f"--dataset synthetic is made, not read: it takes no --data-dir "
+                            f"(data_dir), got {str(data_dir)!r}")
         splits = load_synthetic(seed=seed, **options)
     if val_fraction is None and val_per_class is None:
         return splits
