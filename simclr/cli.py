@@ -58,8 +58,8 @@ def run(main, argv=None, prog=None):
         reason = _USER_ERRNOS.get(error.errno)
         if reason is None:
             raise
-        where = f" {error.filename}" if error.filename else ""
-        print(f"{prog}: error: could not use{where}: {reason} ({error.strerror})", file=sys.stderr)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{prog}: error: {where}{reason} ({error.strerror})", file=sys.stderr)
         return EXIT_USAGE
 
 

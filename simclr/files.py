@@ -45,9 +45,12 @@ def atomic_write(path, mode="wb"):
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(temporary)
+        if isinstance(error, OSError) and error.errno is not None:  # say which file, and that
+            raise OSError(error.errno, f"{error.strerror}; the file as it was before is kept",
+                          path) from error                          # nothing was lost
         raise
     _sync_folder(folder)
 

@@ -15,13 +15,16 @@ import time
 
 import numpy
 
-from autograd.backend import require_cupy, to_numpy
 from autograd.memory import reuse_freed_memory
 from simclr import cli
 from simclr.checkpoint import load_checkpoint
-from simclr.data import add_data_arguments, load_from_arguments
+from simclr.cli import UsageError
+from simclr.data import add_data_arguments, check_data_flags, load_from_arguments
 from simclr.evaluate import encode, knn_accuracy, linear_probe
 from simclr.train import build_model
+
+BATCH_SIZE = 256
+KNN_K = 200
 
 
 def parse_args(argv=None):
@@ -34,13 +37,68 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     add_data_arguments(parser)
     parser.add_argument("--epochs", type=int, default=100, help="epochs of the linear classifier")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"batch of the linear classifier (default {BATCH_SIZE}, or the whole "
+                             f"training set when it is smaller)")
     parser.add_argument("--lr", type=float, default=None, help="default: 0.1 * batch size / 256")
-    parser.add_argument("--knn-k", type=int, default=200)
+    parser.add_argument("--knn-k", type=int, default=None,
+                        help=f"neighbours of the k-NN vote (default {KNN_K}, or the whole training "
+                             f"set when it is smaller)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None,
                         help="JSON file for the results (default: linear_eval.json beside the checkpoint)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_data_flags(args)
+    return args
+
+
+def validate(args):
+    """Refuse a flag value that no evaluation can use, naming the flag (one line, exit 2)."""
+    cli.at_least("--epochs", args.epochs, 1)
+    for flag, value in (("--batch-size", args.batch_size), ("--knn-k", args.knn_k)):
+        if value is not None:
+            cli.at_least(flag, value, 1)
+    if args.lr is not None:
+        cli.positive_number("--lr", args.lr)
+    cli.at_least("--seed", args.seed, 0)
+    if args.random_init and not args.checkpoint:
+        raise UsageError("--random-init needs --checkpoint, whose architecture it copies")
+    if args.output is not None:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if os.path.isdir(args.output):
+            raise UsageError(f"--output {args.output} is a folder; give a file name, such as "
+                             f"{os.path.join(args.output, 'linear_eval.json')}")
+        if not os.path.isdir(folder):
+            raise UsageError(f"--output {args.output}: the folder {folder} does not exist")
+
+
+def check_fits_data(args, train):
+    """Refuse a --batch-size or --knn-k larger than the training set."""
+    for flag, value in (("--batch-size", args.batch_size), ("--knn-k", args.knn_k)):
+        if value is not None and value > len(train):
+            raise UsageError(f"{flag} {value} is more than the {len(train)} training images: "
+                             f"give at most {len(train)}")
+
+
+STEMS = {3: "the CIFAR stem (a 3x3 first convolution, no max-pool)",
+         7: "the ImageNet stem (a 7x7 stride-2 first convolution and a max-pool)"}
+
+
+def check_stem(model, model_state, meta_config, image_size, path):
+    """Refuse a checkpoint whose first convolution (the stem) is not the one that images of
+    `image_size` px take (the CIFAR stem at 32 px and below): its weights cannot load into this
+    model, and its encoder was trained on images of another size."""
+    key = "encoder.conv1.weight"
+    trained, wanted = model_state[key].shape[-1], model.state_dict()[key].shape[-1]
+    if trained == wanted:
+        return
+    size = meta_config.get("image_size") or \
+        (32 if meta_config.get("dataset") in ("cifar10", "synthetic") else None)
+    images = f"{size}x{size} images" if size else "images of another size"
+    hint = f"evaluate at that size (--image-size {size})" if size else \
+        "evaluate on images of its training size (--image-size)"
+    raise UsageError(f"--checkpoint {path} was trained on {images}, with {STEMS[trained]}; "
+                     f"these {image_size}x{image_size} images take {STEMS[wanted]}: {hint}")
 
 
 def main(argv=None):
@@ -51,24 +109,28 @@ def main(argv=None):
 
 def _main(argv):
     args = parse_args(argv)
+    validate(args)
     reuse_freed_memory()  # see autograd/memory.py
-    xp = numpy if args.backend == "numpy" else require_cupy()
+    xp = cli.require_backend(args.backend)
     data_config = dict(vars(args))
     meta_config = None
     if args.checkpoint:
         path = args.checkpoint
         if os.path.isdir(path):
             path = os.path.join(path, "checkpoint.npz")
-        model_state, _, meta = load_checkpoint(path)
+        model_state, _, meta = load_checkpoint(path, flag="--checkpoint")  # whole and finite
         meta_config = meta["config"]
-    elif args.random_init:
-        raise SystemExit("--random-init needs --checkpoint, whose architecture it copies")
     splits = load_from_arguments(data_config)
     held_out = splits.held_out()
+    where = f"--dataset {args.dataset}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
     if held_out is None:
-        raise SystemExit("the data set has no test split: carve one with --val-fraction or --val-per-class")
+        raise UsageError(f"{where} has no test split: carve one from the training images with "
+                         f"--val-fraction or --val-per-class")
     if splits.train.labels is None:
-        raise SystemExit("linear evaluation needs labelled training images")
+        raise UsageError(f"linear evaluation needs labelled images, and {where} has none (its "
+                         f"images lie directly in the folder): put them in class folders, "
+                         f"DIR/<class>/* or DIR/train/<class>/*")
+    check_fits_data(args, splits.train)
     split_name, test = held_out
 
     start = time.perf_counter()
@@ -77,8 +139,10 @@ def _main(argv):
         test_features = xp.asarray(test.images.reshape(len(test), -1), dtype=xp.float32) / 255
         what = "raw pixels"
     else:
-        model = build_model(meta_config, splits.train.images.shape[1])
+        image_size = splits.train.images.shape[1]
+        model = build_model(meta_config, image_size)
         if not args.random_init:
+            check_stem(model, model_state, meta_config, image_size, path)
             model.load_state_dict(model_state)
         model.to(device="cpu" if xp is numpy else "cuda")
         before = {name: value.copy() for name, value in model.encoder.state_dict().items()}
@@ -92,14 +156,16 @@ def _main(argv):
     feature_seconds = time.perf_counter() - start
 
     num_classes = len(splits.train.classes)
+    knn_k = args.knn_k or min(KNN_K, len(splits.train))
     knn = knn_accuracy(train_features, splits.train.labels, test_features, test.labels,
-                       k=args.knn_k, num_classes=num_classes)
+                       k=knn_k, num_classes=num_classes)
     train_accuracy, test_accuracy = linear_probe(
         train_features, splits.train.labels, test_features, test.labels, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, num_classes=num_classes)
+        batch_size=args.batch_size or BATCH_SIZE, lr=args.lr, seed=args.seed,
+        num_classes=num_classes)
     result = {"what": what, "checkpoint": args.checkpoint, "dataset": args.dataset,
               "split": split_name, "train_images": len(splits.train), "test_images": len(test),
-              "feature_dim": int(train_features.shape[1]), "knn_k": args.knn_k,
+              "feature_dim": int(train_features.shape[1]), "knn_k": knn_k,
               "knn_accuracy": knn, "linear_train_accuracy": train_accuracy,
               "linear_accuracy": test_accuracy, "linear_epochs": args.epochs,
               "feature_seconds": feature_seconds, "seconds": time.perf_counter() - start}
