@@ -76,7 +76,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/simclr", help="folder for config, metrics, checkpoint")
     parser.add_argument("--resume", metavar="DIR",
-                        help="continue the run saved in DIR (its settings are used; --out defaults to DIR)")
+                        help="continue the run saved in DIR with its saved settings, in DIR or "
+                             "in --out (a new folder); only --epochs (to extend it), --max-steps, "
+                             "--knn-every, --backend, --threads, --data-dir may be given anew")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop (with a checkpoint) after this many steps in all, at least 1; "
                              "the schedule still spans --epochs (for smoke runs and tests)")
