@@ -127,6 +127,9 @@ def _scan(root):
                 raise DataError(f"{root / 'test'} has class folders {unknown} that {root / 'train'} lacks; "
                                  f"train classes are {classes}")
             splits["test"] = _labelled_files(root, "test", classes)
+            if not splits["test"][0]:
+                raise DataError(f"{root / 'test'} has no class folders; expected "
+                                f"{root / 'test'}/<class>/<images>, or no test folder")
         return classes, splits
     flat = _list_images(root)
     if flat:
