@@ -30,7 +30,7 @@ import itertools
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy
 
@@ -158,15 +158,19 @@ def _threads_for(pieces, total_bytes, array):
 
 def run(fn, ranges):
     """[fn(start, stop) for (start, stop) in ranges], the first range in the calling thread and
-    the others in the pool, all at once. Exceptions propagate to the caller."""
+    the others in the pool, all at once. Exceptions propagate to the caller, but only once
+    every range has finished: a range still running after its call returned would write into
+    that call's arrays while the next call runs."""
     if len(ranges) == 1:
         return [fn(*ranges[0])]
     _local.busy = True
+    futures = []
     try:
         futures = [_state["pool"].submit(fn, *r) for r in ranges[1:]]
         first = fn(*ranges[0])
         return [first] + [future.result() for future in futures]
     finally:
+        wait(futures)
         _local.busy = False
 
 
