@@ -11,25 +11,29 @@ links the output to its inputs. The backward pass (engine.py) walks those nodes.
 Backward works on arrays, not tensors, so this engine computes first derivatives only.
 """
 import contextlib
+import threading
 
 from .backend import array_module
 
-_grad_enabled = True
+_grad_mode = threading.local()  # .enabled: False inside no_grad(), in this thread only
 
 
 @contextlib.contextmanager
 def no_grad():
-    """Within this block ops record no graph (evaluation, optimiser updates)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    """Within this block ops record no graph (evaluation, optimiser updates). It holds for the
+    calling thread alone (as PyTorch's grad mode): with one process-wide flag, a thread
+    leaving its block while another is inside one would switch the other's back on, and the
+    other's exit would then leave it off for good."""
+    previous, _grad_mode.enabled = is_grad_enabled(), False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    """Whether ops record a graph in this thread (True unless inside no_grad())."""
+    return getattr(_grad_mode, "enabled", True)
 
 
 class Context:
@@ -78,7 +82,7 @@ class Function:
         arrays = [t.data for t in inputs]
         array_module(*arrays)  # raises a clear error if numpy and cupy arrays are mixed
         needs_input_grad = tuple(t.requires_grad for t in inputs)
-        track = _grad_enabled and any(needs_input_grad)
+        track = is_grad_enabled() and any(needs_input_grad)
         ctx = Context(needs_input_grad)
         out = Tensor(cls.forward(ctx, *arrays, **params))
         if track:
