@@ -3,6 +3,7 @@ from autograd import Function, Tensor, array_module, parallel
 from autograd.backend import device_of
 
 TILE_BYTES = 64 * 2**10  # batch norm's per-channel vectors, repeated to about this size
+FOLD = 8  # _Blocks.column_sums adds rows in float32 sums of this many terms
 
 
 def channel_rows(x):
@@ -59,25 +60,31 @@ class BatchNorm(Function):
         n, C = rows.shape
         blocks = _Blocks(rows)
         residual_rows = channel_rows(residual[0]) if residual else None
+        f64 = xp.float64
         if use_batch_stats:
-            mean, var = _batch_moments(rows, blocks)
+            mean, var = _batch_moments(rows, blocks)           # (C,) float64
             if running_mean is not None:
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean
                 running_var *= 1 - momentum
                 running_var += (momentum * n / (n - 1)) * var  # unbiased: / (n - 1)
         else:
-            mean = running_mean.astype(x.dtype, copy=False)
-            var = running_var.astype(x.dtype, copy=False)
+            mean, var = running_mean.astype(f64), running_var.astype(f64)
+        # the per-channel constants in float64, each rounded once to x's precision: x is
+        # centred on mu rounded, mu_r, and the shift makes up for the rounding
         inv_std = 1 / xp.sqrt(var + eps)                       # (C,)
-        scale = weight * inv_std
-        scales, shifts, zeros = blocks.tile(scale), blocks.tile(bias - mean * scale), blocks.zeros()
+        scale = weight.astype(f64) * inv_std
+        mean_rounded = mean.astype(x.dtype)
+        shift = bias - (mean - mean_rounded) * scale
+        means, scales, shifts = (blocks.tile(v.astype(x.dtype)) for v in (mean_rounded, scale, shift))
+        zeros = blocks.zeros()
         out = xp.empty_like(rows)
 
-        def normalize_block(start, stop):                      # out = x * scale + shift ...
+        def normalize_block(start, stop):                      # out = (x - mu_r) scale + shift
             block = blocks.view(out, start, stop)
             t = block.shape[1]
-            xp.multiply(blocks.view(rows, start, stop), scales[:t], out=block)
+            xp.subtract(blocks.view(rows, start, stop), means[:t], out=block)
+            block *= scales[:t]
             block += shifts[:t]
             if residual_rows is not None:
                 block += blocks.view(residual_rows, start, stop)  # ... + residual
@@ -85,7 +92,7 @@ class BatchNorm(Function):
                 xp.maximum(block, zeros[:t], out=block)        # ... then max(., 0)
         blocks.map(normalize_block)
         ctx.use_batch_stats, ctx.shape, ctx.relu = use_batch_stats, x.shape, relu
-        ctx.save_for_backward(rows, out if relu else None, mean, inv_std, weight)
+        ctx.save_for_backward(rows, out if relu else None, mean, inv_std, weight)  # float64 stats
         return from_channel_rows(out, x.shape)
 
     @staticmethod
@@ -99,24 +106,30 @@ class BatchNorm(Function):
         blocks = _Blocks(g)
         # the ReLU's derivative: 1 where the output is positive, else 0
         g_masked = xp.empty_like(g) if ctx.relu else g
+        # x is centred on mu rounded to x's precision, mu_r; sum(g (x - mu)) is then
+        # sum(g (x - mu_r)) + (mu_r - mu) sum(g), the second term exact in float64
+        mean_rounded = mean.astype(g.dtype)
+        mean_tile = blocks.tile(mean_rounded)
 
         def masked_sums(start, stop):
             block = g[start:stop]
             if ctx.relu:  # the mask as 1.0 and 0.0, times g: 0.7x the time of g * (out > 0)
                 mask = xp.greater(out[start:stop], 0, out=g_masked[start:stop])
                 block = xp.multiply(mask, block, out=mask)
-            return blocks.column_sums(block), xp.einsum("nc,nc->c", block, rows[start:stop])
+            centered = blocks.centered(rows, start, stop, mean_tile)   # x - mu_r, in cache
+            return blocks.column_sums(block), blocks.column_sums(block, centered)
         sums = blocks.map(masked_sums)
-        sum_g = _total([s[0] for s in sums], xp, g.dtype)                  # (C,)
-        sum_g_x_hat = (_total([s[1] for s in sums], xp, g.dtype) - mean * sum_g) * inv_std
+        sum_g = _total([s[0] for s in sums], xp)                       # (C,) float64
+        sum_g_centered = _total([s[1] for s in sums], xp) + (mean_rounded - mean) * sum_g
+        sum_g_x_hat = sum_g_centered * inv_std                         # sum(g x_hat)
         grad_x = None
         if needs_x:
-            a = gamma * inv_std
+            a = gamma.astype(xp.float64) * inv_std
             b = c = None
             if ctx.use_batch_stats:
                 b = -a * inv_std * sum_g_x_hat / n             # the x_hat * sum(g x_hat) term
                 c = -a * sum_g / n - mean * b                  # the sum(g) term, and b's -mu
-            a, b, c = (None if v is None else blocks.tile(v) for v in (a, b, c))
+            a, b, c = (None if v is None else blocks.tile(v.astype(g.dtype)) for v in (a, b, c))
             # dx may overwrite the masked g unless that is also the residual's gradient
             grad_rows = xp.empty_like(g) if (needs_residual or not ctx.relu) else g_masked
 
@@ -129,6 +142,7 @@ class BatchNorm(Function):
                     block += c[:t]
             blocks.map(input_grad_block)
             grad_x = from_channel_rows(grad_rows, ctx.shape)
+        sum_g_x_hat, sum_g = sum_g_x_hat.astype(g.dtype), sum_g.astype(g.dtype)
         grads = (grad_x, sum_g_x_hat if needs_weight else None, sum_g if needs_bias else None)
         if len(ctx.needs_input_grad) == 4:
             grads += (from_channel_rows(g_masked, ctx.shape) if needs_residual else None,)
@@ -167,7 +181,9 @@ class _Blocks:
             self.ranges.append((whole, whole + (n - whole) // t * t))
         if (n - whole) % t:
             self.ranges.append((n - (n - whole) % t, n))
-        self.ones = self.xp.ones((2, min(n, size)), rows.dtype)  # 2 rows: see above
+        self.ones = self.xp.ones((2, max(size // t, FOLD)), rows.dtype)  # 2 rows: see above
+        self.ones64 = self.xp.ones((2, t), self.xp.float64)
+        self.block_size, self.scratch = min(n, size), {}  # centered(): a buffer per thread
 
     def map(self, fn):
         """[fn(start, stop) for each block], the blocks spread over threads."""
@@ -192,14 +208,47 @@ class _Blocks:
     def zeros(self):
         return self.tile(self.xp.zeros(self.rows.shape[1], self.rows.dtype))
 
-    def column_sums(self, block):
-        """block (m, C) summed over its rows -> (C,)."""
+    def centered(self, array, start, stop, mean_tile):
+        """array[start:stop] - mean, seen as view() sees it (m / t, t, C), in a block-sized
+        buffer of the calling thread's own, reused from block to block (on the GPU: new)."""
+        block = self.view(array, start, stop)
         if not self.on_cpu:
-            return block.sum(axis=0)
-        return (self.ones[:, :block.shape[0]] @ block)[0]
+            return block - mean_tile
+        thread = parallel.thread_index()
+        if thread not in self.scratch:
+            self.scratch[thread] = self.xp.empty(self.block_size * array.shape[1], array.dtype)
+        out = self.scratch[thread][:block.size].reshape(block.shape)
+        return self.xp.subtract(block, mean_tile[:block.shape[1]], out=out)
 
+    def column_sums(self, block, other=None):
+        """sum(block) or sum(block * other) over the rows of a block (m, C) (or of its view,
+        (m / t, t, C)) -> (C,), in float64.
 
-RAW_MOMENTS_LIMIT = 4  # a channel's sums of x and x^2 are trusted where mean^2 <= this * var
+        In float32, m values added one after another have an error that grows with m: each
+        addition rounds the running total, and a BLAS product or NumPy's sum over axis 0
+        adds a block's rows that way. So the rows are added as a tree of short sums: the
+        block's m / t tiles onto one tile (at most BLOCK_BYTES / TILE_BYTES = 8 terms per
+        value, one product with a row of ones, or one einsum for the products, read from
+        cache), then that tile's rows 8 at a time while they divide by 8 (tiny products),
+        and the few rows left in float64. Each value passes through a few 8-term float32
+        sums, so its rounding stays within a few units of float32's last place, and the
+        partial sums of a channel are independent, so their errors partly cancel.
+        On the GPU: one reduction, in float64."""
+        xp, C = self.xp, self.rows.shape[1]
+        if not self.on_cpu:
+            values = block if other is None else block * other
+            return values.reshape(-1, C).sum(axis=0, dtype=xp.float64)
+        m = block.size // C
+        t = min(m, self.tile_rows)
+        tiles = block.reshape(m // t, t * C)
+        if other is None:
+            partial = (self.ones[:, :m // t] @ tiles)[0]                     # (t * C,)
+        else:
+            partial = xp.einsum("kr,kr->r", tiles, other.reshape(m // t, t * C))
+        while t > FOLD and t % FOLD == 0:
+            t //= FOLD
+            partial = (self.ones[:, :FOLD] @ partial.reshape(FOLD, t * C))[0]
+        return (self.ones64[:, :t] @ partial.reshape(t, C).astype(xp.float64))[0]
 
 
 def _batch_moments(rows, blocks):
@@ -207,46 +256,36 @@ def _batch_moments(rows, blocks):
 
     Each block of rows gives its count m_b, mean mu_b and sum of squared deviations M2_b;
     then, in float64, mu = sum_b m_b mu_b / n and M2 = sum_b M2_b + sum_b m_b (mu_b - mu)^2
-    (Chan, Golub and LeVeque 1979), exact in exact arithmetic. Within a block (in cache):
-
-      - first from the block's sums of x and of x^2, two reads of the block and no new array:
-        M2_b = sum(x^2) - m_b mu_b^2. The float32 sum of squares carries a relative rounding
-        error e, and the subtraction cancels: M2_b's relative error is e (1 + mu_b^2 / var_b).
-      - so the channels with mu_b^2 > RAW_MOMENTS_LIMIT * var_b (values far from zero compared
-        with their spread) are done again the two-pass way: their columns are copied out,
-        centred, and M2_b = sum((x - mu_b)^2), whose error is e however large mu_b is.
-    M2_b's error is thus at most 1 + RAW_MOMENTS_LIMIT times that of the two-pass sum. At the
-    batch norms of a ResNet-18 in SimCLR training (CIFAR-10, at steps 0 and 60), mu_b^2 / var_b
-    exceeded 1 in 16-19% of the channels of a block, 4 in 2% and 16 in 0.02-0.05%. (On the GPU
-    every channel is done the two-pass way: choosing would wait for the device.)"""
+    (Chan, Golub and LeVeque 1979), exact in exact arithmetic. Within a block, which stays
+    in cache, the two-pass way: mu_b = sum(x) / m_b, then M2_b = sum((x - mu_b)^2), both sums
+    by _Blocks.column_sums. Nothing cancels: each term of M2_b is a square, and x - mu_b is
+    as accurate as x itself. (The shortcut M2_b = sum(x^2) - m_b mu_b^2 saves the centred
+    copy but carries sum(x^2)'s rounding error times 1 + mu_b^2 / var_b: a channel whose
+    values lie at 10 standard deviations from zero, as after a ReLU, would lose two digits.)
+    mu_b is rounded to x's precision before it is subtracted; centring on mu_b + d adds
+    m_b d^2 to M2_b, a relative error (d / sigma)^2, below 1e-12 for float32."""
     xp = array_module(rows)
     n, C = rows.shape
     f64 = xp.float64
 
     def block_moments(start, stop):
-        m, block = stop - start, rows[start:stop]
-        block_mean = blocks.column_sums(block).astype(f64) / m                # (C,)
-        if not blocks.on_cpu:
-            centered = block - block_mean.astype(rows.dtype)
-            return m, block_mean, xp.einsum("nc,nc->c", centered, centered).astype(f64)
-        m2 = xp.einsum("nc,nc->c", block, block).astype(f64) - m * block_mean ** 2
-        redo = xp.flatnonzero((block_mean ** 2 > RAW_MOMENTS_LIMIT / m * m2) | (m2 < 0))
-        if len(redo):
-            centered = block[:, redo]                                          # a copy
-            centered -= block_mean[redo].astype(rows.dtype)
-            m2[redo] = xp.einsum("nc,nc->c", centered, centered)
+        m = stop - start
+        block_mean = blocks.column_sums(rows[start:stop]) / m                 # (C,) float64
+        rounded = block_mean.astype(rows.dtype)                                # mu_b, rounded
+        centered = blocks.centered(rows, start, stop, blocks.tile(rounded))
+        m2 = blocks.column_sums(centered, centered) - m * (block_mean - rounded) ** 2
         return m, block_mean, m2
     parts = blocks.map(block_moments)
     counts = xp.asarray([p[0] for p in parts], dtype=f64)[:, None]          # (blocks, 1)
     means = xp.stack([p[1] for p in parts])                                 # (blocks, C)
     mean = (counts * means).sum(axis=0) / n
     m2 = xp.stack([p[2] for p in parts]).sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
-    return mean.astype(rows.dtype), (m2 / n).astype(rows.dtype)
+    return mean, m2 / n
 
 
-def _total(parts, xp, dtype):
-    """The sum of per-block (C,) partial sums, added in float64, as `dtype`."""
-    return xp.stack(parts).sum(axis=0, dtype=xp.float64).astype(dtype)
+def _total(parts, xp):
+    """The sum of per-block (C,) float64 partial sums, in list order, in float64."""
+    return xp.stack(parts).sum(axis=0, dtype=xp.float64)
 
 
 def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False):
