@@ -2,6 +2,8 @@
 
     x --f--> h (the representation used downstream) --g--> z (the input of NT-Xent)
 """
+import numbers
+
 import nn
 from nn import init
 
@@ -41,6 +43,8 @@ class SimCLR(nn.Module):
         if not hasattr(encoder, "num_features"):
             raise TypeError(f"the encoder ({type(encoder).__name__}) must say the size of its "
                             f"output in an attribute num_features, as nn.ResNet does")
+        if isinstance(proj_dim, bool) or not isinstance(proj_dim, numbers.Integral) or proj_dim < 1:
+            raise ValueError(f"proj_dim must be a positive int, got {proj_dim!r}")
         self.head = projection_head(head, encoder.num_features, proj_dim, rng)
 
     def forward(self, x):

@@ -228,6 +228,21 @@ def test_cupy_backend_without_cupy_is_one_line_saying_how_to_install(files, tmp_
     assert_one_line(status, capsys.readouterr().err, ["--backend cupy", "cuda12"])
 
 
+def test_download_without_network_is_one_line_saying_where_to_put_the_file(files, tmp_path, capsys,
+                                                                           monkeypatch):
+    from urllib.error import URLError
+    from simclr.data import fetch
+
+    def offline(url, timeout):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(fetch, "urlopen", offline)
+    data = ["--dataset", "cifar10", "--download", "--data-dir", str(tmp_path / "cifar")]
+    status = train.main(expand(TRAIN, files, tmp_path) + data)
+    assert_one_line(status, capsys.readouterr().err, [
+        "could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "offline",
+        str(tmp_path / "cifar" / "cifar-10-python.tar.gz")])
+
+
 @pytest.mark.parametrize("program, argv, fragments", [
     ("simclr.train", TRAIN + SYNTHETIC + ["--lr", "nan"], ["--lr", "nan"]),
     ("simclr.train", TRAIN + ["--dataset", "folder", "--data-dir", "{mixed}"],

@@ -6,6 +6,7 @@ leave as float32 (N, 3, H', W') in [0, 1], ready for the network; no mean/std no
 (as the official code). All randomness comes from the numpy.random.Generator passed in, drawn on
 the host, so a seed gives the same views on the CPU.
 """
+import math
 import numbers
 
 from autograd.backend import array_module
@@ -56,6 +57,8 @@ class SimCLRAugment:
     def __init__(self, size, color_strength=1.0, blur=True):
         self.size = _output_size(size)
         self.color_strength = float(color_strength)
+        if not (math.isfinite(self.color_strength) and self.color_strength >= 0):
+            raise ValueError(f"color_strength must be a finite number >= 0, got {color_strength!r}")
         self.blur = bool(blur)
 
     @classmethod
