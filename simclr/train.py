@@ -194,6 +194,9 @@ def validate(config):
     if config["max_steps"] is not None:
         cli.at_least("--max-steps", config["max_steps"], 1)
     cli.at_least("--knn-every", config["knn_every"], 0)
+    if config["knn_every"] > config["epochs"]:
+        raise UsageError(f"--knn-every {config['knn_every']} is more than --epochs "
+                         f"{config['epochs']}: the k-NN accuracy would never be measured")
     if config["warmup_epochs"] is None:
         config["warmup_epochs"] = min(10, config["epochs"] / 10)
     warmup = config["warmup_epochs"]

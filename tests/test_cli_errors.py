@@ -114,6 +114,7 @@ TRAIN_CASES = [
     (["--max-steps", "0"], ["--max-steps", "at least 1", "got 0"]),
     (["--max-steps", "-5"], ["--max-steps", "got -5"]),
     (["--knn-every", "-1"], ["--knn-every", "at least 0", "got -1"]),
+    (["--knn-every", "3"], ["--knn-every 3", "--epochs 2", "never"]),
     (["--threads", "0"], ["--threads", "at least 1", "got 0"]),
     (["--limit", "0"], ["--limit", "at least 1", "got 0"]),
     (["--synthetic-size", "0"], ["--synthetic-size", "at least 1", "got 0"]),
