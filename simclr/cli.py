@@ -11,6 +11,7 @@ parse). The message names the flag or the file, the value given and what is expe
 import argparse
 import errno
 import math
+import re
 import sys
 
 import numpy
@@ -40,6 +41,8 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # a value such as -1e-4 is a negative number, not a flag (argparse knows only -1 and -.5)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message):
         raise UsageError(message)

@@ -97,6 +97,7 @@ TRAIN_CASES = [
     (["--width", "-1"], ["--width", "-1.0"]),
     (["--weight-decay", "-0.5"], ["--weight-decay", "-0.5", "at least 0"]),
     (["--weight-decay", "nan"], ["--weight-decay", "nan"]),
+    (["--weight-decay", "-1e-4"], ["--weight-decay", "-0.0001", "at least 0"]),  # not a flag
     (["--temperature", "0"], ["--temperature", "0.0", "positive"]),
     (["--temperature", "nan"], ["--temperature", "nan"]),
     (["--color-strength", "-1"], ["--color-strength", "-1.0", "at least 0"]),
