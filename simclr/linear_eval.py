@@ -21,6 +21,7 @@ from simclr.checkpoint import load_checkpoint
 from simclr.cli import UsageError
 from simclr.data import add_data_arguments, check_data_flags, load_from_arguments
 from simclr.evaluate import encode, knn_accuracy, linear_probe
+from simclr.files import atomic_write
 from simclr.train import build_model
 
 BATCH_SIZE = 256
@@ -178,7 +179,7 @@ def _main(argv):
         folder = os.path.dirname(os.path.abspath(path)) if args.checkpoint else "."
         output = os.path.join(folder, "linear_eval_random_init.json" if args.random_init
                               else "linear_eval.json")
-    with open(output, "w") as file:
+    with atomic_write(output, "w") as file:  # whole or not at all
         json.dump(result, file, indent=2)
     print(f"{what}: linear top-1 {test_accuracy:.4f} (train {train_accuracy:.4f}), "
           f"k-NN top-1 {knn:.4f} on {split_name} ({len(test)} images); written to {output}")
