@@ -1,13 +1,13 @@
-"""Where downloaded and decoded data live, and how a cache file is written so that an
-interrupted run never leaves a half-written file under the final name."""
-import contextlib
+"""Where downloaded and decoded data live. Cache files are written with simclr.files.atomic_write,
+so an interrupted run never leaves a half-written file under the final name."""
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy
+
+from simclr.files import atomic_write
 
 CACHE_SUBDIR = "simclr-from-scratch"
 
@@ -16,23 +16,6 @@ def default_cache_dir():
     """$XDG_CACHE_HOME/simclr-from-scratch, or ~/.cache/simclr-from-scratch."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / CACHE_SUBDIR
-
-
-@contextlib.contextmanager
-def atomic_write(path):
-    """Open a temporary file beside `path` for binary writing; on success rename it to `path`
-    (os.replace is atomic on one file system), on any error delete it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            yield file
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
 
 
 def fingerprint(*parts):
