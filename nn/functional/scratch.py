@@ -1,30 +1,69 @@
 """Scratch arrays that the convolutions reuse from call to call (and step to step), one set
 per thread: a column matrix or a padded copy of a few images is allocated once, not at every
-chunk of every layer."""
-from autograd import array_module, parallel
+chunk of every layer.
 
-_buffers = {}  # (purpose, module, dtype, shape, thread) -> array
+What one call leaves in a scratch array for the next is safe only if the next call depends on
+nothing it does not write itself, or on nothing the key does not fix. Three rules keep it so:
+
+- An array is found again by everything its contents depend on. Plain scratch arrays hold
+  garbage, which every user overwrites before reading. A padded array keeps its zero border
+  from call to call, so its key holds the padding as well as the shape: the border is then
+  the same region at every call, which no call writes (the view handed out is read-only on
+  the CPU). Keyed by its shape alone, an array padded by 1 around 9x9 images and one padded
+  by 2 around 7x7 images were one array, and the second read the first's pixels as zeros.
+- Each thread has arrays of its own (threading.local), whether it is one of
+  autograd.parallel's threads or a thread of the caller's: two threads never share one.
+- An array is valid until the same thread asks for the same key again. Every user here takes
+  it, fills it and reads it within one piece of work (one chunk of one convolution), and no
+  view of one ends up in an op's output or in what it saves for backward. When a thread holds
+  more than MAX_ARRAYS arrays it forgets them all: a view still in use keeps its memory alive
+  (a view holds its base), and the next request allocates afresh.
+"""
+import threading
+
+import numpy
+
+from autograd import array_module
+
+MAX_ARRAYS = 64  # arrays per thread before they are all forgotten: a model's shapes, and more
+_local = threading.local()  # .arrays: this thread's {key: array}
+
+
+def _reused(key, make):
+    """This thread's array for `key`, made by make() the first time."""
+    arrays = getattr(_local, "arrays", None)
+    if arrays is None:
+        arrays = _local.arrays = {}
+    array = arrays.get(key)
+    if array is None:
+        if len(arrays) >= MAX_ARRAYS:
+            arrays.clear()
+        array = arrays[key] = make()
+    return array
 
 
 def buffer(purpose, xp, shape, dtype):
-    """A scratch array of `shape` for `purpose`, reused across calls by the calling thread.
-    "padded" buffers start as zeros, and their users only ever write the interior, so the
-    zero border is written once, not once per call; all others hold garbage."""
-    key = (purpose, xp.__name__, str(dtype), shape, parallel.thread_index())
-    if key not in _buffers:
-        if len(_buffers) > 64 * parallel.get_num_threads():  # a model's shapes, per thread
-            _buffers.clear()
-        _buffers[key] = (xp.zeros if purpose == "padded" else xp.empty)(shape, dtype=dtype)
-    return _buffers[key]
+    """A scratch array of `shape` for `purpose`, reused by the calling thread from call to
+    call. It holds garbage: the caller writes every element it reads."""
+    key = ("scratch", purpose, xp.__name__, str(dtype), shape)
+    return _reused(key, lambda: xp.empty(shape, dtype=dtype))
 
 
 def pad(x, padding, capacity):
-    """(n, H, W, C) -> (n, H+2ph, W+2pw, C) with zeros around each image, in a reused buffer
-    of `capacity` images."""
+    """(n, H, W, C) -> (n, H+2ph, W+2pw, C) with zeros around each image, in a reused array
+    of `capacity` images; n <= capacity. The array starts as zeros and only its interior is
+    ever written, so the zeros around it are written once, not once per call; it is found
+    again by (padding, shape), which fixes where that border lies (see the module docstring)."""
     ph, pw = padding
     if ph == pw == 0:
         return x
+    xp = array_module(x)
     n, H, W, C = x.shape
-    padded = buffer("padded", array_module(x), (capacity, H + 2 * ph, W + 2 * pw, C), x.dtype)
+    shape = (capacity, H + 2 * ph, W + 2 * pw, C)
+    key = ("padded", (ph, pw), xp.__name__, str(x.dtype), shape)
+    padded = _reused(key, lambda: xp.zeros(shape, dtype=x.dtype))
     padded[:n, ph:ph + H, pw:pw + W] = x
-    return padded[:n]
+    images = padded[:n]
+    if xp is numpy:  # the border stays zero: nobody can write through this view
+        images.flags.writeable = False
+    return images
