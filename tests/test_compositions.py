@@ -431,3 +431,21 @@ def test_no_grad_in_one_thread_leaves_the_others_recording():
         thread.join()
         inside = (x * 2).requires_grad
     assert recorded and not inside and (x * 2).requires_grad
+
+
+def test_evaluation_batch_norm_differentiates_with_the_statistics_of_its_forward_pass():
+    """An evaluation-mode batch norm, then a training-mode one that updates the same running
+    statistics in place before the first one's backward: the first must keep what it
+    normalised with (a view of running_mean would give dgamma for the updated mean)."""
+    rng = numpy.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 2, 2))
+
+    def gamma_grad(update_in_between):
+        mean, var = numpy.arange(3.0), numpy.ones(3)
+        gamma = Tensor(numpy.full(3, 1.5), requires_grad=True)
+        y = F.batch_norm(Tensor(x), mean, var, gamma, Tensor(numpy.zeros(3)), training=False)
+        if update_in_between:
+            F.batch_norm(Tensor(5 * x + 3), mean, var, training=True)
+        y.backward(numpy.random.default_rng(5).standard_normal(y.shape))
+        return gamma.grad
+    numpy.testing.assert_array_equal(gamma_grad(True), gamma_grad(False))
