@@ -202,7 +202,6 @@ class _Blocks:
         if (n - whole) % t:
             self.ranges.append((n - (n - whole) % t, n))
         self.ones = self.xp.ones((2, max(size // t, FOLD)), rows.dtype)  # 2 rows: see above
-        self.ones64 = self.xp.ones((2, t), self.xp.float64)
         self.block_size, self.scratch = min(n, size), {}  # centered(): a buffer per thread
 
     def map(self, fn):
@@ -248,11 +247,11 @@ class _Blocks:
         addition rounds the running total, and a BLAS product or NumPy's sum over axis 0
         adds a block's rows that way. So the rows are added as a tree of short sums: the
         block's m / t tiles onto one tile (at most BLOCK_BYTES / TILE_BYTES = 8 terms per
-        value, one product with a row of ones, or one einsum for the products, read from
-        cache), then that tile's rows 8 at a time while they divide by 8 (tiny products),
-        and the few rows left in float64. Each value passes through a few 8-term float32
-        sums, so its rounding stays within a few units of float32's last place, and the
-        partial sums of a channel are independent, so their errors partly cancel.
+        value, one product with rows of ones, or one einsum for the products, read from
+        cache), then that tile's rows 8 onto 1 where they divide by 8, and the rows left
+        in float64. Each value passes through at most two 8-term float32 sums, so its
+        rounding stays within a few units of float32's last place, and the partial sums of
+        a channel round independently, so their errors partly cancel.
         On the GPU: one reduction, in float64."""
         xp, C = self.xp, block.shape[-1]
         if not self.on_cpu:
@@ -265,10 +264,10 @@ class _Blocks:
             partial = (self.ones[:, :m // t] @ tiles)[0]                     # (t * C,)
         else:
             partial = xp.einsum("kr,kr->r", tiles, other.reshape(m // t, t * C))
-        while t > FOLD and t % FOLD == 0:
+        if t > FOLD and t % FOLD == 0:  # small and in cache: one row of ones is faster here
             t //= FOLD
-            partial = (self.ones[:, :FOLD] @ partial.reshape(FOLD, t * C))[0]
-        return (self.ones64[:, :t] @ partial.reshape(t, C).astype(xp.float64))[0]
+            partial = self.ones[0, :FOLD] @ partial.reshape(FOLD, t * C)      # (t * C,)
+        return partial.reshape(t, C).sum(axis=0, dtype=xp.float64)
 
 
 RAW_MOMENTS_LIMIT = 4  # a block's sums of x and x^2 are trusted where mu_b^2 <= this * var_b
