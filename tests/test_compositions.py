@@ -8,8 +8,11 @@ Winograd paths), batch_norm (training and evaluation, with and without running s
 residual and ReLU), relu, max and average pooling, linear after a flatten, and sometimes
 cross_entropy, run on small maps of a few channels whose padded shapes collide on purpose, and
 nothing is reset between chains. Each chain is gradient-checked in float64 and, where PyTorch
-is installed, compared with PyTorch's forward and backward; on one thread with the default
-splits, and on two threads with every split forced down to single images and rows.
+is installed, compared with PyTorch's forward and backward: on one thread with the default
+splits, on two threads with every split forced down to single images and rows, and on one
+thread with the scratch arrays forgotten at almost every request. Then, one by one, the
+collisions that were bugs, and the other state that one call could leave for the next: two
+threads of the caller's, a failed split, no_grad(), running statistics updated in place.
 """
 import threading
 import time
