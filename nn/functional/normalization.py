@@ -157,7 +157,8 @@ class BatchNorm(Function):
                 t = block.shape[1]
                 xp.multiply(blocks.view(g_masked, start, stop), a[:t], out=block)
                 if b is not None:
-                    block += blocks.view(rows, start, stop) * b[:t]
+                    x_block = blocks.view(rows, start, stop)
+                    block += xp.multiply(x_block, b[:t], out=blocks.buffer(x_block))
                     block += c[:t]
             blocks.map(input_grad_block)
             grad_x = from_channel_rows(grad_rows, ctx.shape)
@@ -182,7 +183,7 @@ class _Blocks:
       it one: OpenBLAS computes a one-row product with its matrix-vector routine, which ran
       no faster on two threads than on one (10.2 and 10.9 us per 512 KiB block, where two
       rows took 11.7 and 6.9).
-    - a buffer of a block's size per thread, for the centred copy of a block (centered).
+    - a buffer of a block's size per thread, for a block's centred copy or products (buffer).
     On the GPU a block is all rows and a vector's tile is a (1, C) view that broadcasts."""
 
     def __init__(self, rows):
@@ -202,7 +203,7 @@ class _Blocks:
         if (n - whole) % t:
             self.ranges.append((n - (n - whole) % t, n))
         self.ones = self.xp.ones((2, max(size // t, FOLD)), rows.dtype)  # 2 rows: see above
-        self.block_size, self.scratch = min(n, size), {}  # centered(): a buffer per thread
+        self.block_size, self.scratch = min(n, size), {}  # buffer(): one per thread
 
     def map(self, fn):
         """[fn(start, stop) for each block], the blocks spread over threads."""
@@ -227,17 +228,21 @@ class _Blocks:
     def zeros(self):
         return self.tile(self.xp.zeros(self.rows.shape[1], self.rows.dtype))
 
-    def centered(self, array, start, stop, mean_tile):
-        """array[start:stop] - mean, seen as view() sees it (m / t, t, C), in a block-sized
-        buffer of the calling thread's own, reused from block to block (on the GPU: new)."""
-        block = self.view(array, start, stop)
+    def buffer(self, like):
+        """An array of like's shape and dtype (a block or its view) in a block-sized buffer of
+        the calling thread's own, reused from block to block (on the GPU: a new array)."""
         if not self.on_cpu:
-            return block - mean_tile
+            return self.xp.empty_like(like)
         thread = parallel.thread_index()
         if thread not in self.scratch:
-            self.scratch[thread] = self.xp.empty(self.block_size * array.shape[1], array.dtype)
-        out = self.scratch[thread][:block.size].reshape(block.shape)
-        return self.xp.subtract(block, mean_tile[:block.shape[1]], out=out)
+            self.scratch[thread] = self.xp.empty(self.block_size * self.rows.shape[1],
+                                                 self.rows.dtype)
+        return self.scratch[thread][:like.size].reshape(like.shape)
+
+    def centered(self, array, start, stop, mean_tile):
+        """array[start:stop] - mean, seen as view() sees it (m / t, t, C), in buffer()."""
+        block = self.view(array, start, stop)
+        return self.xp.subtract(block, mean_tile[:block.shape[1]], out=self.buffer(block))
 
     def column_sums(self, block, other=None):
         """sum(block) or sum(block * other) over the rows of a block (m, C) (or of its view,
