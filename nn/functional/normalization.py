@@ -54,15 +54,14 @@ class BatchNorm(Function):
       - every sum over rows is a tree of short float32 sums ended in float64
         (_Blocks.column_sums): a float32 sum of m rows added one after another errs about
         sqrt(m) roundings, which at m = 2048 rows of a block was 5x PyTorch's error in dbeta;
-      - nothing that cancels is formed in float32. With a mean of 10 standard deviations,
+      - no sum that cancels is formed in float32. With a mean of 10 standard deviations,
         as after a ReLU, sum(g x) - mu sum(g) subtracts two numbers 10x larger than their
         difference (dgamma erred 20x PyTorch's), and so does x * scale - mu * scale in the
         output (2x). So x is centred first, on mu_r: x - mu_r is as accurate as x (exact
         where x lies within a factor 2 of mu_r), and the rounding mu - mu_r comes back in
-        the float64 terms (mu_r - mu) sum(g) and shift;
-        (dx's b x + c still cancels, but b = -a sum(g x_hat) / (n sigma) is about
-        1 / sqrt(n) of a / sigma: at |mu| = 10 sigma and n = 256 its rounding is a fifth of
-        one rounding of a g, and less for larger n);
+        the float64 terms (mu_r - mu) sum(g) and shift. (dx's b x + c still cancels, but
+        b = -a sum(g x_hat) / (n sigma) is about 1 / sqrt(n) of a / sigma: at |mu| = 10
+        sigma and n = 256 its rounding is a fifth of one rounding of a g, less for larger n);
       - the per-channel constants (mu, var, 1 / sigma, scale, shift, a, b, c) are computed in
         float64 and rounded once.
     The centring costs one more in-cache pass per block in the output and in the backward's
@@ -95,7 +94,8 @@ class BatchNorm(Function):
         scale = weight.astype(f64) * inv_std
         mean_rounded = mean.astype(x.dtype)
         shift = bias - (mean - mean_rounded) * scale
-        means, scales, shifts = (blocks.tile(v.astype(x.dtype)) for v in (mean_rounded, scale, shift))
+        means, scales, shifts = (blocks.tile(v.astype(x.dtype))
+                                 for v in (mean_rounded, scale, shift))
         zeros = blocks.zeros()
         out = xp.empty_like(rows)
 
