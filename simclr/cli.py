@@ -50,10 +50,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run(main, argv=None, prog=None):
     """main(argv), with a UsageError (or an OSError of the user's disk or path) printed as one
-    line and returned as exit status 2. main returns its exit status."""
+    line and returned as exit status 2, and Ctrl-C as exit status 130 (128 + SIGINT) without a
+    traceback. main returns its exit status."""
     prog = prog or "python -m " + main.__module__
     try:
         return main(argv)
+    except KeyboardInterrupt:  # Ctrl-C where the program has nothing to save
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
     except UsageError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -391,9 +391,6 @@ def _main(argv):
         train(config, resumed)
     except Interrupted as interrupted:
         return 128 + interrupted.signum
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except TrainingDiverged as error:
         print(f"python -m simclr.train: error: {error}", file=sys.stderr)
         return 1

@@ -215,3 +215,26 @@ def test_signals_while_the_checkpoint_is_written_do_not_cut_it_short(tmp_path, m
         run(tmp_path)
     assert stopped.value.saved
     assert state(tmp_path)[2] == 3  # the end of the first epoch, written whole
+
+
+def test_ctrl_c_before_training_starts_writes_nothing_and_prints_one_line(
+        tmp_path, monkeypatch, capsys):
+    def interrupted(config):
+        raise KeyboardInterrupt  # while the data loads
+    monkeypatch.setattr(train, "load_from_arguments", interrupted)
+    code, line = main_error(capsys, train, TINY + ["--out", str(tmp_path / "run")])
+    assert code == 130 and "interrupted" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_linear_eval_prints_one_line_and_writes_no_results(
+        tmp_path, monkeypatch, capsys):
+    run(tmp_path, "--max-steps", "2")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(linear_eval, "encode", interrupted)
+    code, line = main_error(capsys, linear_eval, ["--checkpoint", str(tmp_path), "--dataset",
+                                                  "synthetic", "--synthetic-size", "48"])
+    assert code == 130 and "interrupted" in line
+    assert not (tmp_path / "linear_eval.json").exists()
