@@ -20,7 +20,7 @@ import numpy
 
 import nn
 from autograd import Tensor, parallel
-from autograd.backend import array_module, require_cupy
+from autograd.backend import array_module
 from autograd.memory import reuse_freed_memory
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
 from simclr import cli
@@ -208,7 +208,7 @@ def validate(config):
 def train(config, resumed=None, stream=sys.stderr):
     """Run (or continue) pre-training; returns the final metrics record."""
     validate(config)
-    xp = numpy if config["backend"] == "numpy" else require_cupy()
+    xp = cli.require_backend(config["backend"])
     device = "cpu" if xp is numpy else "cuda"
     splits = load_from_arguments(config)
     images = splits.train.images
