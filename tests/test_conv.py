@@ -95,6 +95,21 @@ def test_conv2d_computes_only_requested_gradients(xp):
     assert weight.grad.shape == weight.shape and bias.grad.shape == bias.shape
 
 
+@pytest.mark.parametrize("H", [8, 9], ids=["whole-runs", "with-a-shorter-run"])
+@pytest.mark.parametrize("k", [1, 3])  # 3x3 at 8x8: winograd.py's
+def test_float32_bias_gradient_is_the_float64_sum_to_float32_rounding(H, k):
+    """db sums runs of 64 rows in float32, then the runs in float64 (conv._bias_grad): over
+    8 x H x H pixels it errs by a few float32 roundings, and stays float32."""
+    x = randn(numpy, 8, 4, H, H, dtype="float32", seed=1, requires_grad=True)
+    weight = randn(numpy, 5, 4, k, k, dtype="float32", seed=2, requires_grad=True)
+    bias = randn(numpy, 5, dtype="float32", seed=3, requires_grad=True)
+    upstream = randn(numpy, 8, 5, H, H, dtype="float32", seed=4).data + 3
+    conv2d(x, weight, bias, padding=k // 2).backward(upstream)
+    assert bias.grad.dtype == numpy.float32
+    exact = upstream.astype("float64").sum(axis=(0, 2, 3))
+    assert relative_error(bias.grad, exact) < 2 * 2.0 ** -24
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", CONFIGS)
 def test_conv2d_matches_pytorch(xp, name, dtype):

