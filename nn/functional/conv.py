@@ -115,10 +115,12 @@ class Conv2d(Function):
         else:
             ph, pw = padding
             grad_4d = grad_rows.reshape(N, Ho * Wo, F)
-            by_flipped_kernel = needs_x and stride == (1, 1) and ph < kh and pw < kw
-            # dx, and dW from the same columns unless x has few channels (C = 3: an RGB
-            # image), which make x^T @ columns a thin product, slower than its own im2col
-            shared = by_flipped_kernel and needs_weight and C >= 16
+            # dx by the flipped kernel, and dW from the same columns; but not for an input of
+            # few channels (C = 3: an RGB image), where both products would be thin, (M, 9F)
+            # @ (9F, 3) and x^T @ columns: col2im is faster there, and dx then sums runs of F
+            # values where the flipped kernel's product sums 9F (half the error, measured)
+            by_flipped_kernel = needs_x and stride == (1, 1) and ph < kh and pw < kw and C >= 16
+            shared = by_flipped_kernel and needs_weight
             if by_flipped_kernel:
                 grad_x, grad_w_rows = _transposed_by_flipped_kernel(
                     grad_rows.reshape(N, Ho, Wo, F), w_rows, ctx.geometry,
