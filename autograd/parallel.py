@@ -44,8 +44,9 @@ SHRINK_TO = 8  # the last pieces of a product shrink to 1/SHRINK_TO of the other
 MIN_PIECE = 512  # but never below this many rows (or columns): each piece's product packs the
                  # whole other operand into BLAS's buffers again
 SUM_RUNS = 8  # matmul_transposed: a sum over rows in at least this many runs (_summed_runs),
-MIN_RUN_ROWS = 64  # of at least this many rows,
-RUNS_BYTES = 2**20  # where their partial products take at most this many bytes in all
+MIN_RUN_ROWS = 64  # of at least this many rows, where that makes runs shorter than
+MAX_RUN_ROWS = 256  # this (BLAS's own float32 blocks) and their partial products
+RUNS_BYTES = 2**20  # take at most this many bytes in all
 
 _state = {"threads": None, "pool": None, "blas_setter": None}
 _lock = threading.Lock()
@@ -306,8 +307,8 @@ def matmul_transposed(a, b):
     """a.T @ b for a (M, F) and b (M, K) -> (F, K). When M is the long side (a weight gradient
     summed over a conv's pixels), the threads multiply pieces of the rows and the partial
     products are added in order (parallel.total); otherwise each thread computes its own rows
-    of the result. Either way, where the partial products are small, the sum is cut into at
-    least SUM_RUNS runs (_summed_runs): shorter float32 sums, for accuracy."""
+    of the result. Either way, a short sum whose partial products are small is cut into
+    SUM_RUNS runs (_summed_runs): shorter float32 sums, for accuracy."""
     xp = array_module(a)
     M, F = a.shape
     K = b.shape[1]
@@ -329,19 +330,20 @@ def matmul_transposed(a, b):
 
 def _summed_runs(M, part_bytes):
     """range(M) cut into SUM_RUNS runs of at least MIN_RUN_ROWS rows, for a.T @ b over M rows
-    whose (F, K) result takes part_bytes; None where that makes one run, or partial products
-    of more than RUNS_BYTES in all.
+    whose (F, K) result takes part_bytes; None where that makes one run, runs of MAX_RUN_ROWS
+    or more, or partial products of more than RUNS_BYTES in all.
 
     Why: BLAS adds a product's terms one after another in float32, in blocks of a few hundred
     (on SkylakeX a product over 512 rows erred exactly as two over 256 added), so a sum over
     512 rows in two pieces, one per thread, erred 2.2-2.7x more than PyTorch's, which adds the 64 pixels of each image in a
     product of its own. In runs of 64 rows, their products added in float32, it errs as
     PyTorch's. Each run costs one more (F, K) partial product, written and added, so runs are
-    taken only while they are few and their partials fit in cache; a long sum over many
-    pieces for the threads (_pieces) keeps its pieces (its error measured 0.6-0.75x
-    PyTorch's at 65536 rows, 1.2-1.4x at 4096)."""
+    taken only while they are few and their partials fit in cache, and only where they are
+    shorter than BLAS's blocks: a long sum keeps its pieces (_pieces), whose error measured
+    0.6-0.75x PyTorch's at 65536 rows and 1.2-1.4x at 4096, and which 8 runs of 8192 rows
+    made 2-3% slower on one thread."""
     rows = max(MIN_RUN_ROWS, -(-M // SUM_RUNS))
     count = -(-M // rows)
-    if count <= 1 or count * part_bytes > RUNS_BYTES:
+    if count <= 1 or rows >= MAX_RUN_ROWS or count * part_bytes > RUNS_BYTES:
         return None
     return [(start, min(M, start + rows)) for start in range(0, M, rows)]

@@ -111,6 +111,7 @@ def test_runs_are_taken_only_while_their_partial_products_are_small():
     assert parallel._summed_runs(512, 64 * 256 * 4) == [(s, s + 64) for s in range(0, 512, 64)]
     assert parallel._summed_runs(100, 4) == [(0, 64), (64, 100)]
     assert parallel._summed_runs(64, 4) is None                      # one run
+    assert parallel._summed_runs(65536, 64 * 256 * 4) is None       # runs as long as BLAS's
     assert parallel._summed_runs(1024, 2048 * 512 * 4) is None      # 8 MiB of partials
 
 
