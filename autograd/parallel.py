@@ -16,6 +16,7 @@ every core.
     copy(a)                 a C-contiguous copy of a, split likewise
     matmul(a, b, out)       a @ b, the larger side of the result cut into pieces for the threads
     matmul_transposed(a, b) a.T @ b, a long sum over rows cut likewise, the parts added in order
+                            (a short one: in runs of 64+ rows, for accuracy)
     map_ranges(fn, ranges)  fn on many pieces, each thread taking the next free piece
     set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
 
@@ -307,43 +308,65 @@ def matmul_transposed(a, b):
     """a.T @ b for a (M, F) and b (M, K) -> (F, K). When M is the long side (a weight gradient
     summed over a conv's pixels), the threads multiply pieces of the rows and the partial
     products are added in order (parallel.total); otherwise each thread computes its own rows
-    of the result. Either way, a short sum whose partial products are small is cut into
-    SUM_RUNS runs (_summed_runs): shorter float32 sums, for accuracy."""
+    of the result. A short sum with small partial products is taken in runs instead, for
+    accuracy (_run_rows, _sum_of_runs)."""
     xp = array_module(a)
     M, F = a.shape
     K = b.shape[1]
-    runs = _summed_runs(M, F * K * a.itemsize)
-    if runs is None and M < F + K:
+    run = _run_rows(M, F * K * a.itemsize)
+    if run is not None:
+        return _sum_of_runs(a, b, run)
+    if M < F + K:
         out = xp.empty((F, K), dtype=xp.result_type(a, b))
 
         def rows(start, stop):
             xp.matmul(a[:, start:stop].T, b, out=out[start:stop])
         map_ranges(rows, _pieces(F, M * a.itemsize, a), F * M * a.itemsize, a)
         return out
-    pieces = _pieces(M, max(F, K) * a.itemsize, a)
-    if runs is not None and len(runs) > len(pieces):
-        pieces = runs
     parts = map_ranges(lambda start, stop: a[start:stop].T @ b[start:stop],
-                       pieces, M * (F + K) * a.itemsize, a)
+                       _pieces(M, max(F, K) * a.itemsize, a), M * (F + K) * a.itemsize, a)
     return total(parts)
 
 
-def _summed_runs(M, part_bytes):
-    """range(M) cut into SUM_RUNS runs of at least MIN_RUN_ROWS rows, for a.T @ b over M rows
-    whose (F, K) result takes part_bytes; None where that makes one run, runs of MAX_RUN_ROWS
-    or more, or partial products of more than RUNS_BYTES in all.
+def _run_rows(M, part_bytes):
+    """Rows per run for a.T @ b over M rows whose (F, K) result takes part_bytes: M cut into
+    SUM_RUNS runs of at least MIN_RUN_ROWS rows; None where that makes one run, runs of
+    MAX_RUN_ROWS or more, or partial products of more than RUNS_BYTES in all.
 
     Why: BLAS adds a product's terms one after another in float32, in blocks of a few hundred
     (on SkylakeX a product over 512 rows erred exactly as two over 256 added), so a sum over
-    512 rows in two pieces, one per thread, erred 2.2-2.7x more than PyTorch's, which adds the 64 pixels of each image in a
-    product of its own. In runs of 64 rows, their products added in float32, it errs as
-    PyTorch's. Each run costs one more (F, K) partial product, written and added, so runs are
-    taken only while they are few and their partials fit in cache, and only where they are
-    shorter than BLAS's blocks: a long sum keeps its pieces (_pieces), whose error measured
-    0.6-0.75x PyTorch's at 65536 rows and 1.2-1.4x at 4096, and which 8 runs of 8192 rows
-    made 2-3% slower on one thread."""
+    512 rows in two pieces, one per thread, erred 2.2-2.7x more than PyTorch's, which adds
+    the 64 pixels of each image in a product of its own. In runs of 64 rows, their products
+    added in float32, it errs as PyTorch's. Each run costs one more (F, K) partial product,
+    written and added, so runs are taken only while they are few and their partials fit in
+    cache, and only where they are shorter than BLAS's blocks: a long sum keeps its pieces
+    (_pieces), whose error measured 0.6-0.75x PyTorch's at 65536 rows and 1.2-1.4x at 4096,
+    and which 8 runs of 8192 rows made 2-3% slower on one thread."""
     rows = max(MIN_RUN_ROWS, -(-M // SUM_RUNS))
     count = -(-M // rows)
     if count <= 1 or rows >= MAX_RUN_ROWS or count * part_bytes > RUNS_BYTES:
         return None
-    return [(start, min(M, start + rows)) for start in range(0, M, rows)]
+    return rows
+
+
+def _sum_of_runs(a, b, rows):
+    """a.T @ b = sum_p a_p.T @ b_p over the runs a_p, b_p of `rows` rows (the last one may be
+    shorter): the P products in one batched product (P, F, K), the threads taking runs of it
+    (for_rows), then added in order (a sum over the first axis), so the result does not
+    depend on the threads. One batched product, not a product per run: a product per run
+    (map_ranges) made a (512, 64)^T (512, 256) product 1.3-1.8x slower than one over all
+    the rows, the batched one at most 1.25x (50 us), measured at 512-1984 rows."""
+    xp = array_module(a)
+    M, F = a.shape
+    K = b.shape[1]
+    whole, P = M - M % rows, M // rows                               # rows in whole runs
+    parts = xp.empty((-(-M // rows), F, K), dtype=xp.result_type(a, b))
+    a_runs = a[:whole].reshape(P, rows, F).transpose(0, 2, 1)       # (P, F, rows)
+    b_runs = b[:whole].reshape(P, rows, K)                          # (P, rows, K)
+
+    def multiply(start, stop):
+        xp.matmul(a_runs[start:stop], b_runs[start:stop], out=parts[start:stop])
+    for_rows(multiply, P, rows * (F + K) * a.itemsize, a)
+    if whole < M:
+        xp.matmul(a[whole:].T, b[whole:], out=parts[P])
+    return parts.sum(axis=0)

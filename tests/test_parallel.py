@@ -107,12 +107,19 @@ def test_a_short_weight_gradient_adds_products_of_64_rows_in_order(threads, n):
     numpy.testing.assert_array_equal(parallel.matmul_transposed(g, x), expected)
 
 
-def test_runs_are_taken_only_while_their_partial_products_are_small():
-    assert parallel._summed_runs(512, 64 * 256 * 4) == [(s, s + 64) for s in range(0, 512, 64)]
-    assert parallel._summed_runs(100, 4) == [(0, 64), (64, 100)]
-    assert parallel._summed_runs(64, 4) is None                      # one run
-    assert parallel._summed_runs(65536, 64 * 256 * 4) is None       # runs as long as BLAS's
-    assert parallel._summed_runs(1024, 2048 * 512 * 4) is None      # 8 MiB of partials
+def test_runs_are_taken_only_while_short_and_their_partial_products_small():
+    assert parallel._run_rows(512, 64 * 256 * 4) == 64
+    assert parallel._run_rows(100, 4) == 64                         # runs of 64 and 36
+    assert parallel._run_rows(64, 4) is None                        # one run
+    assert parallel._run_rows(65536, 64 * 256 * 4) is None          # runs as long as BLAS's
+    assert parallel._run_rows(1024, 2048 * 512 * 4) is None         # 8 MiB of partials
+
+
+@pytest.mark.parametrize("M", [512, 100])
+def test_runs_of_a_short_sum_equal_numpys(split_everything, M):
+    rng = numpy.random.default_rng(1)
+    g, x = (rng.standard_normal((M, n)) for n in (3, 5))
+    numpy.testing.assert_allclose(parallel.matmul_transposed(g, x), g.T @ x, rtol=1e-12)
 
 
 def test_split_add_keeps_the_layout_of_channels_last_views(split_everything):
