@@ -12,6 +12,7 @@ import argparse
 import errno
 import math
 import re
+import signal
 import sys
 
 import numpy
@@ -46,6 +47,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def exit_program(status):
+    """End the program with `status`. A Ctrl-C that arrives from here on (a second press just
+    after training stopped, say) is ignored: the work is done and saved, and the interpreter's
+    shutdown (joining the worker threads) would otherwise end in a KeyboardInterrupt."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(status)
 
 
 def run(main, argv=None, prog=None):

@@ -10,7 +10,6 @@ untrained encoder of the same architecture; --raw-pixels fits the classifiers on
 """
 import json
 import os
-import sys
 import time
 
 import numpy
@@ -187,4 +186,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_program(main())

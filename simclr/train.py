@@ -398,4 +398,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_program(main())
