@@ -24,9 +24,10 @@ where it measured faster.
 
 Backward, per chunk. A stride-1 convolution's dx is itself a convolution, of the output
 gradient with the kernel flipped: im2col of dout, one GEMM; and the same columns give dW
-(_transposed_by_flipped_kernel), so x needs no second im2col. Otherwise: dW += cols^T dout,
-dcols = dout W^T, and col2im adds dcols back onto the input's pixels (one strided slice-add
-per kernel offset, no atomics).
+(_transposed_by_flipped_kernel), so x needs no second im2col. Otherwise (and for an input of
+few channels, an RGB image): dW += cols^T dout, dcols = dout W^T, and col2im adds dcols back
+onto the input's pixels (one strided slice-add per kernel offset, no atomics). db sums the
+output gradient's rows in short runs (_bias_grad).
 """
 from autograd import Function, array_module, parallel
 from autograd.backend import device_of
