@@ -346,7 +346,7 @@ def prepare_folder(folder, config, source, step):
 def training_step(model, optimizer, augment, images, rng, lr, temperature, step):
     """One SimCLR step on a batch of uint8 images (N, H, W, 3); returns the loss as a float."""
     xp = array_module(images)
-    views = xp.concatenate([augment(images, rng), augment(images, rng)])  # (2N, 3, H, W)
+    views = xp.concatenate(augment.pair(images, rng))  # the two views of each image: (2N, 3, H, W)
     loss = nt_xent(model(Tensor(views)), temperature)
     value = float(loss.data)
     if not math.isfinite(value):
