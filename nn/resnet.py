@@ -21,13 +21,13 @@ stem keeps a parameter-free `maxpool` (an Identity), so its names are the ImageN
 such as 0.25 make small models for quick CPU runs (each count is rounded, and at least 1).
 
 Each batch norm runs fused with what follows it: `bn(x, residual=shortcut, relu=True)` is
-relu(bn(x) + shortcut) in one op (fewer passes over memory; the same numbers). The `relu`
-modules stay, unused by forward, so that the module tree reads as torchvision's.
+relu(bn(x) + shortcut) in one op (fewer passes over memory; the same numbers), so there are
+no ReLU modules: torchvision's have no parameters, and the state_dict names are the same.
 """
 from numbers import Real
 
 from . import init
-from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Identity, Linear, MaxPool2d, ReLU
+from .layers import AdaptiveAvgPool2d, BatchNorm2d, Conv2d, Identity, Linear, MaxPool2d
 from .layers import Sequential
 from .module import Module
 
@@ -43,7 +43,6 @@ class BasicBlock(Module):
         rng = init.as_generator(rng)
         self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False, rng=rng)
         self.bn1 = BatchNorm2d(planes)
-        self.relu = ReLU()
         self.conv2 = Conv2d(planes, planes, 3, stride=1, padding=1, bias=False, rng=rng)
         self.bn2 = BatchNorm2d(planes)
         self.downsample = downsample
@@ -74,7 +73,6 @@ class Bottleneck(Module):
         self.bn2 = BatchNorm2d(planes)
         self.conv3 = Conv2d(planes, planes * self.expansion, 1, bias=False, rng=rng)
         self.bn3 = BatchNorm2d(planes * self.expansion)
-        self.relu = ReLU()
         self.downsample = downsample
 
     @property
@@ -127,7 +125,6 @@ class ResNet(Module):
         else:
             self.conv1 = Conv2d(3, self.inplanes, 7, stride=2, padding=3, bias=False, rng=rng)
         self.bn1 = BatchNorm2d(self.inplanes)
-        self.relu = ReLU()
         self.maxpool = Identity() if cifar_stem else MaxPool2d(3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, scaled_channels(64, width), layers[0], 1, rng)
         self.layer2 = self._make_layer(block, scaled_channels(128, width), layers[1], 2, rng)

@@ -46,11 +46,6 @@ class ImageDataset:
     def __len__(self):
         return len(self.images)
 
-    @property
-    def image_shape(self):
-        """(H, W, 3) of every image."""
-        return self.images.shape[1:]
-
     def subset(self, indices):
         """The images (and labels) at `indices`, in that order, as a new ImageDataset."""
         indices = numpy.asarray(indices, dtype=numpy.int64)
