@@ -43,11 +43,11 @@ class BatchNorm(Function):
                    and x^2 (or, where that would lose precision, of (x - mean)^2: see
                    _batch_moments); the blocks are then combined exactly (Chan et al.'s
                    pairwise formula, in float64), without a second read of x;
-                2. y = max((x - mu_r) * scale + shift + residual, 0), scale = gamma / sigma,
-                   shift = beta - (mu - mu_r) * scale, mu_r = mu rounded to x's precision.
-      backward  1. g = g * (y > 0) and its per-channel sums sum(g), sum(g * (x - mu_r));
-                2. dx = a g + b x + c, with sum(g * x_hat) = (sum(g * (x - mu_r))
-                   + (mu_r - mu) sum(g)) / sigma.
+                2. y = max((x - c) * scale + shift + residual, 0), scale = gamma / sigma,
+                   shift = beta - (mu - c) * scale, c a per-channel centre (_Centring).
+      backward  1. g = g * (y > 0) and its per-channel sums sum(g), sum(g * (x - c));
+                2. dx = a g + b x + c', with sum(g * x_hat) = (sum(g * (x - c))
+                   + (c - mu) sum(g)) / sigma.
 
     How it is accurate in float32 (as PyTorch's, or more: tests/test_float32_accuracy.py):
       - every sum over rows is one 8-term float32 sum per value, then float64
@@ -55,16 +55,24 @@ class BatchNorm(Function):
         sqrt(m) roundings, which at m = 2048 rows of a block was 5x PyTorch's error in dbeta;
       - no sum that cancels is formed in float32. With a mean of 10 standard deviations,
         as after a ReLU, sum(g x) - mu sum(g) subtracts two numbers 10x larger than their
-        difference (dgamma erred 20x PyTorch's), and so does x * scale - mu * scale in the
-        output (2x). So x is centred first, on mu_r: x - mu_r is as accurate as x (exact
-        where x lies within a factor 2 of mu_r), and the rounding mu - mu_r comes back in
-        the float64 terms (mu_r - mu) sum(g) and shift. (dx's b x + c still cancels, but
-        b = -a sum(g x_hat) / (n sigma) is about 1 / sqrt(n) of a / sigma: at |mu| = 10
-        sigma and n = 256 its rounding is a fifth of one rounding of a g, less for larger n);
-      - the per-channel constants (mu, var, 1 / sigma, scale, shift, a, b, c) are computed in
-        float64 and rounded once.
-    The centring costs one more in-cache pass per block in the output and in the backward's
-    sums; the moments centre only the channels that need it (_batch_moments).
+        difference, and so does x * scale - mu * scale in the output. Summing in float64
+        does not cure it: each product g x is rounded to float32 first, with an error of
+        |g x| / 2^24, ~|mu| / sigma times that of g (x - mu) (measured with the sums in
+        float64 and shift in float64: dgamma 2-13x PyTorch's error at |mu| = 3-10 sigma, y
+        2-4x). So where mu^2 > var, x is centred first, on c = mu rounded: x - c is as
+        accurate as x (exact where x lies within a factor 2 of c), and the rounding mu - c
+        comes back in the float64 terms (c - mu) sum(g) and shift. Elsewhere c = 0, and the
+        products' rounding is at most sqrt(1 + mu^2 / var) <= 1.4 times that of centred ones;
+        (dx's b x + c' still cancels, but b = -a sum(g x_hat) / (n sigma) is about 1 / sqrt(n)
+        of a / sigma: at |mu| = 10 sigma and n = 256 its rounding is a fifth of one rounding
+        of a g, less for larger n);
+      - the per-channel constants (mu, var, 1 / sigma, scale, shift, a, b, c') are computed
+        in float64 and rounded once.
+    What the accuracy costs: a float64 step per block and pair of sums (column_sums), and,
+    only for the channels with mu^2 > var, the centring: one more in-cache pass per block in
+    the output and a centred copy in the backward's sums, or, where at most 1/16 of the
+    channels need it, a copy of just their columns (_Centring; the moments likewise centre
+    only the channels that need it, _batch_moments).
     It saves x (which the graph keeps anyway) rather than x_hat, and y (the next layer's
     input, kept anyway) rather than a mask.
     """
@@ -88,28 +96,42 @@ class BatchNorm(Function):
         else:
             mean, var = running_mean.astype(f64), running_var.astype(f64)
         # the per-channel constants in float64, each rounded once to x's precision: x is
-        # centred on mu rounded, mu_r, and the shift makes up for the rounding
+        # centred on c (mu rounded where mu^2 > var, else 0) and the shift makes up for it
         inv_std = 1 / xp.sqrt(var + eps)                       # (C,)
         scale = weight.astype(f64) * inv_std
-        mean_rounded = mean.astype(x.dtype)
-        shift = bias - (mean - mean_rounded) * scale
-        means, scales, shifts = (blocks.tile(v.astype(x.dtype))
-                                 for v in (mean_rounded, scale, shift))
+        centring = _Centring(mean, var, x.dtype, blocks)
+        shift = bias - (mean - centring.centres) * scale
+        scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
+        scales, shifts = blocks.tile(scale), blocks.tile(shift)
         zeros = blocks.zeros()
         out = xp.empty_like(rows)
 
-        def normalize_block(start, stop):                      # out = (x - mu_r) scale + shift
-            block = blocks.view(out, start, stop)
+        def normalize_block(start, stop):                      # out = (x - c) scale + shift
+            block, x_block = blocks.view(out, start, stop), blocks.view(rows, start, stop)
             t = block.shape[1]
-            xp.subtract(blocks.view(rows, start, stop), means[:t], out=block)
-            block *= scales[:t]
+            if centring.everywhere:
+                xp.subtract(x_block, centring.tile[:t], out=block)
+                block *= scales[:t]
+            else:
+                xp.multiply(x_block, scales[:t], out=block)
             block += shifts[:t]
             if residual_rows is not None:
                 block += blocks.view(residual_rows, start, stop)  # ... + residual
             if relu:
                 xp.maximum(block, zeros[:t], out=block)        # ... then max(., 0)
+            if centring.few is not None:                       # the few centred columns again
+                few = centring.few
+                columns = centring.columns(rows, start, stop)
+                columns *= scale[few]
+                columns += shift[few]
+                if residual_rows is not None:
+                    columns += residual_rows[start:stop, few]
+                if relu:
+                    xp.maximum(columns, 0, out=columns)
+                out[start:stop, few] = columns
         blocks.map(normalize_block)
         ctx.use_batch_stats, ctx.shape, ctx.relu = use_batch_stats, x.shape, relu
+        ctx.centres = centring.centres
         ctx.save_for_backward(rows, out if relu else None, mean, inv_std, weight)  # float64 stats
         return from_channel_rows(out, x.shape)
 
@@ -124,21 +146,26 @@ class BatchNorm(Function):
         blocks = _Blocks(g)
         # the ReLU's derivative: 1 where the output is positive, else 0
         g_masked = xp.empty_like(g) if ctx.relu else g
-        # x is centred on mu rounded to x's precision, mu_r; sum(g (x - mu)) is then
-        # sum(g (x - mu_r)) + (mu_r - mu) sum(g), the second term exact in float64
-        mean_rounded = mean.astype(g.dtype)
-        mean_tile = blocks.tile(mean_rounded)
+        # x is centred on c as in the forward pass; sum(g (x - mu)) is then
+        # sum(g (x - c)) + (c - mu) sum(g), the second term in float64
+        centring = _Centring(mean, None, g.dtype, blocks, ctx.centres)
 
         def masked_sums(start, stop):
             block = g[start:stop]
             if ctx.relu:  # the mask as 1.0 and 0.0, times g: 0.7x the time of g * (out > 0)
                 mask = xp.greater(out[start:stop], 0, out=g_masked[start:stop])
                 block = xp.multiply(mask, block, out=mask)
-            centered = blocks.centered(rows, start, stop, mean_tile)   # x - mu_r, in cache
-            return blocks.column_sums(block), blocks.column_sums(block, centered)
-        sums = blocks.map(masked_sums)
-        sum_g = _total([s[0] for s in sums], xp)                       # (C,) float64
-        sum_g_centered = _total([s[1] for s in sums], xp) + (mean_rounded - mean) * sum_g
+            if centring.everywhere:
+                other = blocks.centered(rows, start, stop, centring.tile)   # x - c, in cache
+            else:
+                other = rows[start:stop]
+            sums = blocks.column_sums(block, other)            # sum(g), sum(g (x - c))
+            if centring.few is not None:                       # the few centred columns again
+                sums[1, centring.few] = blocks.column_sums(block[:, centring.few],
+                                                           centring.columns(rows, start, stop))[1]
+            return sums
+        sum_g, sum_g_centered = _total(blocks.map(masked_sums), xp)       # (C,) float64 each
+        sum_g_centered += (centring.centres - mean) * sum_g
         sum_g_x_hat = sum_g_centered * inv_std                         # sum(g x_hat)
         grad_x = None
         if needs_x:
@@ -203,6 +230,7 @@ class _Blocks:
             self.ranges.append((n - (n - whole) % t, n))
         self.ones = self.xp.ones((2, size // t), rows.dtype)  # 2 rows: see above
         self.block_size, self.scratch = min(n, size), {}  # buffer(): one per thread
+        self.ones64 = self.xp.ones(t)
 
     def map(self, fn):
         """[fn(start, stop) for each block], the blocks spread over threads."""
@@ -243,33 +271,97 @@ class _Blocks:
         block = self.view(array, start, stop)
         return self.xp.subtract(block, mean_tile[:block.shape[1]], out=self.buffer(block))
 
-    def column_sums(self, block, other=None):
-        """sum(block) or sum(block * other) over the rows of a block (m, C) (or of its view,
-        (m / t, t, C)) -> (C,), in float64.
+    def column_sums(self, block, other):
+        """sum(block) and sum(block * other) over the rows of a block (m, C) (or of its view,
+        (m / t, t, C)) -> (2, C), in float64.
 
         In float32, m values added one after another have an error that grows with m: each
         addition rounds the running total, and a BLAS product or NumPy's sum over axis 0
-        adds a block's rows that way. So the rows are added in two steps: the block's m / t
-        tiles onto one tile in float32 (at most BLOCK_BYTES / TILE_BYTES = 8 terms per value:
-        one product with rows of ones, or one einsum for the products, read from cache), then
-        that tile's t rows in float64. Each value passes through one 8-term float32 sum, so
-        its rounding stays within a few units of float32's last place, and the t partial sums
-        of a channel round independently, so their errors partly cancel. (Folding the tile 8
-        rows onto 1 in float32 first, to add fewer in float64, was 2-3% faster but put
-        dbias at 1.7x PyTorch's error where it is now 0.9x.)
-        On the GPU: one reduction, in float64."""
+        adds a block's rows that way. So the rows are added in two steps:
+          1. the block's m / t tiles onto one tile, in float32 and in cache (at most
+             BLOCK_BYTES / TILE_BYTES = 8 terms per value): one product with rows of ones
+             for sum(block), one einsum for sum(block * other), into one (2, t C) buffer;
+          2. that tile's t rows in float64: both sums cast at once into a float64 buffer and
+             added by one product with a row of ones.
+        Each value passes through one 8-term float32 sum, so its rounding stays within a few
+        units of float32's last place, and the t partial sums of a channel round
+        independently, so their errors partly cancel. Step 2 is what the accuracy costs:
+        NumPy casts float32 to float64 at about 0.3 ns a value (5 us a 64 KiB tile, a
+        third of step 1), so the two sums share one cast and one product, in buffers of the
+        thread's own (two reductions with dtype=float64 took twice as long). Adding the
+        tile's two halves in float32 first halves the cast but doubled the error of the
+        variance at a mean of 1000 standard deviations (and put dgamma at 0.96x PyTorch's
+        error, not 0.82x); folding 8 rows onto 1 put dbias at 1.7x, not 0.9x.
+        On the GPU: one reduction each, in float64."""
         xp, C = self.xp, block.shape[-1]
         if not self.on_cpu:
-            values = block if other is None else block * other
-            return values.reshape(-1, C).sum(axis=0, dtype=xp.float64)
+            block, other = block.reshape(-1, C), other.reshape(-1, C)
+            return xp.stack([block.sum(axis=0, dtype=xp.float64),
+                             (block * other).sum(axis=0, dtype=xp.float64)])
         m = block.size // C
         t = min(m, self.tile_rows)
-        tiles = block.reshape(m // t, t * C)
-        if other is None:
-            partial = (self.ones[:, :m // t] @ tiles)[0]                     # (t * C,)
-        else:
-            partial = xp.einsum("kr,kr->r", tiles, other.reshape(m // t, t * C))
-        return partial.reshape(t, C).sum(axis=0, dtype=xp.float64)
+        tiles, others = block.reshape(m // t, t * C), other.reshape(m // t, t * C)
+        partial, wide = self.partial_buffers(t * C)
+        xp.matmul(self.ones[:, :m // t], tiles, out=partial)      # 1. sum(block), twice ...
+        xp.einsum("kr,kr->r", tiles, others, out=partial[1])      # ... and sum(block * other)
+        wide = wide[:2 * t * C].reshape(2, t, C)
+        wide[...] = partial.reshape(2, t, C)                      # 2. in float64
+        return xp.matmul(self.ones64[:t], wide)                   # (2, C)
+
+    def partial_buffers(self, size):
+        """A (2, size) float32 and a (2 size,) float64 array of the calling thread's own."""
+        thread = parallel.thread_index()
+        key = ("partial", thread)
+        if key not in self.scratch:
+            r = self.tile_rows * self.rows.shape[1]
+            self.scratch[key] = (self.xp.empty(2 * r, self.rows.dtype), self.xp.empty(2 * r))
+        narrow, wide = self.scratch[key]
+        return narrow[:2 * size].reshape(2, size), wide
+
+
+CENTRE_LIMIT = 1  # the output and the backward's sums centre x where mu^2 > this * var ...
+FEW_CENTRED = 16  # ... column by column where at most C / this channels need it
+
+
+class _Centring:
+    """Where batch norm centres x before it multiplies: in the output, (x - c) * scale, and
+    in the backward's sums, sum(g * (x - c)). One per call, the same in both passes.
+
+    centres (C,) float64: c = mu rounded to x's precision for the channels with
+    mu^2 > CENTRE_LIMIT * var, whose products with x would round |mu| / sigma times worse
+    than centred ones (BatchNorm's docstring), and c = 0 elsewhere, where they round at most
+    sqrt(1 + CENTRE_LIMIT) = 1.4 times worse (measured: dgamma at 1.4x PyTorch's error at
+    |mu| = sigma, 2.1x at 1.5 sigma, 2.5x at 2 sigma, never centred).
+    How, from the cheapest:
+      - no channel: the passes are those of a plain x * scale + shift, nothing is centred;
+      - at most C / FEW_CENTRED channels (few, their indices): the plain passes, then those
+        channels' columns again from a centred copy of them (columns). A column copy
+        costs about 2.5 ns a value against 0.15 for a whole in-cache pass, so beyond
+        1/16 of the channels the whole block is cheaper;
+      - else (everywhere): each block is centred whole (x - c, c = 0 in some channels),
+        with tile, c's tile. At the batch norms of a ResNet-18 in SimCLR training
+        (CIFAR-10), mu^2 > var held in 16-19% of the channels of a block: most of a real
+        network's layers take this way, which is the accurate code's full price.
+    On the GPU every channel is centred (choosing would wait for the device)."""
+
+    def __init__(self, mean, var, dtype, blocks, centres=None):
+        xp, C = blocks.xp, len(mean)
+        if centres is None:
+            far = xp.ones(C, bool) if not blocks.on_cpu else mean ** 2 > CENTRE_LIMIT * var
+            centres = xp.where(far, mean.astype(dtype), 0).astype(xp.float64)
+        self.centres, self.few, self.blocks = centres, None, blocks
+        count = C if not blocks.on_cpu else int(xp.count_nonzero(centres))
+        self.everywhere = count > C // FEW_CENTRED
+        self.tile = blocks.tile(centres.astype(dtype)) if self.everywhere else None
+        if 0 < count <= C // FEW_CENTRED:
+            self.few = xp.flatnonzero(centres)
+            self.few_centres = centres[self.few].astype(dtype)
+
+    def columns(self, rows, start, stop):
+        """rows[start:stop, few] - c[few]: a new (m, len(few)) array, centred columns."""
+        columns = rows[start:stop, self.few]
+        columns -= self.few_centres
+        return columns
 
 
 RAW_MOMENTS_LIMIT = 4  # a block's sums of x and x^2 are trusted where mu_b^2 <= this * var_b
@@ -303,21 +395,26 @@ def _batch_moments(rows, blocks):
 
     def block_moments(start, stop):
         m, block = stop - start, rows[start:stop]
-        block_mean = blocks.column_sums(block) / m                            # (C,) float64
-        rounded = block_mean.astype(rows.dtype)                               # c = mu_b rounded
         if not blocks.on_cpu:
-            centered = blocks.centered(rows, start, stop, blocks.tile(rounded))
-            return m, block_mean, (blocks.column_sums(centered, centered)
-                                   - m * (block_mean - rounded) ** 2)
-        m2 = blocks.column_sums(block, block) - m * block_mean ** 2           # c = 0
-        redo = xp.flatnonzero((block_mean ** 2 > RAW_MOMENTS_LIMIT / m * m2) | (m2 < 0))
+            block_mean = block.sum(axis=0, dtype=f64) / m
+            centered = blocks.centered(rows, start, stop, blocks.tile(block_mean.astype(rows.dtype)))
+            sums = blocks.column_sums(centered, centered)
+            return m, block_mean, sums[1] - sums[0] ** 2 / m
+        sums = blocks.column_sums(block, block)                                # sum(x), sum(x^2)
+        block_mean = sums[0] / m                                              # (C,) float64
+        m2 = sums[1] - sums[0] * block_mean                                   # c = 0
+        # mu_b^2 > LIMIT * M2_b / m_b (or M2_b < 0), multiplied out
+        redo = xp.flatnonzero(sums[0] * block_mean > RAW_MOMENTS_LIMIT / (1 + RAW_MOMENTS_LIMIT) * sums[1])
+        if len(redo):
+            rounded = block_mean.astype(rows.dtype)                           # c = mu_b rounded
         if len(redo) > C // 4:
             centered = blocks.centered(rows, start, stop, blocks.tile(rounded))
-            m2 = blocks.column_sums(centered, centered) - m * (block_mean - rounded) ** 2
+            sums = blocks.column_sums(centered, centered)
+            m2 = sums[1] - m * (block_mean - rounded) ** 2
         elif len(redo):
             centered = block[:, redo]                                          # a copy
             centered -= rounded[redo]
-            m2[redo] = (blocks.column_sums(centered, centered)
+            m2[redo] = (blocks.column_sums(centered, centered)[1]
                         - m * (block_mean[redo] - rounded[redo]) ** 2)
         return m, block_mean, m2
     parts = blocks.map(block_moments)
@@ -329,7 +426,7 @@ def _batch_moments(rows, blocks):
 
 
 def _total(parts, xp):
-    """The sum of per-block (C,) float64 partial sums, in list order, in float64."""
+    """The sum of per-block float64 partial sums, in list order, in float64."""
     return xp.stack(parts).sum(axis=0, dtype=xp.float64)
 
 
