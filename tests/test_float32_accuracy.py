@@ -83,11 +83,13 @@ def compare(ours, theirs, arrays, names, before_relu=None, seed=0):
 # ----- the cases: (op, its parameters, offset), each computed once --------------------------
 
 def batch_norm_case(shape, mode, offset, seed=0):
-    """mode: train or eval, + "relu" (ReLU after), + "res" (a residual added before it)."""
+    """mode: train or eval, + "relu" (ReLU after), + "res" (a residual added before it).
+    offset: one for every channel, or a tuple of one per channel."""
     rng = numpy.random.default_rng(seed)
     C = shape[1]
     per_channel = (1, C) + (1,) * (len(shape) - 2)
     spread = numpy.exp(rng.uniform(-1, 1, C)).reshape(per_channel)
+    offset = numpy.broadcast_to(numpy.asarray(offset, dtype=float), (C,)).reshape(per_channel)
     x = (rng.standard_normal(shape) + offset) * spread
     axes = (0,) + tuple(range(2, len(shape)))
     # evaluation mode: running statistics near, not at, the batch's own
@@ -183,6 +185,20 @@ for offset in OFFSETS:
 for mode in ("train", "train+res+relu", "eval"):
     CASES[f"batch_norm-16x64x32x32-{mode}-offset10-large"] = \
         functools.partial(batch_norm_case, (16, 64, 32, 32), mode, 10)
+
+
+# batch norm centres x only in the channels with mu^2 > var (normalization._Centring): at the
+# limit, offset 1, nothing is centred; with a few channels far from zero (at most C / 16)
+# their columns are redone apart; with more, whole blocks are centred, c = 0 in the others
+MIXED = {"few": tuple(10.0 if c in (3, 70, 100) else 0.0 for c in range(128)),
+         "many": tuple(10.0 if c % 4 == 0 else 1.0 for c in range(128))}
+for mode in BN_MODES:
+    for shape in ((256, 32), (32, 128, 8, 8)):
+        CASES[f"batch_norm-{'x'.join(map(str, shape))}-{mode}-offset1"] = \
+            functools.partial(batch_norm_case, shape, mode, 1)
+    for name, offsets in MIXED.items():
+        CASES[f"batch_norm-32x128x8x8-{mode}-offsets-{name}"] = \
+            functools.partial(batch_norm_case, (32, 128, 8, 8), mode, offsets)
 
 
 @functools.lru_cache(maxsize=None)

@@ -371,6 +371,48 @@ def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
     numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
 
 
+@pytest.mark.parametrize("far", ["none", "few", "many"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch(
+        split_everything, far, training):
+    """The three ways of normalization._Centring: no channel with mu^2 > var (nothing
+    centred), a few (their columns redone apart) and many (whole blocks centred, c = 0 in
+    the other channels). Each must give PyTorch's output and gradients in float64, running
+    statistics included, and take the way it was meant to."""
+    torch = import_torch()
+    C = 34                                                     # C // FEW_CENTRED = 2
+    offsets = numpy.zeros(C)
+    offsets[{"none": [], "few": [5, 20], "many": list(range(0, C, 3))}[far]] = 10.0
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(numpy, (6, C, 3, 4))
+    x.data += offsets.reshape(1, C, 1, 1) * x.data.std()
+    if not training:                                           # running stats near the batch's
+        mean[...] = x.data.mean(axis=(0, 2, 3))
+        var[...] = x.data.var(axis=(0, 2, 3))
+    centring = normalization._Centring(mean if not training else x.data.mean(axis=(0, 2, 3)),
+                                       var if not training else x.data.var(axis=(0, 2, 3)),
+                                       x.dtype, _Blocks(x.data.reshape(-1, C)))
+    assert (centring.few is None, centring.everywhere) == {
+        "none": (True, False), "few": (False, False), "many": (True, True)}[far]
+    tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
+                      for t in (x, residual, weight, bias))
+    t_mean, t_var = (torch.from_numpy(s.copy()) for s in (mean, var))
+    ours = F.batch_norm(x, mean, var, weight, bias, training=training, residual=residual,
+                        relu=True)
+    theirs = torch.relu(torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb,
+                                                       training=training) + tr)
+    upstream = numpy.random.default_rng(2).standard_normal(x.shape)
+    ours.backward(upstream)
+    theirs.backward(torch.from_numpy(upstream))
+    pairs = [("output", ours.data, theirs), ("running_mean", mean, t_mean),
+             ("running_var", var, t_var)]
+    pairs += [(f"gradient of {name}", mine.grad, t.grad)
+              for name, mine, t in (("x", x, tx), ("residual", residual, tr),
+                                    ("weight", weight, tw), ("bias", bias, tb))]
+    for what, mine, t in pairs:
+        error = relative_error(mine, t.detach().numpy())
+        assert error <= PARITY_TOLERANCE["float64"], f"{far} {what}: relative error {error:.3g}"
+
+
 @pytest.mark.parametrize("optimizer", ["lars", "sgd"])
 def test_optimizer_steps_on_threads_equal_one_thread(split_everything, optimizer):
     from nn.module import Parameter
