@@ -10,15 +10,8 @@ import numpy
 
 from . import functional as F
 from . import init
+from .functional.windows import pair
 from .module import Module, Parameter
-
-
-def _pair(value, name):
-    """An int or a pair of ints -> a pair of ints, e.g. kernel_size 3 -> (3, 3)."""
-    pair = (value, value) if isinstance(value, (int, numpy.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, numpy.integer)) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return tuple(int(v) for v in pair)
 
 
 def _zero_parameter(*shape):
@@ -63,8 +56,9 @@ class Conv2d(Module):
         super().__init__()
         rng = init.as_generator(rng)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.kernel_size = pair(kernel_size, "Conv2d: kernel_size", 1)
+        self.stride = pair(stride, "Conv2d: stride", 1)
+        self.padding = pair(padding, "Conv2d: padding", 0)
         weight = _zero_parameter(out_channels, in_channels, *self.kernel_size)
         self.weight = init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu", rng=rng)
         self.bias = None

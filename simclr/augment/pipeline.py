@@ -7,9 +7,9 @@ leave as float32 (N, 3, H', W') in [0, 1], ready for the network; no mean/std no
 the host, so a seed gives the same views on the CPU.
 """
 import math
-import numbers
 
 from autograd.backend import array_module
+from nn.functional.windows import pair
 
 from ._batch import check_rng
 from .blur import random_gaussian_blur
@@ -39,13 +39,6 @@ def to_float_nchw(images):
     return xp.ascontiguousarray(scaled.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
 
 
-def _output_size(size):
-    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(s, numbers.Integral) and s > 0 for s in pair):
-        raise ValueError(f"size must be a positive int or a pair (height, width), got {size!r}")
-    return int(pair[0]), int(pair[1])
-
-
 class SimCLRAugment:
     """The SimCLR pre-training augmentation (SIMCLR_SPEC.md section 1).
 
@@ -55,7 +48,7 @@ class SimCLRAugment:
     """
 
     def __init__(self, size, color_strength=1.0, blur=True):
-        self.size = _output_size(size)
+        self.size = pair(size, f"{type(self).__name__}: size", 1)
         self.color_strength = float(color_strength)
         if not (math.isfinite(self.color_strength) and self.color_strength >= 0):
             raise ValueError(f"color_strength must be a finite number >= 0, got {color_strength!r}")
@@ -99,7 +92,7 @@ class LinearEvalAugment:
     colour ops (official). Test images take no augmentation: use to_float_nchw."""
 
     def __init__(self, size):
-        self.size = _output_size(size)
+        self.size = pair(size, f"{type(self).__name__}: size", 1)
 
     def __call__(self, images, rng):
         """(N, H, W, 3) uint8 or float -> float32 (N, 3, H', W')."""
