@@ -34,7 +34,7 @@ from autograd.backend import device_of
 
 from . import winograd
 from .scratch import buffer, pad
-from .windows import output_size, pair
+from .windows import output_size, pair, window_slices
 
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
 MIN_CHUNK_ROWS = 512  # but at least this many rows of columns per chunk (see _chunk_size)
@@ -334,13 +334,11 @@ def _columns(x_last, geometry, start, stop):
 def _col2im(grad_cols, grad_padded, geometry):
     """Add grad_cols (n*Ho*Wo, K) back onto the padded image gradient (n, Hp, Wp, C) they were
     copied from: one strided slice-add per kernel offset (i, j)."""
-    (kh, kw), (sh, sw), _, (Ho, Wo) = geometry
+    kernel, stride, _, (Ho, Wo) = geometry
     n, _, _, C = grad_padded.shape
-    grad_windows = grad_cols.reshape(n, Ho, Wo, kh, kw, C)
-    for i in range(kh):
-        for j in range(kw):
-            grad_padded[:, i:i + sh * (Ho - 1) + 1:sh, j:j + sw * (Wo - 1) + 1:sw] += \
-                grad_windows[:, :, :, i, j]
+    grad_windows = grad_cols.reshape(n, Ho, Wo, *kernel, C)
+    for i, j, (_, rows, columns) in window_slices(kernel, stride, (Ho, Wo)):
+        grad_padded[:, rows, columns] += grad_windows[:, :, :, i, j]  # channels last: (n, H, W, C)
 
 
 def check_conv_inputs(x, weight, bias):

@@ -40,11 +40,11 @@ class MaxPool2d(Function):
         xp = array_module(x)
         N, C, H, W = x.shape
         (ph, pw), kw = padding, kernel_size[1]
-        x_padded = _channels_last(xp, (N, C, H + 2 * ph, W + 2 * pw), x.dtype) if ph or pw else x
-        out = _channels_last(xp, (N, C) + out_size, x.dtype)
+        x_padded = _empty_channels_last(xp, (N, C, H + 2 * ph, W + 2 * pw), x.dtype) if ph or pw else x
+        out = _empty_channels_last(xp, (N, C) + out_size, x.dtype)
         # which kernel offset i*kw + j holds the maximum so far (one byte suffices up to 16x16)
         offsets = kernel_size[0] * kernel_size[1]
-        argmax = _channels_last(xp, out.shape, xp.uint8 if offsets <= 256 else xp.int32)
+        argmax = _empty_channels_last(xp, out.shape, xp.uint8 if offsets <= 256 else xp.int32)
 
         def pool(start, stop):  # images start..stop-1
             padded = x_padded[start:stop]
@@ -77,7 +77,7 @@ class MaxPool2d(Function):
         (argmax,) = ctx.saved
         kernel, stride, padding, out_size = ctx.geometry
         xp = array_module(grad)
-        grad_padded = _channels_last(xp, ctx.padded_shape, grad.dtype)
+        grad_padded = _empty_channels_last(xp, ctx.padded_shape, grad.dtype)
 
         def unpool(start, stop):  # images start..stop-1
             grad_part, offsets_part = grad[start:stop], argmax[start:stop]
@@ -89,7 +89,7 @@ class MaxPool2d(Function):
         return crop2d(grad_padded, padding)
 
 
-def _channels_last(xp, shape, dtype):
+def _empty_channels_last(xp, shape, dtype):
     """An uninitialised (N, C, H, W)-shaped array whose memory is (N, H, W, C)."""
     N, C, H, W = shape
     return xp.empty((N, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
