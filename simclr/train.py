@@ -2,7 +2,7 @@
 
 One step: a batch of N images -> two augmented views each -> encoder and head on the 2N views
 -> NT-Xent -> backward -> LARS (or SGD) update, at the learning rate the warm-up + cosine
-schedule gives for this step. Defaults are the official CIFAR-10 recipe (SIMCLR_SPEC.md).
+schedule gives for this step. Defaults are the official CIFAR-10 recipe (docs/SIMCLR.md, Recipe).
 
 Everything random is derived from --seed and the position in training (the epoch's batch order
 from (seed, epoch), a step's augmentations from (seed, step)), so a run resumed from its

@@ -76,7 +76,8 @@ def sample_crop_boxes(rng, count, height, width, area_range=(0.08, 1.0),
     is the whole image. The position is uniform over the places where the box fits. All attempts
     of all images are drawn at once, so a seed gives the same boxes whatever they turn out to be.
     (TensorFlow's sample_distorted_bounding_box, which the official code calls, draws the height
-    uniformly between its bounds instead of the area; SIMCLR_SPEC.md asks for a uniform area.)
+    uniformly between its bounds instead of the area: docs/SIMCLR.md, Differences from the
+    official code, item 1, says how the two differ and why this one follows the paper.)
 
     Returns int64 (count, 4): (top, left, height, width).
     """

@@ -40,7 +40,7 @@ def to_float_nchw(images):
 
 
 class SimCLRAugment:
-    """The SimCLR pre-training augmentation (SIMCLR_SPEC.md section 1).
+    """The SimCLR pre-training augmentation (docs/SIMCLR.md, Augmentation).
 
     size: output side (int) or (height, width); color_strength: the colour jitter strength s;
     blur: whether to Gaussian-blur (p 0.5). SimCLRAugment.preset("cifar") is s = 0.5 without
