@@ -67,7 +67,8 @@ def linear_probe(train_features, train_labels, test_features, test_labels, epoch
 
     Features are standardised with the training set's mean and standard deviation (an affine
     map, so the classifier stays linear in h). Optimiser: our SGD with Nesterov momentum 0.9,
-    lr 0.1 * B / 256 (SPEC section 5) by default, cosine-decayed per step, no weight decay.
+    lr 0.1 * B / 256 (docs/SIMCLR.md, Evaluation) by default, cosine-decayed per step, no
+    weight decay.
     """
     xp = array_module(train_features)
     rng = numpy.random.default_rng(seed)
