@@ -209,7 +209,9 @@ class _Blocks:
       it one: OpenBLAS computes a one-row product with its matrix-vector routine, which ran
       no faster on two threads than on one (10.2 and 10.9 us per 512 KiB block, where two
       rows took 11.7 and 6.9).
-    - a buffer of a block's size per thread, for a block's centred copy or products (buffer).
+    - buffers of each thread's own, reused from block to block: one of a block's size, for a
+      block's centred copy or products (buffer), and a tile's, in float32 and in float64, for
+      the column sums (partial_buffers).
     On the GPU a block is all rows and a vector's tile is a (1, C) view that broadcasts."""
 
     def __init__(self, rows):
