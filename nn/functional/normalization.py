@@ -399,14 +399,17 @@ def _batch_moments(rows, blocks):
         m, block = stop - start, rows[start:stop]
         if not blocks.on_cpu:
             block_mean = block.sum(axis=0, dtype=f64) / m
-            centered = blocks.centered(rows, start, stop, blocks.tile(block_mean.astype(rows.dtype)))
-            sums = blocks.column_sums(centered, centered)
+            rounded = blocks.tile(block_mean.astype(rows.dtype))              # c = mu_b rounded
+            centered = blocks.centered(rows, start, stop, rounded)
+            sums = blocks.column_sums(centered, centered)                     # sum(x - c), ...
             return m, block_mean, sums[1] - sums[0] ** 2 / m
         sums = blocks.column_sums(block, block)                                # sum(x), sum(x^2)
         block_mean = sums[0] / m                                              # (C,) float64
         m2 = sums[1] - sums[0] * block_mean                                   # c = 0
-        # mu_b^2 > LIMIT * M2_b / m_b (or M2_b < 0), multiplied out
-        redo = xp.flatnonzero(sums[0] * block_mean > RAW_MOMENTS_LIMIT / (1 + RAW_MOMENTS_LIMIT) * sums[1])
+        # mu_b^2 > LIMIT * M2_b / m_b, or M2_b < 0 (which implies it), multiplied out:
+        # sum(x) mu_b > LIMIT / (1 + LIMIT) * sum(x^2), three small operations, not seven
+        limit = RAW_MOMENTS_LIMIT / (1 + RAW_MOMENTS_LIMIT)
+        redo = xp.flatnonzero(sums[0] * block_mean > limit * sums[1])
         if len(redo):
             rounded = block_mean.astype(rows.dtype)                           # c = mu_b rounded
         if len(redo) > C // 4:
