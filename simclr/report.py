@@ -1,7 +1,6 @@
 """What a run shows and leaves behind: a progress line, metrics.jsonl and a loss-curve PNG."""
 import json
 import math
-import os
 import sys
 import time
 

@@ -11,7 +11,6 @@ import pytest
 
 from simclr import checkpoint, files, linear_eval, train
 from simclr.checkpoint import CheckpointError, load_checkpoint
-from simclr.cli import UsageError
 from simclr.interrupts import Interrupted
 from simclr.runfolder import RunFolder
 
