@@ -3,6 +3,9 @@ CuPy imports and a GPU is present (those runs are marked `gpu` and skipped elsew
 import numpy
 import pytest
 
+from autograd import parallel
+from nn.functional import conv, normalization
+
 
 def _gpu_available():
     try:
@@ -31,3 +34,25 @@ def xp(request):
         import cupy
         return cupy
     return numpy
+
+
+@pytest.fixture
+def threads():
+    """Restores the thread count after the test."""
+    before = parallel.get_num_threads()
+    yield
+    parallel.set_num_threads(before)
+
+
+@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
+def split_everything(request, monkeypatch, threads):
+    """n threads, no minimum work per thread, blocks of 2 rows of 8 bytes, conv chunks of one
+    image, batch-norm tiles of 24 bytes: every split a big array would see, on a small one."""
+    parallel.set_num_threads(request.param)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
+    monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
+    monkeypatch.setattr(normalization, "TILE_BYTES", 24)
+    return request.param

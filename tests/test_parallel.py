@@ -1,28 +1,19 @@
 """autograd.parallel (work split over threads and cache-sized blocks), the ops that use it
-(conv2d, batch norm fused with ReLU and a residual, linear) with the splitting forced on, and
-autograd.memory. The forced splitting (`split_everything`) makes even tiny arrays go through
-several threads and many blocks, so the paths that only big arrays take in training run here."""
+(conv2d, max pooling, linear, the optimisers) with the splitting forced on, and autograd.memory.
+The forced splitting (`split_everything`, in conftest.py) makes even tiny arrays go through
+several threads and many blocks, so the paths that only big arrays take in training run here.
+Batch norm's kernel has its own file, tests/test_batch_norm_blocks.py."""
 import os
 
 import numpy
 import pytest
 
 import nn.functional as F
-from autograd import Tensor, gradcheck, parallel, to_numpy
+from autograd import Tensor, gradcheck, parallel
 from autograd.memory import reuse_freed_memory
-from nn.functional import conv, normalization
 from nn.functional.im2col import Conv2dIm2col
-from nn.functional.normalization import _batch_moments, _Blocks, batch_norm_reference
 from nn.functional.pooling import max_pool2d
-from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
-
-
-@pytest.fixture
-def threads():
-    """Restores the thread count after the test."""
-    before = parallel.get_num_threads()
-    yield
-    parallel.set_num_threads(before)
+from helpers import import_torch, randn
 
 
 def use_threads(n):
@@ -30,20 +21,6 @@ def use_threads(n):
     parallel.set_num_threads(n)
     if parallel.get_num_threads() != n:
         pytest.skip("NumPy's BLAS is not OpenBLAS here: autograd.parallel runs one thread")
-
-
-@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
-def split_everything(request, monkeypatch, threads):
-    """n threads, no minimum work per thread, blocks of 2 rows of 8 bytes, conv chunks of one
-    image, batch-norm tiles of 24 bytes: every split a big array would see, on a small one."""
-    parallel.set_num_threads(request.param)
-    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
-    monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
-    monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
-    monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
-    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
-    monkeypatch.setattr(normalization, "TILE_BYTES", 24)
-    return request.param
 
 
 # ----- the module itself --------------------------------------------------------------------
@@ -284,135 +261,6 @@ def test_linear_split_matches_finite_differences(split_everything):
     assert gradcheck(F.linear, [x, w, b])
 
 
-def batch_norm_inputs(xp, shape, dtype="float64"):
-    rng = numpy.random.default_rng(5)
-    channels = shape[1]
-    x = randn(xp, *shape, dtype=dtype, scale=2.0, requires_grad=True)
-    residual = randn(xp, *shape, dtype=dtype, seed=9, requires_grad=True)
-    weight = Tensor(xp.asarray((1.5 + 0.3 * rng.standard_normal(channels)).astype(dtype)),
-                    requires_grad=True)
-    bias = Tensor(xp.asarray(rng.standard_normal(channels).astype(dtype)), requires_grad=True)
-    stats = (xp.asarray(rng.standard_normal(channels).astype(dtype)),
-             xp.asarray((0.5 + rng.random(channels)).astype(dtype)))
-    return x, residual, weight, bias, stats
-
-
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("fused", ["relu", "residual", "residual+relu"])
-def test_fused_batch_norm_gradients_match_finite_differences(xp, split_everything, training,
-                                                             fused):
-    x, residual, weight, bias, (mean, var) = batch_norm_inputs(xp, (4, 3, 5, 3))
-    relu = "relu" in fused
-    if "residual" in fused:
-        assert gradcheck(lambda x, r, w, b: F.batch_norm(x, mean, var, w, b, training=training,
-                                                         residual=r, relu=relu),
-                         [x, residual, weight, bias])
-    else:
-        assert gradcheck(lambda x, w, b: F.batch_norm(x, mean, var, w, b, training=training,
-                                                      relu=relu), [x, weight, bias])
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("training", [True, False])
-def test_fused_batch_norm_matches_pytorch(xp, split_everything, dtype, training):
-    """relu(bn(x) + residual) and its four gradients, against PyTorch's separate ops."""
-    torch = import_torch()
-    x, residual, weight, bias, (mean, var) = batch_norm_inputs(xp, (6, 4, 5, 5), dtype)
-    x.data += 0.5
-    tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
-                      for t in (x, residual, weight, bias))
-    t_mean, t_var = (torch.from_numpy(to_numpy(s).copy()) for s in (mean, var))
-    ours = F.batch_norm(x, mean, var, weight, bias, training=training, momentum=0.3,
-                        residual=residual, relu=True)
-    theirs = torch.relu(torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb,
-                                                       training=training, momentum=0.3) + tr)
-    upstream = numpy.random.default_rng(1).standard_normal(x.shape).astype(dtype)
-    ours.backward(xp.asarray(upstream))
-    theirs.backward(torch.from_numpy(upstream))
-    pairs = [("output", ours.data, theirs), ("running_mean", mean, t_mean),
-             ("running_var", var, t_var)]
-    pairs += [(f"gradient of {name}", mine.grad, t.grad)
-              for name, mine, t in (("x", x, tx), ("residual", residual, tr),
-                                    ("weight", weight, tw), ("bias", bias, tb))]
-    for what, mine, t in pairs:
-        error = relative_error(mine, t.detach().numpy())
-        assert error <= PARITY_TOLERANCE[dtype], f"{what}: relative error {error:.3g} ({dtype})"
-
-
-@pytest.mark.parametrize("fused", ["none", "relu", "residual+relu"])
-def test_fused_batch_norm_equals_the_tensor_op_reference(xp, split_everything, fused):
-    """The fast op against batch_norm_reference (plain Tensor ops), values and all gradients."""
-    x, residual, weight, bias, _ = batch_norm_inputs(xp, (5, 4, 3, 6))
-    copies = [Tensor(t.data.copy(), requires_grad=True) for t in (x, residual, weight, bias)]
-    relu, res = "relu" in fused, "residual" in fused
-    fast = F.batch_norm(x, None, None, weight, bias, training=True,
-                        residual=residual if res else None, relu=relu)
-    slow = batch_norm_reference(copies[0], copies[2], copies[3],
-                                residual=copies[1] if res else None, relu=relu)
-    upstream = xp.asarray(numpy.random.default_rng(4).standard_normal(x.shape))
-    fast.backward(upstream)
-    slow.backward(upstream)
-    assert relative_error(fast.data, slow.data) < 1e-12
-    for name, mine, theirs in zip(("x", "residual", "weight", "bias"), (x, residual, weight, bias),
-                                  copies):
-        if name == "residual" and not res:
-            continue
-        assert relative_error(mine.grad, theirs.grad) < 1e-10, name
-
-
-def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
-    """A mean 1000 times the spread: E[x^2] - E[x]^2 in float32 would lose every digit; the
-    blocks' combined centred sums must match float64 to float32 precision."""
-    rng = numpy.random.default_rng(0)
-    rows = (1000 + rng.standard_normal((103, 3))).astype(numpy.float32)
-    mean, var = _batch_moments(rows, _Blocks(rows))
-    exact = rows.astype(numpy.float64)
-    numpy.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
-    numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
-
-
-@pytest.mark.parametrize("far", ["none", "few", "many"])
-@pytest.mark.parametrize("training", [True, False])
-def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch(
-        split_everything, far, training):
-    """The three ways of normalization._Centring: no channel with mu^2 > var (nothing
-    centred), a few (their columns redone apart) and many (whole blocks centred, c = 0 in
-    the other channels). Each must give PyTorch's output and gradients in float64, running
-    statistics included, and take the way it was meant to."""
-    torch = import_torch()
-    C = 34                                                     # C // FEW_CENTRED = 2
-    offsets = numpy.zeros(C)
-    offsets[{"none": [], "few": [5, 20], "many": list(range(0, C, 3))}[far]] = 10.0
-    x, residual, weight, bias, (mean, var) = batch_norm_inputs(numpy, (6, C, 3, 4))
-    x.data += offsets.reshape(1, C, 1, 1) * x.data.std()
-    if not training:                                           # running stats near the batch's
-        mean[...] = x.data.mean(axis=(0, 2, 3))
-        var[...] = x.data.var(axis=(0, 2, 3))
-    centring = normalization._Centring(mean if not training else x.data.mean(axis=(0, 2, 3)),
-                                       var if not training else x.data.var(axis=(0, 2, 3)),
-                                       x.dtype, _Blocks(x.data.reshape(-1, C)))
-    assert (centring.few is None, centring.everywhere) == {
-        "none": (True, False), "few": (False, False), "many": (True, True)}[far]
-    tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
-                      for t in (x, residual, weight, bias))
-    t_mean, t_var = (torch.from_numpy(s.copy()) for s in (mean, var))
-    ours = F.batch_norm(x, mean, var, weight, bias, training=training, residual=residual,
-                        relu=True)
-    theirs = torch.relu(torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb,
-                                                       training=training) + tr)
-    upstream = numpy.random.default_rng(2).standard_normal(x.shape)
-    ours.backward(upstream)
-    theirs.backward(torch.from_numpy(upstream))
-    pairs = [("output", ours.data, theirs), ("running_mean", mean, t_mean),
-             ("running_var", var, t_var)]
-    pairs += [(f"gradient of {name}", mine.grad, t.grad)
-              for name, mine, t in (("x", x, tx), ("residual", residual, tr),
-                                    ("weight", weight, tw), ("bias", bias, tb))]
-    for what, mine, t in pairs:
-        error = relative_error(mine, t.detach().numpy())
-        assert error <= PARITY_TOLERANCE["float64"], f"{far} {what}: relative error {error:.3g}"
-
-
 @pytest.mark.parametrize("optimizer", ["lars", "sgd"])
 def test_optimizer_steps_on_threads_equal_one_thread(split_everything, optimizer):
     from nn.module import Parameter
@@ -435,25 +283,3 @@ def test_optimizer_steps_on_threads_equal_one_thread(split_everything, optimizer
     parallel.set_num_threads(1)
     for a, b in zip(threaded, two_steps()):
         numpy.testing.assert_array_equal(a, b)
-
-
-def test_batch_norm_blocks_are_whole_tiles_then_the_rest(monkeypatch):
-    monkeypatch.setattr(parallel, "BLOCK_BYTES", 64)      # 8 rows of 8 bytes per block ...
-    monkeypatch.setattr(normalization, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
-    rows = numpy.arange(46, dtype=numpy.float32).reshape(23, 2)
-    blocks = _Blocks(rows)
-    assert blocks.tile_rows == 3
-    assert blocks.ranges == [(0, 6), (6, 12), (12, 18), (18, 21), (21, 23)]
-    for start, stop in blocks.ranges:
-        view = blocks.view(rows, start, stop)
-        assert view.shape[1:] == blocks.tile(numpy.zeros(2, numpy.float32))[:view.shape[1]].shape
-        assert numpy.shares_memory(view, rows)
-        numpy.testing.assert_array_equal(view.reshape(-1, 2), rows[start:stop])
-
-
-def test_batch_norm_rejects_a_residual_of_another_shape():
-    x, residual, weight, bias, (mean, var) = batch_norm_inputs(numpy, (2, 3, 4, 4))
-    with pytest.raises(ValueError, match="residual has shape"):
-        F.batch_norm(x, mean, var, weight, bias, residual=Tensor(residual.data[:1]))
-    with pytest.raises(TypeError, match="residual is a ndarray"):
-        F.batch_norm(x, mean, var, weight, bias, residual=residual.data)

@@ -1,0 +1,165 @@
+"""Batch norm's blocked, threaded kernel (nn/functional/normalization.py) with every split
+forced on (the `split_everything` fixture of conftest.py): fused with a ReLU and a residual, in
+both modes, against finite differences, PyTorch and the plain-Tensor reference; its blocks, its
+moments and its three ways of centring."""
+import numpy
+import pytest
+
+import nn.functional as F
+from autograd import Tensor, gradcheck, parallel, to_numpy
+from nn.functional import normalization
+from nn.functional.normalization import _batch_moments, _Blocks, batch_norm_reference
+from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
+
+
+def batch_norm_inputs(xp, shape, dtype="float64"):
+    rng = numpy.random.default_rng(5)
+    channels = shape[1]
+    x = randn(xp, *shape, dtype=dtype, scale=2.0, requires_grad=True)
+    residual = randn(xp, *shape, dtype=dtype, seed=9, requires_grad=True)
+    weight = Tensor(xp.asarray((1.5 + 0.3 * rng.standard_normal(channels)).astype(dtype)),
+                    requires_grad=True)
+    bias = Tensor(xp.asarray(rng.standard_normal(channels).astype(dtype)), requires_grad=True)
+    stats = (xp.asarray(rng.standard_normal(channels).astype(dtype)),
+             xp.asarray((0.5 + rng.random(channels)).astype(dtype)))
+    return x, residual, weight, bias, stats
+
+
+def assert_like_pytorch(ours, theirs, tolerance, case):
+    """ours = (output, running_mean, running_var, x, residual, weight, bias) after backward,
+    theirs the same from PyTorch: the output, the statistics and the four gradients agree."""
+    output, mean, var, *inputs = ours
+    t_output, t_mean, t_var, *t_inputs = theirs
+    pairs = [("output", output, t_output), ("running_mean", mean, t_mean),
+             ("running_var", var, t_var)]
+    pairs += [(f"gradient of {name}", mine.grad, t.grad)
+              for name, mine, t in zip(("x", "residual", "weight", "bias"), inputs, t_inputs)]
+    for what, mine, t in pairs:
+        error = relative_error(mine, t.detach().numpy())
+        assert error <= tolerance, f"{case} {what}: relative error {error:.3g}"
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fused", ["relu", "residual", "residual+relu"])
+def test_fused_batch_norm_gradients_match_finite_differences(xp, split_everything, training,
+                                                             fused):
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(xp, (4, 3, 5, 3))
+    relu = "relu" in fused
+    if "residual" in fused:
+        assert gradcheck(lambda x, r, w, b: F.batch_norm(x, mean, var, w, b, training=training,
+                                                         residual=r, relu=relu),
+                         [x, residual, weight, bias])
+    else:
+        assert gradcheck(lambda x, w, b: F.batch_norm(x, mean, var, w, b, training=training,
+                                                      relu=relu), [x, weight, bias])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_matches_pytorch(xp, split_everything, dtype, training):
+    """relu(bn(x) + residual) and its four gradients, against PyTorch's separate ops."""
+    torch = import_torch()
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(xp, (6, 4, 5, 5), dtype)
+    x.data += 0.5
+    tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
+                      for t in (x, residual, weight, bias))
+    t_mean, t_var = (torch.from_numpy(to_numpy(s).copy()) for s in (mean, var))
+    ours = F.batch_norm(x, mean, var, weight, bias, training=training, momentum=0.3,
+                        residual=residual, relu=True)
+    theirs = torch.relu(torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb,
+                                                       training=training, momentum=0.3) + tr)
+    upstream = numpy.random.default_rng(1).standard_normal(x.shape).astype(dtype)
+    ours.backward(xp.asarray(upstream))
+    theirs.backward(torch.from_numpy(upstream))
+    assert_like_pytorch((ours.data, mean, var, x, residual, weight, bias),
+                        (theirs, t_mean, t_var, tx, tr, tw, tb), PARITY_TOLERANCE[dtype], dtype)
+
+
+@pytest.mark.parametrize("fused", ["none", "relu", "residual+relu"])
+def test_fused_batch_norm_equals_the_tensor_op_reference(xp, split_everything, fused):
+    """The fast op against batch_norm_reference (plain Tensor ops), values and all gradients."""
+    x, residual, weight, bias, _ = batch_norm_inputs(xp, (5, 4, 3, 6))
+    copies = [Tensor(t.data.copy(), requires_grad=True) for t in (x, residual, weight, bias)]
+    relu, res = "relu" in fused, "residual" in fused
+    fast = F.batch_norm(x, None, None, weight, bias, training=True,
+                        residual=residual if res else None, relu=relu)
+    slow = batch_norm_reference(copies[0], copies[2], copies[3],
+                                residual=copies[1] if res else None, relu=relu)
+    upstream = xp.asarray(numpy.random.default_rng(4).standard_normal(x.shape))
+    fast.backward(upstream)
+    slow.backward(upstream)
+    assert relative_error(fast.data, slow.data) < 1e-12
+    for name, mine, theirs in zip(("x", "residual", "weight", "bias"), (x, residual, weight, bias),
+                                  copies):
+        if name == "residual" and not res:
+            continue
+        assert relative_error(mine.grad, theirs.grad) < 1e-10, name
+
+
+def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
+    """A mean 1000 times the spread: E[x^2] - E[x]^2 in float32 would lose every digit; the
+    blocks' combined centred sums must match float64 to float32 precision."""
+    rng = numpy.random.default_rng(0)
+    rows = (1000 + rng.standard_normal((103, 3))).astype(numpy.float32)
+    mean, var = _batch_moments(rows, _Blocks(rows))
+    exact = rows.astype(numpy.float64)
+    numpy.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
+    numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("far", ["none", "few", "many"])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch(
+        split_everything, far, training):
+    """The three ways of normalization._Centring: no channel with mu^2 > var (nothing
+    centred), a few (their columns redone apart) and many (whole blocks centred, c = 0 in
+    the other channels). Each must give PyTorch's output and gradients in float64, running
+    statistics included, and take the way it was meant to."""
+    torch = import_torch()
+    C = 34                                                     # C // FEW_CENTRED = 2
+    offsets = numpy.zeros(C)
+    offsets[{"none": [], "few": [5, 20], "many": list(range(0, C, 3))}[far]] = 10.0
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(numpy, (6, C, 3, 4))
+    x.data += offsets.reshape(1, C, 1, 1) * x.data.std()
+    if not training:                                           # running stats near the batch's
+        mean[...] = x.data.mean(axis=(0, 2, 3))
+        var[...] = x.data.var(axis=(0, 2, 3))
+    centring = normalization._Centring(mean if not training else x.data.mean(axis=(0, 2, 3)),
+                                       var if not training else x.data.var(axis=(0, 2, 3)),
+                                       x.dtype, _Blocks(x.data.reshape(-1, C)))
+    assert (centring.few is None, centring.everywhere) == {
+        "none": (True, False), "few": (False, False), "many": (True, True)}[far]
+    tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
+                      for t in (x, residual, weight, bias))
+    t_mean, t_var = (torch.from_numpy(s.copy()) for s in (mean, var))
+    ours = F.batch_norm(x, mean, var, weight, bias, training=training, residual=residual,
+                        relu=True)
+    theirs = torch.relu(torch.nn.functional.batch_norm(tx, t_mean, t_var, tw, tb,
+                                                       training=training) + tr)
+    upstream = numpy.random.default_rng(2).standard_normal(x.shape)
+    ours.backward(upstream)
+    theirs.backward(torch.from_numpy(upstream))
+    assert_like_pytorch((ours.data, mean, var, x, residual, weight, bias),
+                        (theirs, t_mean, t_var, tx, tr, tw, tb), PARITY_TOLERANCE["float64"], far)
+
+
+def test_batch_norm_blocks_are_whole_tiles_then_the_rest(monkeypatch):
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 64)      # 8 rows of 8 bytes per block ...
+    monkeypatch.setattr(normalization, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
+    rows = numpy.arange(46, dtype=numpy.float32).reshape(23, 2)
+    blocks = _Blocks(rows)
+    assert blocks.tile_rows == 3
+    assert blocks.ranges == [(0, 6), (6, 12), (12, 18), (18, 21), (21, 23)]
+    for start, stop in blocks.ranges:
+        view = blocks.view(rows, start, stop)
+        assert view.shape[1:] == blocks.tile(numpy.zeros(2, numpy.float32))[:view.shape[1]].shape
+        assert numpy.shares_memory(view, rows)
+        numpy.testing.assert_array_equal(view.reshape(-1, 2), rows[start:stop])
+
+
+def test_batch_norm_rejects_a_residual_of_another_shape():
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(numpy, (2, 3, 4, 4))
+    with pytest.raises(ValueError, match="residual has shape"):
+        F.batch_norm(x, mean, var, weight, bias, residual=Tensor(residual.data[:1]))
+    with pytest.raises(TypeError, match="residual is a ndarray"):
+        F.batch_norm(x, mean, var, weight, bias, residual=residual.data)
