@@ -4,7 +4,7 @@ import numpy
 import pytest
 
 from autograd import parallel
-from nn.functional import conv, normalization
+from helpers import force_every_split
 
 
 def _gpu_available():
@@ -46,13 +46,7 @@ def threads():
 
 @pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
 def split_everything(request, monkeypatch, threads):
-    """n threads, no minimum work per thread, blocks of 2 rows of 8 bytes, conv chunks of one
-    image, batch-norm tiles of 24 bytes: every split a big array would see, on a small one."""
+    """n threads and every split forced (force_every_split)."""
     parallel.set_num_threads(request.param)
-    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
-    monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
-    monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
-    monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
-    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
-    monkeypatch.setattr(normalization, "TILE_BYTES", 24)
+    force_every_split(monkeypatch)
     return request.param

@@ -2,7 +2,8 @@
 import numpy
 import pytest
 
-from autograd import Tensor, to_numpy
+from autograd import Tensor, parallel, to_numpy
+from nn.functional import conv, normalization, winograd
 
 
 def randn(xp, *shape, dtype="float64", seed=0, requires_grad=False, scale=1.0):
@@ -25,3 +26,16 @@ PARITY_TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 def import_torch():
     """torch, or skip the test (PyTorch is an oracle for tests only, never a dependency)."""
     return pytest.importorskip("torch", reason="PyTorch is not installed: parity test skipped")
+
+
+def force_every_split(monkeypatch):
+    """Every split a big array would see, forced onto small ones: no minimum work per thread,
+    blocks of 2 rows of 8 bytes, product pieces of one row, conv chunks and Winograd pieces of
+    one image, batch-norm tiles of 24 bytes."""
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
+    monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(winograd, "PIECE_BYTES", 1)
+    monkeypatch.setattr(normalization, "TILE_BYTES", 24)
