@@ -13,6 +13,11 @@ ratio of the summed median times and the geometric mean of the per-case ratios. 
 new code is faster. An A/A run shows the noise floor (0.98-1.01 on the machine of
 bench/RESULTS.md, where the unpaired comparison read 0.96-1.08).
 
+Only the op's one file is swapped: what it imports from the package (batch norm's
+batch_norm_blocks.py, conv2d's scratch.py and winograd.py) is the working tree's on both sides,
+so a change to those files alone reads as no change here: time it with bench.step, or swap
+them by hand.
+
 A case is forward + backward at a ResNet-50 shape (CIFAR stem, N = --batch-size images;
 batch norm with ReLU and with residual + ReLU, as the network calls it; the max-pool is the
 ImageNet stem's, on N/2 images of 112x112), float32, with autograd.memory.reuse_freed_memory()

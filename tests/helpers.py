@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from autograd import Tensor, parallel, to_numpy
-from nn.functional import conv, normalization, winograd
+from nn.functional import batch_norm_blocks, conv, winograd
 
 
 def randn(xp, *shape, dtype="float64", seed=0, requires_grad=False, scale=1.0):
@@ -38,4 +38,4 @@ def force_every_split(monkeypatch):
     monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
     monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
     monkeypatch.setattr(winograd, "PIECE_BYTES", 1)
-    monkeypatch.setattr(normalization, "TILE_BYTES", 24)
+    monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)

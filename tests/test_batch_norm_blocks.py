@@ -1,4 +1,4 @@
-"""Batch norm's blocked, threaded kernel (nn/functional/normalization.py) with every split
+"""Batch norm's blocked, threaded kernel (nn/functional/normalization.py, its parts in batch_norm_blocks.py) with every split
 forced on (the `split_everything` fixture of conftest.py): fused with a ReLU and a residual, in
 both modes, against finite differences, PyTorch and the plain-Tensor reference; its blocks, its
 moments and its three ways of centring."""
@@ -7,8 +7,9 @@ import pytest
 
 import nn.functional as F
 from autograd import Tensor, gradcheck, parallel, to_numpy
-from nn.functional import normalization
-from nn.functional.normalization import _batch_moments, _Blocks, batch_norm_reference
+from nn.functional import batch_norm_blocks
+from nn.functional.batch_norm_blocks import Blocks, Centring, batch_moments
+from nn.functional.normalization import batch_norm_reference
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 
@@ -101,7 +102,7 @@ def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
     blocks' combined centred sums must match float64 to float32 precision."""
     rng = numpy.random.default_rng(0)
     rows = (1000 + rng.standard_normal((103, 3))).astype(numpy.float32)
-    mean, var = _batch_moments(rows, _Blocks(rows))
+    mean, var = batch_moments(rows, Blocks(rows))
     exact = rows.astype(numpy.float64)
     numpy.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
     numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
@@ -111,7 +112,7 @@ def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
 @pytest.mark.parametrize("training", [True, False])
 def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch(
         split_everything, far, training):
-    """The three ways of normalization._Centring: no channel with mu^2 > var (nothing
+    """The three ways of batch_norm_blocks.Centring: no channel with mu^2 > var (nothing
     centred), a few (their columns redone apart) and many (whole blocks centred, c = 0 in
     the other channels). Each must give PyTorch's output and gradients in float64, running
     statistics included, and take the way it was meant to."""
@@ -124,9 +125,9 @@ def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch
     if not training:                                           # running stats near the batch's
         mean[...] = x.data.mean(axis=(0, 2, 3))
         var[...] = x.data.var(axis=(0, 2, 3))
-    centring = normalization._Centring(mean if not training else x.data.mean(axis=(0, 2, 3)),
-                                       var if not training else x.data.var(axis=(0, 2, 3)),
-                                       x.dtype, _Blocks(x.data.reshape(-1, C)))
+    centring = Centring(mean if not training else x.data.mean(axis=(0, 2, 3)),
+                        var if not training else x.data.var(axis=(0, 2, 3)),
+                        x.dtype, Blocks(x.data.reshape(-1, C)))
     assert (centring.few is None, centring.everywhere) == {
         "none": (True, False), "few": (False, False), "many": (True, True)}[far]
     tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
@@ -145,9 +146,9 @@ def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch
 
 def test_batch_norm_blocks_are_whole_tiles_then_the_rest(monkeypatch):
     monkeypatch.setattr(parallel, "BLOCK_BYTES", 64)      # 8 rows of 8 bytes per block ...
-    monkeypatch.setattr(normalization, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
+    monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
     rows = numpy.arange(46, dtype=numpy.float32).reshape(23, 2)
-    blocks = _Blocks(rows)
+    blocks = Blocks(rows)
     assert blocks.tile_rows == 3
     assert blocks.ranges == [(0, 6), (6, 12), (12, 18), (18, 21), (21, 23)]
     for start, stop in blocks.ranges:

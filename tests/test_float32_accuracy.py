@@ -187,7 +187,7 @@ for mode in ("train", "train+res+relu", "eval"):
         functools.partial(batch_norm_case, (16, 64, 32, 32), mode, 10)
 
 
-# batch norm centres x only in the channels with mu^2 > var (normalization._Centring): at the
+# batch norm centres x only in the channels with mu^2 > var (batch_norm_blocks.Centring): at the
 # limit, offset 1, nothing is centred; with a few channels far from zero (at most C / 16)
 # their columns are redone apart; with more, whole blocks are centred, c = 0 in the others
 MIXED = {"few": tuple(10.0 if c in (3, 70, 100) else 0.0 for c in range(128)),

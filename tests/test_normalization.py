@@ -200,13 +200,13 @@ def test_batch_statistics_of_float32_are_float64_accurate(xp, offset):
     float32 loses every digit), and float32 sums of many rows lose digits to rounding even
     near zero. The statistics come back in float64, from centred values summed in short
     float32 sums: their errors must lie far below float32's own rounding (6e-8)."""
-    from nn.functional.normalization import _batch_moments, _Blocks
+    from nn.functional.batch_norm_blocks import Blocks, batch_moments
     rng = numpy.random.default_rng(5)
     C = 24
     spread = numpy.exp(rng.uniform(-3, 3, C))
     x = rng.standard_normal((20000, C)) * spread + offset * spread * rng.choice([-1, 1], C)
     rows = xp.asarray(x.astype(numpy.float32))
-    mean, var = _batch_moments(rows, _Blocks(rows))
+    mean, var = batch_moments(rows, Blocks(rows))
     exact = x.astype(numpy.float32).astype(numpy.float64)
     assert mean.dtype == var.dtype == numpy.float64
     mean_error = numpy.abs(to_numpy(mean) - exact.mean(axis=0)) / exact.std(axis=0)

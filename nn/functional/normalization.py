@@ -1,9 +1,7 @@
 """Normalisation: batch norm over the channels of a batch, and L2 normalisation of vectors."""
 from autograd import Function, Tensor, array_module, parallel
-from autograd.backend import device_of
 
-TILE_BYTES = 64 * 2**10  # batch norm's per-channel vectors, repeated to about this size
-
+from .batch_norm_blocks import Blocks, Centring, batch_moments, total
 
 def channel_rows(x):
     """x (N, C, *) as a 2-D (M, C) array, M = x.size / C, one row per value of each channel.
@@ -41,17 +39,17 @@ class BatchNorm(Function):
     calls it makes on a block:
       forward   1. per block: its mean and its sum of squared deviations, from its sums of x
                    and x^2 (or, where that would lose precision, of (x - mean)^2: see
-                   _batch_moments); the blocks are then combined exactly (Chan et al.'s
+                   batch_moments); the blocks are then combined exactly (Chan et al.'s
                    pairwise formula, in float64), without a second read of x;
                 2. y = max((x - c) * scale + shift + residual, 0), scale = gamma / sigma,
-                   shift = beta - (mu - c) * scale, c a per-channel centre (_Centring).
+                   shift = beta - (mu - c) * scale, c a per-channel centre (Centring).
       backward  1. g = g * (y > 0) and its per-channel sums sum(g), sum(g * (x - c));
                 2. dx = a g + b x + c', with sum(g * x_hat) = (sum(g * (x - c))
                    + (c - mu) sum(g)) / sigma.
 
     How it is accurate in float32 (as PyTorch's, or more: tests/test_float32_accuracy.py):
       - every sum over rows is one 8-term float32 sum per value, then float64
-        (_Blocks.column_sums): a float32 sum of m rows added one after another errs about
+        (Blocks.column_sums): a float32 sum of m rows added one after another errs about
         sqrt(m) roundings, which at m = 2048 rows of a block was 5x PyTorch's error in dbeta;
       - no sum that cancels is formed in float32. With a mean of 10 standard deviations,
         as after a ReLU, sum(g x) - mu sum(g) subtracts two numbers 10x larger than their
@@ -71,8 +69,8 @@ class BatchNorm(Function):
     What the accuracy costs: a float64 step per block and pair of sums (column_sums), and,
     only for the channels with mu^2 > var, the centring: one more in-cache pass per block in
     the output and a centred copy in the backward's sums, or, where at most 1/16 of the
-    channels need it, a copy of just their columns (_Centring; the moments likewise centre
-    only the channels that need it, _batch_moments).
+    channels need it, a copy of just their columns (Centring; the moments likewise centre
+    only the channels that need it, batch_moments).
     It saves x (which the graph keeps anyway) rather than x_hat, and y (the next layer's
     input, kept anyway) rather than a mask.
     """
@@ -83,11 +81,11 @@ class BatchNorm(Function):
         xp = array_module(x)
         rows = channel_rows(x)                                 # (n, C)
         n, C = rows.shape
-        blocks = _Blocks(rows)
+        blocks = Blocks(rows)
         residual_rows = channel_rows(residual[0]) if residual else None
         f64 = xp.float64
         if use_batch_stats:
-            mean, var = _batch_moments(rows, blocks)           # (C,) float64
+            mean, var = batch_moments(rows, blocks)           # (C,) float64
             if running_mean is not None:
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean
@@ -99,7 +97,7 @@ class BatchNorm(Function):
         # centred on c (mu rounded where mu^2 > var, else 0) and the shift makes up for it
         inv_std = 1 / xp.sqrt(var + eps)                       # (C,)
         scale = weight.astype(f64) * inv_std
-        centring = _Centring(mean, var, x.dtype, blocks)
+        centring = Centring(mean, var, x.dtype, blocks)
         shift = bias - (mean - centring.centres) * scale
         scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
         scales, shifts = blocks.tile(scale), blocks.tile(shift)
@@ -143,12 +141,12 @@ class BatchNorm(Function):
         needs_residual = len(ctx.needs_input_grad) == 4 and ctx.needs_input_grad[3]
         g = channel_rows(grad)                                 # (n, C)
         n, C = g.shape
-        blocks = _Blocks(g)
+        blocks = Blocks(g)
         # the ReLU's derivative: 1 where the output is positive, else 0
         g_masked = xp.empty_like(g) if ctx.relu else g
         # x is centred on c as in the forward pass; sum(g (x - mu)) is then
         # sum(g (x - c)) + (c - mu) sum(g), the second term in float64
-        centring = _Centring(mean, None, g.dtype, blocks, ctx.centres)
+        centring = Centring(mean, None, g.dtype, blocks, ctx.centres)
 
         def masked_sums(start, stop):
             block = g[start:stop]
@@ -164,7 +162,7 @@ class BatchNorm(Function):
                 sums[1, centring.few] = blocks.column_sums(block[:, centring.few],
                                                            centring.columns(rows, start, stop))[1]
             return sums
-        sum_g, sum_g_centered = _total(blocks.map(masked_sums), xp)       # (C,) float64 each
+        sum_g, sum_g_centered = total(blocks.map(masked_sums), xp)       # (C,) float64 each
         sum_g_centered += (centring.centres - mean) * sum_g
         sum_g_x_hat = sum_g_centered * inv_std                         # sum(g x_hat)
         grad_x = None
@@ -193,246 +191,6 @@ class BatchNorm(Function):
         if len(ctx.needs_input_grad) == 4:
             grads += (from_channel_rows(g_masked, ctx.shape) if needs_residual else None,)
         return grads
-
-
-class _Blocks:
-    """The blocks of rows of an (n, C) array that one batch norm call's passes work on, spread
-    over the threads (autograd.parallel), and what its passes share on the CPU:
-
-    - tiles: a per-channel vector repeated to t rows (about TILE_BYTES), and each block of m
-      rows seen as (m / t, t, C) (`view`; m is a multiple of t, or less than t). An operation of
-      a block with a tile then runs as fast as one of two same-shape arrays, because NumPy's
-      inner loop covers a whole tile, where broadcasting a (C,) vector runs it once per row:
-      an in-place multiply of a 512 KiB block ran at 30 GB/s with a 64 KiB tile, 17 with a
-      16 KiB one and 13-16 with the vector (C = 64-1024, best of 300 runs).
-    - rows of ones: a sum over rows is fastest as a matrix product, and two rows of ones make
-      it one: OpenBLAS computes a one-row product with its matrix-vector routine, which ran
-      no faster on two threads than on one (10.2 and 10.9 us per 512 KiB block, where two
-      rows took 11.7 and 6.9).
-    - buffers of each thread's own, reused from block to block: one of a block's size, for a
-      block's centred copy or products (buffer), and a tile's, in float32 and in float64, for
-      the column sums (partial_buffers).
-    On the GPU a block is all rows and a vector's tile is a (1, C) view that broadcasts."""
-
-    def __init__(self, rows):
-        self.xp, self.rows = array_module(rows), rows
-        n, C = rows.shape
-        self.row_bytes = C * rows.itemsize
-        self.on_cpu = device_of(rows) == "cpu"
-        if not self.on_cpu:
-            self.tile_rows, self.ranges, self.ones = n, [(0, n)], None
-            return
-        t = self.tile_rows = min(n, max(1, TILE_BYTES // self.row_bytes))
-        size = max(t, parallel.block_rows(self.row_bytes) // t * t)
-        whole = n // size * size
-        self.ranges = [(start, start + size) for start in range(0, whole, size)]
-        if n - whole >= t:  # what is left: a multiple of t rows, then fewer than t
-            self.ranges.append((whole, whole + (n - whole) // t * t))
-        if (n - whole) % t:
-            self.ranges.append((n - (n - whole) % t, n))
-        self.ones = self.xp.ones((2, size // t), rows.dtype)  # 2 rows: see above
-        self.block_size, self.scratch = min(n, size), {}  # buffer(): one per thread
-        self.ones64 = self.xp.ones(t)
-
-    def map(self, fn):
-        """[fn(start, stop) for each block], the blocks spread over threads."""
-        return parallel.map_ranges(fn, self.ranges, self.rows.size * self.rows.itemsize,
-                                   self.rows)
-
-    def view(self, array, start, stop):
-        """The block array[start:stop] (m, C) of a C-contiguous (n, C) array, as a free
-        (m / t, t, C) view, t = min(m, tile rows): it broadcasts with a tile sliced [:t]."""
-        m = stop - start
-        t = min(m, self.tile_rows)
-        return array[start:stop].reshape(m // t, t, array.shape[1])
-
-    def tile(self, vector):
-        """A (C,) vector repeated to a (t, C) tile, to slice [:t] (on the GPU: a (1, C) view,
-        which slices to itself and broadcasts as well)."""
-        if not self.on_cpu:
-            return vector[None, :]
-        return self.xp.ascontiguousarray(self.xp.broadcast_to(vector,
-                                                              (self.tile_rows, len(vector))))
-
-    def zeros(self):
-        return self.tile(self.xp.zeros(self.rows.shape[1], self.rows.dtype))
-
-    def buffer(self, like):
-        """An array of like's shape and dtype (a block or its view) in a block-sized buffer of
-        the calling thread's own, reused from block to block (on the GPU: a new array)."""
-        if not self.on_cpu:
-            return self.xp.empty_like(like)
-        thread = parallel.thread_index()
-        if thread not in self.scratch:
-            self.scratch[thread] = self.xp.empty(self.block_size * self.rows.shape[1],
-                                                 self.rows.dtype)
-        return self.scratch[thread][:like.size].reshape(like.shape)
-
-    def centered(self, array, start, stop, mean_tile):
-        """array[start:stop] - mean, seen as view() sees it (m / t, t, C), in buffer()."""
-        block = self.view(array, start, stop)
-        return self.xp.subtract(block, mean_tile[:block.shape[1]], out=self.buffer(block))
-
-    def column_sums(self, block, other):
-        """sum(block) and sum(block * other) over the rows of a block (m, C) (or of its view,
-        (m / t, t, C)) -> (2, C), in float64.
-
-        In float32, m values added one after another have an error that grows with m: each
-        addition rounds the running total, and a BLAS product or NumPy's sum over axis 0
-        adds a block's rows that way. So the rows are added in two steps:
-          1. the block's m / t tiles onto one tile, in float32 and in cache (at most
-             BLOCK_BYTES / TILE_BYTES = 8 terms per value): one product with rows of ones
-             for sum(block), one einsum for sum(block * other), into one (2, t C) buffer;
-          2. that tile's t rows in float64: both sums cast at once into a float64 buffer and
-             added by one product with a row of ones.
-        Each value passes through one 8-term float32 sum, so its rounding stays within a few
-        units of float32's last place, and the t partial sums of a channel round
-        independently, so their errors partly cancel. Step 2 is what the accuracy costs:
-        NumPy casts float32 to float64 at about 0.3 ns a value (5 us a 64 KiB tile, a
-        third of step 1), so the two sums share one cast and one product, in buffers of the
-        thread's own (two reductions with dtype=float64 took twice as long). Adding the
-        tile's two halves in float32 first halves the cast but doubled the error of the
-        variance at a mean of 1000 standard deviations (and put dgamma at 0.96x PyTorch's
-        error, not 0.82x); folding 8 rows onto 1 put dbias at 1.7x, not 0.9x.
-        On the GPU: one reduction each, in float64."""
-        xp, C = self.xp, block.shape[-1]
-        if not self.on_cpu:
-            block, other = block.reshape(-1, C), other.reshape(-1, C)
-            return xp.stack([block.sum(axis=0, dtype=xp.float64),
-                             (block * other).sum(axis=0, dtype=xp.float64)])
-        m = block.size // C
-        t = min(m, self.tile_rows)
-        tiles, others = block.reshape(m // t, t * C), other.reshape(m // t, t * C)
-        partial, wide = self.partial_buffers(t * C)
-        xp.matmul(self.ones[:, :m // t], tiles, out=partial)      # 1. sum(block), twice ...
-        xp.einsum("kr,kr->r", tiles, others, out=partial[1])      # ... and sum(block * other)
-        wide = wide[:2 * t * C].reshape(2, t, C)
-        wide[...] = partial.reshape(2, t, C)                      # 2. in float64
-        return xp.matmul(self.ones64[:t], wide)                   # (2, C)
-
-    def partial_buffers(self, size):
-        """A (2, size) float32 and a (2 size,) float64 array of the calling thread's own."""
-        thread = parallel.thread_index()
-        key = ("partial", thread)
-        if key not in self.scratch:
-            r = self.tile_rows * self.rows.shape[1]
-            self.scratch[key] = (self.xp.empty(2 * r, self.rows.dtype), self.xp.empty(2 * r))
-        narrow, wide = self.scratch[key]
-        return narrow[:2 * size].reshape(2, size), wide
-
-
-CENTRE_LIMIT = 1  # the output and the backward's sums centre x where mu^2 > this * var ...
-FEW_CENTRED = 16  # ... column by column where at most C / this channels need it
-
-
-class _Centring:
-    """Where batch norm centres x before it multiplies: in the output, (x - c) * scale, and
-    in the backward's sums, sum(g * (x - c)). One per call, the same in both passes.
-
-    centres (C,) float64: c = mu rounded to x's precision for the channels with
-    mu^2 > CENTRE_LIMIT * var, whose products with x would round |mu| / sigma times worse
-    than centred ones (BatchNorm's docstring), and c = 0 elsewhere, where they round at most
-    sqrt(1 + CENTRE_LIMIT) = 1.4 times worse (measured: dgamma at 1.4x PyTorch's error at
-    |mu| = sigma, 2.1x at 1.5 sigma, 2.5x at 2 sigma, never centred).
-    How, from the cheapest:
-      - no channel: the passes are those of a plain x * scale + shift, nothing is centred;
-      - at most C / FEW_CENTRED channels (few, their indices): the plain passes, then those
-        channels' columns again from a centred copy of them (columns). A column copy
-        costs about 2.5 ns a value against 0.15 for a whole in-cache pass, so beyond
-        1/16 of the channels the whole block is cheaper;
-      - else (everywhere): each block is centred whole (x - c, c = 0 in some channels),
-        with tile, c's tile. At the batch norms of a ResNet-18 in SimCLR training
-        (CIFAR-10), mu^2 > var held in 16-19% of the channels of a block: most of a real
-        network's layers take this way, which is the accurate code's full price.
-    On the GPU every channel is centred (choosing would wait for the device)."""
-
-    def __init__(self, mean, var, dtype, blocks, centres=None):
-        xp, C = blocks.xp, len(mean)
-        if centres is None:
-            far = xp.ones(C, bool) if not blocks.on_cpu else mean ** 2 > CENTRE_LIMIT * var
-            centres = xp.where(far, mean.astype(dtype), 0).astype(xp.float64)
-        self.centres, self.few, self.blocks = centres, None, blocks
-        count = C if not blocks.on_cpu else int(xp.count_nonzero(centres))
-        self.everywhere = count > C // FEW_CENTRED
-        self.tile = blocks.tile(centres.astype(dtype)) if self.everywhere else None
-        if 0 < count <= C // FEW_CENTRED:
-            self.few = xp.flatnonzero(centres)
-            self.few_centres = centres[self.few].astype(dtype)
-
-    def columns(self, rows, start, stop):
-        """rows[start:stop, few] - c[few]: a new (m, len(few)) array, centred columns."""
-        columns = rows[start:stop, self.few]
-        columns -= self.few_centres
-        return columns
-
-
-RAW_MOMENTS_LIMIT = 4  # a block's sums of x and x^2 are trusted where mu_b^2 <= this * var_b
-
-
-def _batch_moments(rows, blocks):
-    """The per-channel mean and biased variance of rows (n, C), in float64, reading rows once.
-
-    Each block of rows gives its count m_b, mean mu_b and sum of squared deviations M2_b;
-    then, in float64, mu = sum_b m_b mu_b / n and M2 = sum_b M2_b + sum_b m_b (mu_b - mu)^2
-    (Chan, Golub and LeVeque 1979), exact in exact arithmetic. Within a block (in cache),
-    mu_b = sum(x) / m_b, and M2_b about a centre c (0, or mu_b rounded to x's precision):
-
-        M2_b = sum((x - c)^2) - m_b (mu_b - c)^2,
-
-    all sums by _Blocks.column_sums, whose relative error e is well below float32's rounding.
-      - first c = 0: M2_b = sum(x^2) - m_b mu_b^2, no centred copy. The subtraction cancels:
-        M2_b's relative error is e (1 + mu_b^2 / var_b).
-      - so the channels with mu_b^2 > RAW_MOMENTS_LIMIT * var_b (values far from zero against
-        their spread, as a ReLU's or a shifted input's) are done again with c = mu_b rounded:
-        x - c is as accurate as x, each term is a square, nothing cancels, and the second
-        term is tiny and exact. Their columns are copied out, or, when they are more than a
-        quarter of the channels, the whole block is centred in a buffer.
-    M2_b's error is thus at most 1 + RAW_MOMENTS_LIMIT times e. At the batch norms of a
-    ResNet-18 in SimCLR training (CIFAR-10, at steps 0 and 60), mu_b^2 / var_b exceeded 1 in
-    16-19% of the channels of a block, 4 in 2% and 16 in 0.02-0.05%. (On the GPU every
-    channel is centred: choosing would wait for the device.)"""
-    xp = array_module(rows)
-    n, C = rows.shape
-    f64 = xp.float64
-
-    def block_moments(start, stop):
-        m, block = stop - start, rows[start:stop]
-        if not blocks.on_cpu:
-            block_mean = block.sum(axis=0, dtype=f64) / m
-            rounded = blocks.tile(block_mean.astype(rows.dtype))              # c = mu_b rounded
-            centered = blocks.centered(rows, start, stop, rounded)
-            sums = blocks.column_sums(centered, centered)                     # sum(x - c), ...
-            return m, block_mean, sums[1] - sums[0] ** 2 / m
-        sums = blocks.column_sums(block, block)                                # sum(x), sum(x^2)
-        block_mean = sums[0] / m                                              # (C,) float64
-        m2 = sums[1] - sums[0] * block_mean                                   # c = 0
-        # mu_b^2 > LIMIT * M2_b / m_b, or M2_b < 0 (which implies it), multiplied out:
-        # sum(x) mu_b > LIMIT / (1 + LIMIT) * sum(x^2), three small operations, not seven
-        limit = RAW_MOMENTS_LIMIT / (1 + RAW_MOMENTS_LIMIT)
-        redo = xp.flatnonzero(sums[0] * block_mean > limit * sums[1])
-        if len(redo):
-            rounded = block_mean.astype(rows.dtype)                           # c = mu_b rounded
-        if len(redo) > C // 4:
-            centered = blocks.centered(rows, start, stop, blocks.tile(rounded))
-            sums = blocks.column_sums(centered, centered)
-            m2 = sums[1] - m * (block_mean - rounded) ** 2
-        elif len(redo):
-            centered = block[:, redo]                                          # a copy
-            centered -= rounded[redo]
-            m2[redo] = (blocks.column_sums(centered, centered)[1]
-                        - m * (block_mean[redo] - rounded[redo]) ** 2)
-        return m, block_mean, m2
-    parts = blocks.map(block_moments)
-    counts = xp.asarray([p[0] for p in parts], dtype=f64)[:, None]          # (blocks, 1)
-    means = xp.stack([p[1] for p in parts])                                 # (blocks, C)
-    mean = (counts * means).sum(axis=0) / n
-    m2 = xp.stack([p[2] for p in parts]).sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
-    return mean, m2 / n
-
-
-def _total(parts, xp):
-    """The sum of per-block float64 partial sums, in list order, in float64."""
-    return xp.stack(parts).sum(axis=0, dtype=xp.float64)
 
 
 def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False):
