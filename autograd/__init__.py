@@ -4,8 +4,8 @@ Read in this order: backend.py (where arrays live), tensor.py (the Tensor), func
 (an op = forward + backward), engine.py (the backward pass), ops/ (the ops themselves),
 gradcheck.py (how we know the gradients are right).
 """
-from . import parallel
 from .backend import array_module, to_numpy
+from .engine import set_gradient_sum
 from .function import Function, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck, numerical_grad
 from .ops import cat, stack, unbroadcast
@@ -13,4 +13,4 @@ from .tensor import Tensor
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck", "numerical_grad",
            "GradcheckError", "cat", "stack", "unbroadcast", "array_module", "to_numpy",
-           "parallel"]
+           "set_gradient_sum"]

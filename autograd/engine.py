@@ -6,8 +6,31 @@
    its output into gradients of its inputs, which are summed when a tensor feeds
    several ops, and accumulated (+=) into `.grad` of the leaves.
 3. Free the graph as it goes: saved arrays are released as soon as they are used.
+
+Two gradients that meet at a tensor are summed by `sum_gradients` (a + b). The engine runs
+no threads of its own; a library that has a faster sum for its arrays installs it with
+`set_gradient_sum` (nn's CPU kernels install one that splits the sum over their threads).
 """
-from . import parallel
+
+
+def _plain_sum(a, b):
+    return a + b
+
+
+_gradient_sum = [_plain_sum]
+
+
+def set_gradient_sum(add):
+    """Sum the gradients that meet at one tensor with add(a, b) -> a new array equal to a + b
+    (None: back to a + b). Returns the previous one."""
+    previous = _gradient_sum[0]
+    _gradient_sum[0] = _plain_sum if add is None else add
+    return previous
+
+
+def sum_gradients(a, b):
+    """a + b, two gradients of one tensor, by the sum that set_gradient_sum chose."""
+    return _gradient_sum[0](a, b)
 
 
 class _FreedNode:
@@ -66,10 +89,10 @@ def backward(root, grad):
                     f"for input {position} of shape {parent.shape} and dtype {parent.dtype}")
             if parent._node is None:  # a leaf: accumulate into .grad
                 if parent.grad is None:
-                    parent.grad = parallel.copy(g)  # own it: g may alias another gradient
+                    parent.grad = g.copy()  # own it: g may alias another gradient
                 else:
                     parent.grad += g
             elif id(parent) in grads:
-                grads[id(parent)] = parallel.add(grads[id(parent)], g)  # a + b on all cores
+                grads[id(parent)] = sum_gradients(grads[id(parent)], g)
             else:
                 grads[id(parent)] = g

@@ -139,8 +139,8 @@ def measure(args):
     if side == "ours":
         from autograd import Tensor
         from autograd.backend import require_cupy
-        from autograd.memory import reuse_freed_memory
-        reuse_freed_memory()  # as in training
+        from nn.functional import cpu
+        cpu.reuse_freed_memory()  # as in training
         xp = numpy if args.backend == "numpy" else require_cupy()
         sync = synchronizer(args.backend)
 

@@ -1,42 +1,44 @@
-"""python -m bench.pair: one op's code at two revisions, timed in pairs in one process.
+"""python -m bench.pair: one op at two revisions of the whole tree, timed in pairs.
 
     python -m bench.pair --op batch_norm --old HEAD          # the working tree against HEAD
     python -m bench.pair --op conv2d --old HEAD --new HEAD   # an A/A run: what noise reads as
 
-For a change to one op's file, whole-step runs cannot resolve a few percent on a shared host
-(one step varies by 1.5x from minute to minute), and timing all cases with the old code, then
-all with the new, lets the drift in between read as a difference. Here both versions of the
-file (`git show REV:path`, or the working tree for --new WORKTREE) are loaded side by side as
-modules; every repeat runs each case once with each version, back to back, in alternating
-order, and the report is the median over repeats of each case's new/old time ratio, then the
+For a change to one op, whole-step runs cannot resolve a few percent on a shared host (one
+step varies by 1.5x from minute to minute), and timing all cases with the old code, then all
+with the new, lets the drift in between read as a difference. Here each revision of the tree
+(`git archive REV`, or the working tree for WORKTREE) runs in a worker process of its own that
+stays alive; every repeat runs each case once on each side, back to back, in alternating
+order (after one untimed call on each side), and the report is the median over repeats of each case's new/old time ratio, then the
 ratio of the summed median times and the geometric mean of the per-case ratios. Below 1, the
 new code is faster. An A/A run shows the noise floor (0.98-1.01 on the machine of
 bench/RESULTS.md, where the unpaired comparison read 0.96-1.08).
 
-Only the op's one file is swapped: what it imports from the package (batch norm's
-batch_norm_blocks.py, conv2d's scratch.py and winograd.py) is the working tree's on both sides,
-so a change to those files alone reads as no change here: time it with bench.step, or swap
-them by hand.
+The whole tree is swapped, so a change anywhere (the op's file, the kernels it calls in
+nn/functional/cpu/, the engine) is what is measured, and the two revisions may be laid out
+differently: a worker calls only the public nn.functional.<op> and autograd.Tensor. Both
+workers get --threads through OMP_NUM_THREADS, and keep freed memory for reuse through
+glibc's environment (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_), as simclr.train does with
+nn.functional.cpu.reuse_freed_memory(); only one worker runs at a time, the other waits.
 
 A case is forward + backward at a ResNet-50 shape (CIFAR stem, N = --batch-size images;
 batch norm with ReLU and with residual + ReLU, as the network calls it; the max-pool is the
-ImageNet stem's, on N/2 images of 112x112), float32, with autograd.memory.reuse_freed_memory()
-as in training.
+ImageNet stem's, on N/2 images of 112x112), float32.
 """
 import argparse
-import importlib.util
+import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
-from bench.common import REPO_ROOT, default_threads
-
-FILES = {"batch_norm": "nn/functional/normalization.py", "conv2d": "nn/functional/conv.py",
-         "max_pool2d": "nn/functional/pooling.py"}
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+OPS = ("batch_norm", "conv2d", "max_pool2d")
 # (C, F, H, kernel, stride): every 3x3 and a 1x1 of each stage, and the strided ones
 CONVS = [(3, 64, 32, 3, 1), (64, 64, 32, 3, 1), (128, 128, 16, 3, 1), (256, 256, 8, 3, 1),
          (512, 512, 4, 3, 1), (128, 128, 32, 3, 2), (256, 256, 16, 3, 2), (512, 512, 8, 3, 2),
@@ -49,45 +51,87 @@ NORMS = [(64, 32), (256, 32), (128, 16), (512, 16), (256, 8), (1024, 8), (2048, 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.pair",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--op", choices=sorted(FILES), required=True)
+    parser.add_argument("--op", choices=OPS, required=True)
     parser.add_argument("--old", required=True, help="a git revision, or WORKTREE")
     parser.add_argument("--new", default="WORKTREE", help="a git revision, or WORKTREE")
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=64, help="images per case")
-    parser.add_argument("--threads", type=int, default=default_threads())
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per worker (default: every core)")
     return parser.parse_args(argv)
 
 
-def load_version(path, revision, name):
-    """The module in file `path` (relative to the repository) as it is at git `revision`
-    (or in the working tree for "WORKTREE"), imported as nn.functional.<name> so that its
-    relative imports find the package."""
+def checkout(revision, into):
+    """The tree at git `revision`, unpacked into the folder `into`; the working tree itself
+    for WORKTREE. Returns the tree's folder."""
     if revision == "WORKTREE":
-        source = os.path.join(REPO_ROOT, path)
-    else:
-        shown = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=REPO_ROOT,
-                               capture_output=True, text=True)
-        if shown.returncode != 0:
-            raise SystemExit(f"bench.pair: git show {revision}:{path} failed: "
-                             f"{shown.stderr.strip()}")
-        handle, source = tempfile.mkstemp(suffix=".py", prefix=f"pair-{name}-")
-        with os.fdopen(handle, "w") as file:
-            file.write(shown.stdout)
-    spec = importlib.util.spec_from_file_location(f"nn.functional.{name}", source)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if revision != "WORKTREE":
-            os.remove(source)
-    return module
+        return REPO_ROOT
+    archive = subprocess.run(["git", "archive", "--format=tar", revision], cwd=REPO_ROOT,
+                             capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"bench.pair: git archive {revision} failed: "
+                         f"{archive.stderr.decode(errors='replace').strip()}")
+    with tempfile.TemporaryFile() as file:
+        file.write(archive.stdout)
+        file.seek(0)
+        with tarfile.open(fileobj=file) as tar:
+            tar.extractall(into, filter="data")
+    return into
+
+
+class Worker:
+    """A process that imports autograd and nn from `tree` and times cases on request: one
+    line in (a case's index), one line out (its seconds)."""
+
+    def __init__(self, tree, args):
+        env = dict(os.environ, PYTHONPATH=tree, MALLOC_MMAP_MAX_="0",
+                   MALLOC_TRIM_THRESHOLD_=str(2**31 - 1))
+        threads = str(args.threads or default_threads())
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = threads
+        command = [sys.executable, os.path.join(BENCH_DIR, "pair.py"), "--worker", tree,
+                   args.op, str(args.batch_size)]
+        self.process = subprocess.Popen(command, env=env, cwd=tree, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        ready = self.process.stdout.readline()
+        if not ready:
+            raise SystemExit(f"bench.pair: the worker for {tree} did not start")
+        self.labels = json.loads(ready)
+
+    def time(self, index):
+        self.process.stdin.write(f"{index}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(tree, op, batch_size):
+    """The worker's side of Worker: make the cases, say their labels, time them on request."""
+    import numpy
+    import nn
+    if not os.path.abspath(nn.__file__).startswith(os.path.abspath(tree) + os.sep):
+        raise SystemExit(f"bench.pair: the worker imported nn from {nn.__file__}, not {tree}")
+    made = cases(op, batch_size, numpy.random.default_rng(0))
+    print(json.dumps([label for label, _ in made]), flush=True)
+    for line in sys.stdin:
+        print(made[int(line)][1](), flush=True)
+
+
+def default_threads():
+    """The number of cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def cases(op, batch_size, rng):
-    """[(label, run(module) -> seconds)]: forward + backward of `op` at each shape."""
+    """[(label, run() -> seconds)]: forward + backward of nn.functional.<op> at each shape."""
     import numpy
 
     from autograd import Tensor
+
+    import nn.functional as F
 
     def channels_last(N, C, H, W):  # as conv2d's outputs are
         return rng.standard_normal((N, H, W, C), dtype=numpy.float32).transpose(0, 3, 1, 2)
@@ -100,21 +144,21 @@ def cases(op, batch_size, rng):
 
     N, made = batch_size, []
     if op == "conv2d":
-        for C, F, H, k, s in CONVS:
-            x, upstream = channels_last(N, C, H, H), channels_last(N, F, H // s, H // s)
-            weight = rng.standard_normal((F, C, k, k), dtype=numpy.float32) * 0.05
-            made.append((f"{k}x{k}/{s} {C}->{F} at {H}x{H}", lambda m, x=x, w=weight, g=upstream,
-                         s=s, p=k // 2: timed(lambda x, w: m.conv2d(x, w, stride=s, padding=p),
+        for C, F_, H, k, s in CONVS:
+            x, upstream = channels_last(N, C, H, H), channels_last(N, F_, H // s, H // s)
+            weight = rng.standard_normal((F_, C, k, k), dtype=numpy.float32) * 0.05
+            made.append((f"{k}x{k}/{s} {C}->{F_} at {H}x{H}", lambda x=x, w=weight, g=upstream,
+                         s=s, p=k // 2: timed(lambda x, w: F.conv2d(x, w, stride=s, padding=p),
                                               [x, w], g)))
     elif op == "batch_norm":
         for C, H in NORMS:
             x, residual, upstream = (channels_last(N, C, H, H) for _ in range(3))
             gamma, beta = numpy.ones(C, numpy.float32), numpy.zeros(C, numpy.float32)
             for with_residual in (False, True):
-                def run(m, x=x, r=residual, g=upstream, gamma=gamma, beta=beta,
+                def run(x=x, r=residual, g=upstream, gamma=gamma, beta=beta,
                         with_residual=with_residual):
                     def forward(x, gamma, beta, *r):
-                        return m.batch_norm(x, None, None, gamma, beta, training=True,
+                        return F.batch_norm(x, None, None, gamma, beta, training=True,
                                             residual=r[0] if r else None, relu=True)
                     inputs = [x, gamma, beta] + ([r] if with_residual else [])
                     return timed(forward, inputs, g)
@@ -124,7 +168,7 @@ def cases(op, batch_size, rng):
         images = max(1, N // 2)
         x, upstream = channels_last(images, 64, 112, 112), channels_last(images, 64, 56, 56)
         made.append(("max-pool 3x3/2 64 at 112x112",
-                     lambda m: timed(lambda x: m.max_pool2d(x, 3, 2, 1), [x], upstream)))
+                     lambda: timed(lambda x: F.max_pool2d(x, 3, 2, 1), [x], upstream)))
     return made
 
 
@@ -150,29 +194,37 @@ def summarize(results):
 
 def main(argv=None):
     args = parse_args(argv)
-    import numpy
-
-    from autograd import parallel
-    from autograd.memory import reuse_freed_memory
-
-    reuse_freed_memory()
-    parallel.set_num_threads(args.threads)
-    path = FILES[args.op]
-    versions = {"old": load_version(path, args.old, "pair_old"),
-                "new": load_version(path, args.new, "pair_new")}
-    results = {}
-    for label, run in cases(args.op, args.batch_size, numpy.random.default_rng(0)):
-        results[label] = paired_ratios(lambda side: run(versions[side]), args.repeats)
-        r = results[label]
-        print(f"{label:34s} new/old {statistics.median(r['ratios']):.3f}  (old "
-              f"{1e3 * statistics.median(r['old']):.1f} ms, new "
-              f"{1e3 * statistics.median(r['new']):.1f} ms)", flush=True)
+    scratch = tempfile.mkdtemp(prefix="bench-pair-")
+    workers = {}
+    try:
+        for side in ("old", "new"):
+            tree = checkout(getattr(args, side), os.path.join(scratch, side))
+            workers[side] = Worker(tree, args)
+        labels = workers["old"].labels
+        results = {}
+        for index, label in enumerate(labels):
+            for worker in workers.values():  # a first call allocates what later ones reuse
+                worker.time(index)
+            results[label] = paired_ratios(lambda side: workers[side].time(index), args.repeats)
+            r = results[label]
+            print(f"{label:34s} new/old {statistics.median(r['ratios']):.3f}  (old "
+                  f"{1e3 * statistics.median(r['old']):.1f} ms, new "
+                  f"{1e3 * statistics.median(r['new']):.1f} ms)", flush=True)
+    finally:
+        for worker in workers.values():
+            worker.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     total, geometric = summarize(results)
-    print(f"{args.op}, {path} at {args.new} against {args.old}, {args.threads} threads, "
-          f"N={args.batch_size}, {args.repeats} paired repeats: summed medians new/old "
-          f"{total:.3f}, geometric mean of the per-case ratios {geometric:.3f}")
+    print(f"{args.op}, the tree at {args.new} against {args.old}, "
+          f"{args.threads or default_threads()} threads, N={args.batch_size}, {args.repeats} "
+          f"paired repeats: summed medians new/old {total:.3f}, geometric mean of the per-case "
+          f"ratios {geometric:.3f}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--worker"]:
+        sys.path.insert(0, sys.argv[2])
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit(main())

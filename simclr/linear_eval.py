@@ -14,7 +14,7 @@ import time
 
 import numpy
 
-from autograd.memory import reuse_freed_memory
+from nn.functional import cpu
 from simclr import cli
 from simclr.checkpoint import load_checkpoint
 from simclr.cli import UsageError
@@ -110,7 +110,7 @@ def main(argv=None):
 def _main(argv):
     args = parse_args(argv)
     validate(args)
-    reuse_freed_memory()  # see autograd/memory.py
+    cpu.reuse_freed_memory()  # see nn/functional/cpu/memory.py
     xp = cli.require_backend(args.backend)
     data_config = dict(vars(args))
     meta_config = None

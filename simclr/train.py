@@ -17,9 +17,9 @@ import time
 
 import numpy
 
-from autograd import Tensor, parallel
+from autograd import Tensor
 from autograd.backend import array_module
-from autograd.memory import reuse_freed_memory
+from nn.functional import cpu
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
 from simclr import cli
 from simclr.augment import SimCLRAugment
@@ -238,10 +238,10 @@ def main(argv=None):
 
 def _main(argv):
     args = parse_args(argv)
-    reuse_freed_memory()  # reuse last step's pages instead of faulting in new ones
+    cpu.reuse_freed_memory()  # reuse last step's pages instead of faulting in new ones
     if args.threads is not None:
         cli.at_least("--threads", args.threads, 1)
-        parallel.set_num_threads(args.threads)
+        cpu.set_num_threads(args.threads)
     config, resumed = resolve_config(args, given_flags(sys.argv[1:] if argv is None else argv))
     # SIGTERM (a polite kill) ends the run as Ctrl-C does: before training starts as a
     # KeyboardInterrupt, during training as a request to stop (simclr/interrupts.py)

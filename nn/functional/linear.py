@@ -1,6 +1,8 @@
 """The fully connected layer: y = x W^T + b."""
-from autograd import Function, Tensor, array_module, parallel
+from autograd import Function, Tensor, array_module
 from autograd.ops.arithmetic import check_same_float_dtype
+
+from .cpu import passes
 
 
 class Linear(Function):
@@ -18,7 +20,7 @@ class Linear(Function):
             check_same_float_dtype("linear", x, bias[0])
         ctx.save_for_backward(x, weight)
         if x.ndim == 2:  # (N, in) @ (in, out) -> (N, out), split over the CPU's threads
-            out = parallel.matmul(x, weight.T)
+            out = passes.matmul(x, weight.T)
         else:
             out = x @ weight.T  # (..., in) @ (in, out) -> (..., out)
         return out + bias[0] if bias else out
@@ -29,9 +31,9 @@ class Linear(Function):
         rows = grad.reshape(-1, weight.shape[0])  # (..., out) -> (M, out): M rows of the batch
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:  # (M, out) @ (out, in) -> (M, in)
-            grad_x = parallel.matmul(rows, weight).reshape(x.shape)
+            grad_x = passes.matmul(rows, weight).reshape(x.shape)
         if ctx.needs_input_grad[1]:  # (out, M) @ (M, in) -> (out, in)
-            grad_weight = parallel.matmul_transposed(rows, x.reshape(-1, weight.shape[1]))
+            grad_weight = passes.matmul_transposed(rows, x.reshape(-1, weight.shape[1]))
         if len(ctx.needs_input_grad) == 2:
             return grad_x, grad_weight
         # db in float64: float32 rows added one after another err in proportion to their count

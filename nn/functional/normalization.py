@@ -1,215 +1,67 @@
-"""Normalisation: batch norm over the channels of a batch, and L2 normalisation of vectors."""
-from autograd import Function, Tensor, array_module, parallel
+"""Normalisation: batch norm over the channels of a batch, and L2 normalisation of vectors.
 
-from .batch_norm_blocks import Blocks, Centring, batch_moments, total
+Batch norm. For x (N, C, *), per channel c, over the n = x.size / C values of that channel:
 
-def channel_rows(x):
-    """x (N, C, *) as a 2-D (M, C) array, M = x.size / C, one row per value of each channel.
+    mu = mean(x),  var = mean((x - mu)^2)  (biased),  sigma = sqrt(var + eps)
+    x_hat = (x - mu) / sigma,  y = gamma x_hat + beta      [then + residual, then ReLU]
 
-    A free view when x has channels-last strides (the output of conv2d), else one copy."""
-    moved = array_module(x).moveaxis(x, 1, -1)          # (N, *, C)
-    if not moved.flags.c_contiguous:
-        moved = parallel.copy(moved)
-    return moved.reshape(-1, x.shape[1])
+In training mode mu and var are the batch's own, so they depend on x, and with g = dL/dy
+(masked by the ReLU's derivative where there is one; the residual's gradient is that g):
 
+    dbeta = sum(g),  dgamma = sum(g x_hat),
+    dx = gamma / (n sigma) * (n g - sum(g) - x_hat * sum(g x_hat))
 
-def from_channel_rows(rows, shape):
-    """The inverse of channel_rows: (M, C) -> an (N, C, *) view with channels-last strides."""
-    xp = array_module(rows)
-    return xp.moveaxis(rows.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
+In evaluation mode mu and var are the running statistics, constants: dx = gamma g / sigma.
 
+Which implementation runs: batch_norm_reference, below, writes the forward with Tensor ops
+as the formula reads and lets the engine derive the backward op by op (it runs inside
+use_reference(), nn/functional/choice.py); otherwise cpu/batch_norm.py's kernel, which does
+the forward and the backward above in two passes over memory each, in cache-sized blocks,
+with float32 as accurate as PyTorch's. The tests hold the kernel to the reference.
+"""
+from autograd import Function, Tensor, array_module
 
-class BatchNorm(Function):
-    """y = gamma * x_hat + beta with x_hat = (x - mu) / sqrt(var + eps), per channel c;
-    optionally followed by `+ residual` and a ReLU: what ends each block of a ResNet.
+from .choice import reference_chosen
+from .cpu.batch_norm import BatchNormBlocked, update_running_stats
 
-    x is (N, C, *); mu and var are taken over every axis but the channel axis 1, of
-    n = x.size / C values each. In training mode they are the batch's own mean and biased
-    variance, so they depend on x and the input gradient has three terms:
-
-        dx = gamma / (n sigma) * (n g - sum(g) - x_hat * sum(g * x_hat)),  sigma = sqrt(var + eps)
-
-    (sums per channel). In evaluation mode they are constants and dx = gamma g / sigma.
-    Either way dgamma = sum(g * x_hat) and dbeta = sum(g). With the ReLU, g is first masked
-    where the output is 0 (the ReLU's derivative); the residual's gradient is that masked g.
-
-    How it is fast: the arrays are worked on as (n, C) matrices (channel_rows), free views of
-    channels-last conv outputs, in blocks of rows small enough to stay in the CPU's cache and
-    spread over threads (autograd.parallel). Each pass reads memory once however many NumPy
-    calls it makes on a block:
-      forward   1. per block: its mean and its sum of squared deviations, from its sums of x
-                   and x^2 (or, where that would lose precision, of (x - mean)^2: see
-                   batch_moments); the blocks are then combined exactly (Chan et al.'s
-                   pairwise formula, in float64), without a second read of x;
-                2. y = max((x - c) * scale + shift + residual, 0), scale = gamma / sigma,
-                   shift = beta - (mu - c) * scale, c a per-channel centre (Centring).
-      backward  1. g = g * (y > 0) and its per-channel sums sum(g), sum(g * (x - c));
-                2. dx = a g + b x + c', with sum(g * x_hat) = (sum(g * (x - c))
-                   + (c - mu) sum(g)) / sigma.
-
-    How it is accurate in float32 (as PyTorch's, or more: tests/test_float32_accuracy.py):
-      - every sum over rows is one 8-term float32 sum per value, then float64
-        (Blocks.column_sums): a float32 sum of m rows added one after another errs about
-        sqrt(m) roundings, which at m = 2048 rows of a block was 5x PyTorch's error in dbeta;
-      - no sum that cancels is formed in float32. With a mean of 10 standard deviations,
-        as after a ReLU, sum(g x) - mu sum(g) subtracts two numbers 10x larger than their
-        difference, and so does x * scale - mu * scale in the output. Summing in float64
-        does not cure it: each product g x is rounded to float32 first, with an error of
-        |g x| / 2^24, ~|mu| / sigma times that of g (x - mu) (measured with the sums in
-        float64 and shift in float64: dgamma 2-13x PyTorch's error at |mu| = 3-10 sigma, y
-        2-4x). So where mu^2 > var, x is centred first, on c = mu rounded: x - c is as
-        accurate as x (exact where x lies within a factor 2 of c), and the rounding mu - c
-        comes back in the float64 terms (c - mu) sum(g) and shift. Elsewhere c = 0, and the
-        products' rounding is at most sqrt(1 + mu^2 / var) <= 1.4 times that of centred ones;
-        (dx's b x + c' still cancels, but b = -a sum(g x_hat) / (n sigma) is about 1 / sqrt(n)
-        of a / sigma: at |mu| = 10 sigma and n = 256 its rounding is a fifth of one rounding
-        of a g, less for larger n);
-      - the per-channel constants (mu, var, 1 / sigma, scale, shift, a, b, c') are computed
-        in float64 and rounded once.
-    What the accuracy costs: a float64 step per block and pair of sums (column_sums), and,
-    only for the channels with mu^2 > var, the centring: one more in-cache pass per block in
-    the output and a centred copy in the backward's sums, or, where at most 1/16 of the
-    channels need it, a copy of just their columns (Centring; the moments likewise centre
-    only the channels that need it, batch_moments).
-    It saves x (which the graph keeps anyway) rather than x_hat, and y (the next layer's
-    input, kept anyway) rather than a mask.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, *residual, running_mean, running_var, use_batch_stats,
-                momentum, eps, relu=False):
-        xp = array_module(x)
-        rows = channel_rows(x)                                 # (n, C)
-        n, C = rows.shape
-        blocks = Blocks(rows)
-        residual_rows = channel_rows(residual[0]) if residual else None
-        f64 = xp.float64
-        if use_batch_stats:
-            mean, var = batch_moments(rows, blocks)           # (C,) float64
-            if running_mean is not None:
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean
-                running_var *= 1 - momentum
-                running_var += (momentum * n / (n - 1)) * var  # unbiased: / (n - 1)
-        else:
-            mean, var = running_mean.astype(f64), running_var.astype(f64)
-        # the per-channel constants in float64, each rounded once to x's precision: x is
-        # centred on c (mu rounded where mu^2 > var, else 0) and the shift makes up for it
-        inv_std = 1 / xp.sqrt(var + eps)                       # (C,)
-        scale = weight.astype(f64) * inv_std
-        centring = Centring(mean, var, x.dtype, blocks)
-        shift = bias - (mean - centring.centres) * scale
-        scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
-        scales, shifts = blocks.tile(scale), blocks.tile(shift)
-        zeros = blocks.zeros()
-        out = xp.empty_like(rows)
-
-        def normalize_block(start, stop):                      # out = (x - c) scale + shift
-            block, x_block = blocks.view(out, start, stop), blocks.view(rows, start, stop)
-            t = block.shape[1]
-            if centring.everywhere:
-                xp.subtract(x_block, centring.tile[:t], out=block)
-                block *= scales[:t]
-            else:
-                xp.multiply(x_block, scales[:t], out=block)
-            block += shifts[:t]
-            if residual_rows is not None:
-                block += blocks.view(residual_rows, start, stop)  # ... + residual
-            if relu:
-                xp.maximum(block, zeros[:t], out=block)        # ... then max(., 0)
-            if centring.few is not None:                       # the few centred columns again
-                few = centring.few
-                columns = centring.columns(rows, start, stop)
-                columns *= scale[few]
-                columns += shift[few]
-                if residual_rows is not None:
-                    columns += residual_rows[start:stop, few]
-                if relu:
-                    xp.maximum(columns, 0, out=columns)
-                out[start:stop, few] = columns
-        blocks.map(normalize_block)
-        ctx.use_batch_stats, ctx.shape, ctx.relu = use_batch_stats, x.shape, relu
-        ctx.centres = centring.centres
-        ctx.save_for_backward(rows, out if relu else None, mean, inv_std, weight)  # float64 stats
-        return from_channel_rows(out, x.shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, out, mean, inv_std, gamma = ctx.saved
-        xp = array_module(grad)
-        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        needs_residual = len(ctx.needs_input_grad) == 4 and ctx.needs_input_grad[3]
-        g = channel_rows(grad)                                 # (n, C)
-        n, C = g.shape
-        blocks = Blocks(g)
-        # the ReLU's derivative: 1 where the output is positive, else 0
-        g_masked = xp.empty_like(g) if ctx.relu else g
-        # x is centred on c as in the forward pass; sum(g (x - mu)) is then
-        # sum(g (x - c)) + (c - mu) sum(g), the second term in float64
-        centring = Centring(mean, None, g.dtype, blocks, ctx.centres)
-
-        def masked_sums(start, stop):
-            block = g[start:stop]
-            if ctx.relu:  # the mask as 1.0 and 0.0, times g: 0.7x the time of g * (out > 0)
-                mask = xp.greater(out[start:stop], 0, out=g_masked[start:stop])
-                block = xp.multiply(mask, block, out=mask)
-            if centring.everywhere:
-                other = blocks.centered(rows, start, stop, centring.tile)   # x - c, in cache
-            else:
-                other = rows[start:stop]
-            sums = blocks.column_sums(block, other)            # sum(g), sum(g (x - c))
-            if centring.few is not None:                       # the few centred columns again
-                sums[1, centring.few] = blocks.column_sums(block[:, centring.few],
-                                                           centring.columns(rows, start, stop))[1]
-            return sums
-        sum_g, sum_g_centered = total(blocks.map(masked_sums), xp)       # (C,) float64 each
-        sum_g_centered += (centring.centres - mean) * sum_g
-        sum_g_x_hat = sum_g_centered * inv_std                         # sum(g x_hat)
-        grad_x = None
-        if needs_x:
-            a = gamma.astype(xp.float64) * inv_std
-            b = c = None
-            if ctx.use_batch_stats:
-                b = -a * inv_std * sum_g_x_hat / n             # the x_hat * sum(g x_hat) term
-                c = -a * sum_g / n - mean * b                  # the sum(g) term, and b's -mu
-            a, b, c = (None if v is None else blocks.tile(v.astype(g.dtype)) for v in (a, b, c))
-            # dx may overwrite the masked g unless that is also the residual's gradient
-            grad_rows = xp.empty_like(g) if (needs_residual or not ctx.relu) else g_masked
-
-            def input_grad_block(start, stop):                 # dx = a g + b x + c
-                block = blocks.view(grad_rows, start, stop)
-                t = block.shape[1]
-                xp.multiply(blocks.view(g_masked, start, stop), a[:t], out=block)
-                if b is not None:
-                    x_block = blocks.view(rows, start, stop)
-                    block += xp.multiply(x_block, b[:t], out=blocks.buffer(x_block))
-                    block += c[:t]
-            blocks.map(input_grad_block)
-            grad_x = from_channel_rows(grad_rows, ctx.shape)
-        sum_g_x_hat, sum_g = sum_g_x_hat.astype(g.dtype), sum_g.astype(g.dtype)
-        grads = (grad_x, sum_g_x_hat if needs_weight else None, sum_g if needs_bias else None)
-        if len(ctx.needs_input_grad) == 4:
-            grads += (from_channel_rows(g_masked, ctx.shape) if needs_residual else None,)
-        return grads
-
-
-def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False):
-    """Training-mode batch norm (+ residual, + ReLU) written with plain Tensor ops, the way the
-    formula reads; the engine differentiates it op by op. The reference that tests hold the
-    fused BatchNorm above to (it keeps no running statistics).
+def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False, mean=None,
+                         var=None):
+    """Batch norm (+ residual, + ReLU) written with plain Tensor ops, the way the formula
+    reads; the engine differentiates it op by op. What use_reference() runs, and what the
+    tests hold the kernel to.
 
     x (N, C, *), weight and bias (C,) Tensors -> relu?(weight * (x - mu) / sqrt(var + eps)
-    + bias + residual?), mu and the biased var taken over every axis but 1."""
+    + bias + residual?), mu and the biased var taken over every axis but 1 (training mode),
+    or given as constant arrays mean and var (C,) (evaluation mode)."""
     from .activation import relu as relu_op
     axes = (0,) + tuple(range(2, x.ndim))
     per_channel = (1, x.shape[1]) + (1,) * (x.ndim - 2)          # broadcasts over N, H, W
-    mean = x.mean(axis=axes, keepdims=True)
-    centered = x - mean
-    var = (centered * centered).mean(axis=axes, keepdims=True)
+    if mean is None:
+        mean = x.mean(axis=axes, keepdims=True)
+        centered = x - mean
+        var = (centered * centered).mean(axis=axes, keepdims=True)
+    else:
+        mean, var = (Tensor(v.reshape(per_channel).astype(x.dtype)) for v in (mean, var))
+        centered = x - mean
     y = centered / (var + eps).sqrt() * weight.reshape(*per_channel) + bias.reshape(*per_channel)
     if residual is not None:
         y = y + residual
     return relu_op(y) if relu else y
+
+
+def _reference(x, weight, bias, residual, running_mean, running_var, use_batch_stats,
+               momentum, eps, relu):
+    """batch_norm by batch_norm_reference, with the running statistics updated as the
+    kernel updates them (from the batch's moments in float64)."""
+    xp = x.xp
+    if use_batch_stats:
+        if running_mean is not None:
+            rows = xp.moveaxis(x.data, 1, -1).reshape(-1, x.shape[1]).astype(xp.float64)
+            update_running_stats(running_mean, running_var, rows.mean(axis=0),
+                                 rows.var(axis=0), rows.shape[0], momentum)
+        return batch_norm_reference(x, weight, bias, eps, residual, relu)
+    return batch_norm_reference(x, weight, bias, eps, residual, relu,
+                                mean=running_mean, var=running_var)
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -273,9 +125,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise ValueError(f"batch_norm: residual has shape {residual.shape} and dtype "
                              f"{residual.dtype}, expected the input's {x.shape} and {x.dtype}")
         affine.append(residual)
-    return BatchNorm.apply(x, *affine, running_mean=running_mean, running_var=running_var,
-                           use_batch_stats=use_batch_stats, momentum=momentum, eps=eps,
-                           relu=bool(relu))
+    settings = dict(running_mean=running_mean, running_var=running_var,
+                    use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, relu=bool(relu))
+    if reference_chosen():
+        return _reference(x, affine[0], affine[1], residual, **settings)
+    return BatchNormBlocked.apply(x, *affine, **settings)
 
 
 class Normalize(Function):

@@ -5,94 +5,51 @@ a (N, C, Ho, Wo) view x_padded[..., sh*p + i, sw*q + j] of every window at once 
 windows.window_slices): no loop over pixels, and the same code runs on CuPy. Window geometry
 follows PyTorch: stride defaults to the kernel size, the output size rounds down, and the
 padding may be at most half the kernel.
+
+Which implementation runs: max_pool2d by MaxPool2dReference, below, inside use_reference()
+(nn/functional/choice.py), else by cpu/pooling.py's kernel, the same max and argmax without
+stacking the kh*kw windows, in channels-last memory and split over the threads; the tests
+hold it to the reference. Average pooling has one implementation, the one below.
 """
-from autograd import Function, array_module, parallel
+from autograd import Function, array_module
 
-from .windows import crop2d, output_size, pad2d, pair, window_slices
-
-
-def _geometry(op, x, kernel, stride, padding):
-    """Check x and the window settings; return the output size (Ho, Wo)."""
-    if x.ndim != 4:
-        raise ValueError(f"{op} expects input of shape (N, C, H, W), got shape {x.shape}")
-    if 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]:
-        raise ValueError(f"{op}: padding {padding} must be at most half of kernel_size "
-                         f"{kernel} (as in PyTorch)")
-    return output_size(op, x.shape[2:], kernel, stride, padding)
+from .choice import reference_chosen
+from .cpu.pooling import MaxPool2dChannelsLast
+from .windows import check_pool_window, crop2d, pad2d, pair, window_slices
 
 
-class MaxPool2d(Function):
-    """out[n, c, p, q] = max_{i,j} x_padded[n, c, sh*p + i, sw*q + j], padded with -inf.
 
-    The gradient of a window goes to its argmax alone: on ties, to the first maximum in
-    row-major window order (as PyTorch). Overlapping windows (kernel 3, stride 2) may pick
-    the same pixel, which then receives the sum of their gradients.
+class MaxPool2dReference(Function):
+    """out[n, c, p, q] = max_{i,j} x_padded[n, c, sh*p + i, sw*q + j], x padded with -inf.
 
-    The arrays are (N, C, H, W)-shaped views of channels-last memory, the layout of conv2d's
-    output that this op follows in a ResNet: a window offset's view then runs over the C
-    channels of a pixel contiguously, where in NCHW memory its stride-2 pixels have no two
-    values side by side. The images are split over the threads (autograd.parallel).
+    Backward: the window's gradient goes to its argmax alone, the first maximum in row-major
+    window order (as PyTorch), and a pixel that is the argmax of several overlapping windows
+    (kernel 3, stride 2) receives the sum of their gradients:
+        dx_padded[n, c, sh*p + i, sw*q + j] += dout[n, c, p, q]  where (i, j) = argmax.
+    All kh*kw window offsets are stacked, so that max and argmax are one call each.
     """
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):
-        out_size = _geometry("max_pool2d", x, kernel_size, stride, padding)
+        out_size = check_pool_window("max_pool2d", x, kernel_size, stride, padding)
         xp = array_module(x)
-        N, C, H, W = x.shape
-        (ph, pw), kw = padding, kernel_size[1]
-        x_padded = _empty_channels_last(xp, (N, C, H + 2 * ph, W + 2 * pw), x.dtype) if ph or pw else x
-        out = _empty_channels_last(xp, (N, C) + out_size, x.dtype)
-        # which kernel offset i*kw + j holds the maximum so far (one byte suffices up to 16x16)
-        offsets = kernel_size[0] * kernel_size[1]
-        argmax = _empty_channels_last(xp, out.shape, xp.uint8 if offsets <= 256 else xp.int32)
-
-        def pool(start, stop):  # images start..stop-1
-            padded = x_padded[start:stop]
-            if ph or pw:  # -inf around x
-                for border in (padded[:, :, :ph], padded[:, :, ph + H:],
-                               padded[:, :, :, :pw], padded[:, :, :, pw + W:]):
-                    border[...] = -xp.inf
-                padded[:, :, ph:ph + H, pw:pw + W] = x[start:stop]
-            windows = window_slices(kernel_size, stride, out_size)
-            best, best_offset = out[start:stop], argmax[start:stop]
-            best[...] = padded[next(windows)[2]]                     # offset (0, 0)
-            best_offset[...] = 0
-            for i, j, window in windows:
-                candidate = padded[window]
-                # strict >: a later equal value leaves the first maximum in place
-                xp.copyto(best_offset, i * kw + j, where=candidate > best)
-                xp.maximum(best, candidate, out=best)  # NaN wins: it reaches the output
-            nan = xp.isnan(best)
-            if nan.any():  # a NaN's window sends its gradient to its last NaN, as PyTorch
-                for i, j, window in window_slices(kernel_size, stride, out_size):
-                    xp.copyto(best_offset, i * kw + j, where=nan & xp.isnan(padded[window]))
-        parallel.for_rows(pool, N, x_padded[:1].nbytes, x)
+        x_padded = pad2d(x, padding, value=-xp.inf)
+        # (kh*kw, N, C, Ho, Wo): every window's values, offset (i, j) = i*kw + j first
+        windows = xp.stack([x_padded[window]
+                            for _, _, window in window_slices(kernel_size, stride, out_size)])
         ctx.geometry = kernel_size, stride, padding, out_size
         ctx.padded_shape = x_padded.shape
-        ctx.save_for_backward(argmax)
-        return out
+        ctx.save_for_backward(windows.argmax(axis=0))                 # (N, C, Ho, Wo)
+        return windows.max(axis=0)
 
     @staticmethod
     def backward(ctx, grad):
         (argmax,) = ctx.saved
         kernel, stride, padding, out_size = ctx.geometry
-        xp = array_module(grad)
-        grad_padded = _empty_channels_last(xp, ctx.padded_shape, grad.dtype)
-
-        def unpool(start, stop):  # images start..stop-1
-            grad_part, offsets_part = grad[start:stop], argmax[start:stop]
-            part = grad_padded[start:stop]
-            part[...] = 0
-            for i, j, window in window_slices(kernel, stride, out_size):
-                part[window] += grad_part * (offsets_part == i * kernel[1] + j)
-        parallel.for_rows(unpool, grad.shape[0], grad_padded[:1].nbytes, grad)
+        grad_padded = array_module(grad).zeros(ctx.padded_shape, dtype=grad.dtype)
+        for i, j, window in window_slices(kernel, stride, out_size):
+            grad_padded[window] += grad * (argmax == i * kernel[1] + j)
         return crop2d(grad_padded, padding)
-
-
-def _empty_channels_last(xp, shape, dtype):
-    """An uninitialised (N, C, H, W)-shaped array whose memory is (N, H, W, C)."""
-    N, C, H, W = shape
-    return xp.empty((N, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
 
 
 class AvgPool2d(Function):
@@ -102,7 +59,7 @@ class AvgPool2d(Function):
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):
-        out_size = _geometry("avg_pool2d", x, kernel_size, stride, padding)
+        out_size = check_pool_window("avg_pool2d", x, kernel_size, stride, padding)
         xp = array_module(x)
         x_padded = pad2d(x, padding)
         out = xp.zeros(x.shape[:2] + out_size, dtype=x.dtype)
@@ -138,7 +95,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     kernel_size, stride (default: kernel_size) and padding (at most kernel_size / 2) are ints
     or (h, w) pairs.
     """
-    return MaxPool2d.apply(x, **_window_settings("max_pool2d", kernel_size, stride, padding))
+    op = MaxPool2dReference if reference_chosen() else MaxPool2dChannelsLast
+    return op.apply(x, **_window_settings("max_pool2d", kernel_size, stride, padding))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):

@@ -1,4 +1,4 @@
-"""Window geometry shared by convolution and pooling: sizes, strided slices, padding."""
+"""Window geometry shared by convolution and pooling: arguments, shapes, strided slices, padding."""
 from numbers import Integral
 
 from autograd import array_module
@@ -25,6 +25,17 @@ def output_size(op, in_size, kernel, stride, padding):
         raise ValueError(f"{op}: kernel {(kh, kw)} is larger than the padded input {padded} "
                          f"(input {(H, W)} plus padding {(ph, pw)} on each side)")
     return (padded[0] - kh) // sh + 1, (padded[1] - kw) // sw + 1
+
+
+def check_pool_window(op, x, kernel, stride, padding):
+    """A clear error unless x is (N, C, H, W) and the padding at most half the kernel (as in
+    PyTorch); returns the output size (Ho, Wo)."""
+    if x.ndim != 4:
+        raise ValueError(f"{op} expects input of shape (N, C, H, W), got shape {x.shape}")
+    if 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]:
+        raise ValueError(f"{op}: padding {padding} must be at most half of kernel_size "
+                         f"{kernel} (as in PyTorch)")
+    return output_size(op, x.shape[2:], kernel, stride, padding)
 
 
 def window_slices(kernel, stride, out_size):
@@ -56,3 +67,20 @@ def crop2d(x_padded, padding):
     return x_padded[:, :, ph:Hp - ph, pw:Wp - pw]
 
 
+def check_conv_inputs(x, weight, bias):
+    """A clear error unless x (N, C, H, W), weight (F, C, kh, kw) and bias (F,) or None fit."""
+    if x.ndim != 4:
+        raise ValueError(f"conv2d expects input of shape (N, C, H, W), got shape {x.shape}")
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d expects weight of shape (F, C, kh, kw), got shape "
+                         f"{weight.shape}")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv2d: input {x.shape} has {x.shape[1]} channels but weight "
+                         f"{weight.shape} (F, C, kh, kw) expects {weight.shape[1]}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"conv2d: bias must have shape {weight.shape[:1]} (one value per "
+                         f"filter of weight {weight.shape}), got shape {bias.shape}")
+    for name, array in (("weight", weight), ("bias", bias)):
+        if array is not None and array.dtype != x.dtype:
+            raise TypeError(f"conv2d: input has dtype {x.dtype} but {name} has dtype "
+                            f"{array.dtype}; convert one (tensor.to(dtype=...)) so they match")

@@ -4,7 +4,7 @@ import numbers
 
 import numpy
 
-from autograd import parallel
+from nn.functional.cpu.threads import map_ranges
 from autograd.backend import array_module, to_numpy
 
 
@@ -43,9 +43,9 @@ class Optimizer:
             return
         # the parameters are independent (separate arrays: a list with one twice is refused):
         # threads take them one at a time, largest first, so that the big ones start early
-        # (autograd.parallel; on the GPU, one after another)
+        # (nn/functional/cpu/threads.py; on the GPU, one after another)
         updated.sort(key=lambda index: -self.params[index].data.size)
-        parallel.map_ranges(lambda index, _: self.update(index),
+        map_ranges(lambda index, _: self.update(index),
                             [(index, index + 1) for index in updated],
                             sum(self.params[index].data.nbytes for index in updated),
                             self.params[updated[0]].data)

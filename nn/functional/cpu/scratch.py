@@ -13,7 +13,7 @@ nothing it does not write itself, or on nothing the key does not fix. Three rule
   padded by 1 around 9x9 images and one padded by 2 around 7x7 images were one array, and
   the second read the first's pixels as zeros.
 - Each thread has arrays of its own (threading.local), whether it is one of
-  autograd.parallel's threads or a thread of the caller's: two threads never share one.
+  threads.py's threads or a thread of the caller's: two threads never share one.
 - An array is valid until the same thread asks for the same key again. Every user here takes
   it, fills it and reads it within one piece of work (one chunk of one convolution), and no
   view of one ends up in an op's output or in what it saves for backward. When a thread holds
@@ -56,11 +56,13 @@ def buffer(purpose, xp, shape, dtype):
     return _reused(key, lambda: xp.empty(shape, dtype=dtype))
 
 
-def pad(x, padding, capacity):
+def padded_images(x, padding, capacity):
     """(n, H, W, C) -> (n, H+2ph, W+2pw, C) with zeros around each image, in a reused array
-    of `capacity` images; n <= capacity. The array starts as zeros and only its interior is
-    ever written, so the zeros around it are written once, not once per call; it is found
-    again by (padding, shape), which fixes where that border lies (see the module docstring)."""
+    of `capacity` images; n <= capacity. (windows.pad2d pads NCHW arrays into a new array,
+    for the references; this is the kernels' channels-last padding, into reused memory.)
+    The array starts as zeros and only its interior is ever written, so the zeros around it
+    are written once, not once per call; it is found again by (padding, shape), which fixes
+    where that border lies (see the module docstring)."""
     ph, pw = padding
     if ph == pw == 0:
         return x

@@ -1,17 +1,20 @@
-"""Batch norm's CPU kernel parts (nn/functional/normalization.py's BatchNorm runs on them): the
+"""Batch norm's CPU kernel parts (cpu/batch_norm.py's BatchNormBlocked runs on them): the
 cache-sized blocks of rows its passes work on, spread over the threads; which channels it
 centres before it multiplies; and the per-channel moments of a batch, read once. On the GPU
 a block is all the rows and every channel is centred.
 """
-from autograd import array_module, parallel
+from autograd import array_module
 from autograd.backend import device_of
 
+from .threads import map_ranges, thread_index
+
+BLOCK_BYTES = 512 * 2**10  # a block of rows, read by several passes in turn while in cache
 TILE_BYTES = 64 * 2**10  # batch norm's per-channel vectors, repeated to about this size
 
 
 class Blocks:
     """The blocks of rows of an (n, C) array that one batch norm call's passes work on, spread
-    over the threads (autograd.parallel), and what its passes share on the CPU:
+    over the threads (threads.py), and what its passes share on the CPU:
 
     - tiles: a per-channel vector repeated to t rows (about TILE_BYTES), and each block of m
       rows seen as (m / t, t, C) (`view`; m is a multiple of t, or less than t). An operation of
@@ -37,7 +40,7 @@ class Blocks:
             self.tile_rows, self.ranges, self.ones = n, [(0, n)], None
             return
         t = self.tile_rows = min(n, max(1, TILE_BYTES // self.row_bytes))
-        size = max(t, parallel.block_rows(self.row_bytes) // t * t)
+        size = max(t, max(1, BLOCK_BYTES // self.row_bytes) // t * t)
         whole = n // size * size
         self.ranges = [(start, start + size) for start in range(0, whole, size)]
         if n - whole >= t:  # what is left: a multiple of t rows, then fewer than t
@@ -50,8 +53,7 @@ class Blocks:
 
     def map(self, fn):
         """[fn(start, stop) for each block], the blocks spread over threads."""
-        return parallel.map_ranges(fn, self.ranges, self.rows.size * self.rows.itemsize,
-                                   self.rows)
+        return map_ranges(fn, self.ranges, self.rows.size * self.rows.itemsize, self.rows)
 
     def view(self, array, start, stop):
         """The block array[start:stop] (m, C) of a C-contiguous (n, C) array, as a free
@@ -76,7 +78,7 @@ class Blocks:
         the calling thread's own, reused from block to block (on the GPU: a new array)."""
         if not self.on_cpu:
             return self.xp.empty_like(like)
-        thread = parallel.thread_index()
+        thread = thread_index()
         if thread not in self.scratch:
             self.scratch[thread] = self.xp.empty(self.block_size * self.rows.shape[1],
                                                  self.rows.dtype)
@@ -126,7 +128,7 @@ class Blocks:
 
     def partial_buffers(self, size):
         """A (2, size) float32 and a (2 size,) float64 array of the calling thread's own."""
-        thread = parallel.thread_index()
+        thread = thread_index()
         key = ("partial", thread)
         if key not in self.scratch:
             r = self.tile_rows * self.rows.shape[1]

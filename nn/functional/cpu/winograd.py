@@ -1,6 +1,6 @@
 """A 3x3 stride-1 convolution by Winograd's minimal filtering, F(2x2, 3x3): 2.25x fewer
-multiplications than im2col + GEMM. Read im2col.py and conv.py first; conv.py calls this
-for the 3x3 convolutions where it measured faster (conv.WINOGRAD_MAX_PIXELS).
+multiplications than im2col + GEMM. Read nn/functional/conv.py and cpu/conv.py first;
+conv2d runs this for the 3x3 convolutions where it measured faster (conv.implementation).
 
 The 1-D idea (Winograd 1980; for convnets, Lavin and Gray 2016, "Fast Algorithms for
 Convolutional Neural Networks"). Two outputs of a 3-tap filter g over four inputs d,
@@ -35,20 +35,56 @@ flattened to a column, it is (M (x) M) @ t, the Kronecker product (x) a 16x16 (o
 16x4, 16x9) matrix. So each transform copies the tiles of a few images into a scratch
 array, one row per position in the tile (as im2col copies windows), and multiplies it by
 the small matrix; BLAS does the adds in one pass, where NumPy would make one pass per term.
-The images are split over the threads in pieces of about PIECE_BYTES; the 16 products over
-the threads by xi (on the GPU, one batched product). Only even H and W (ResNet's 32, 16, 8,
-4); conv.py checks.
+The images are split over the threads in pieces of at most TILE_BUFFER_BYTES (threads.split);
+the 16 products over the threads by xi (on the GPU, one batched product). Only even H and W
+(ResNet's 32, 16, 8, 4); conv.implementation checks.
 """
-from autograd import array_module, parallel
+from autograd import Function, array_module
 from autograd.backend import device_of
 
-from .scratch import buffer, pad
+from ..windows import check_conv_inputs
+from . import passes
+from .conv import channels_last
+from .scratch import buffer, padded_images
+from .threads import for_pieces, map_ranges
 
 B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
 FLIP = (3, 1, 2, 0)  # G[:, ::-1] = G[FLIP, :]: see filter_tiles
-PIECE_BYTES = 2**20  # the images of one piece of a transform: about this many bytes of tiles
+TILE_BUFFER_BYTES = 2**20  # a piece of a transform: the tiles of at most this many bytes
+
+
+class Conv2dWinograd(Function):
+    """The 3x3, stride-1, padding-1 convolution of even-sized images by F(2x2, 3x3): forward
+    by the three steps of the module docstring, dx by the same steps with the kernel
+    flipped and its channels swapped, dW from x's tiles, kept from the forward pass."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None, stride=(1, 1), padding=(1, 1)):
+        check_conv_inputs(x, weight, bias)
+        tiles = input_tiles(channels_last(x))                        # (16, T, C)
+        ctx.save_for_backward(tiles, weight)
+        filters = filter_tiles(weight).transpose(0, 2, 1)            # (16, C, F)
+        out = convolve(tiles, filters, x.shape[2:])                  # (N, H, W, F)
+        if bias is not None:
+            out += bias
+        return out.transpose(0, 3, 1, 2)                             # (N, F, H, W) view
+
+    @staticmethod
+    def backward(ctx, grad):
+        tiles, weight = ctx.saved                                    # (16, T, C), (F, C, 3, 3)
+        grad_last = channels_last(grad)                              # (N, H, W, F)
+        grad_x = grad_w = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = convolve(input_tiles(grad_last),
+                              filter_tiles(weight, flipped=True),    # (16, F, C)
+                              grad.shape[2:]).transpose(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_w = weight_grad(tiles, grad_last)
+        if len(ctx.needs_input_grad) == 3 and ctx.needs_input_grad[2]:
+            grad_bias = passes.column_sum(grad_last.reshape(-1, grad_last.shape[3]))
+        return (grad_x, grad_w, grad_bias)[:len(ctx.needs_input_grad)]
 
 
 def _kron(matrix, xp, dtype):
@@ -59,14 +95,10 @@ def _kron(matrix, xp, dtype):
 
 
 def _by_images(fn, images, image_bytes, array):
-    """fn(start, stop) for ranges of images of about PIECE_BYTES (image_bytes each), split over
-    the threads, which take the next piece as they come free (on the GPU: all images at once)."""
-    if device_of(array) != "cpu":
-        return fn(0, images)
-    threads = parallel.get_num_threads()
-    largest = max(1, PIECE_BYTES // image_bytes)
-    pieces = parallel.shrinking_ranges(images, largest, threads, smallest=max(1, largest // 4))
-    parallel.map_ranges(fn, pieces, images * image_bytes, array)
+    """fn(start, stop) for pieces of the images (image_bytes each) in the threads, each piece's
+    tiles at most TILE_BUFFER_BYTES (on the GPU: all images at once)."""
+    on_cpu = device_of(array) == "cpu"
+    for_pieces(fn, images, image_bytes, array, TILE_BUFFER_BYTES if on_cpu else None)
 
 
 def _products(fn, array, total_bytes):
@@ -74,7 +106,7 @@ def _products(fn, array, total_bytes):
     threads take them as they come free), all 16 in one call on the GPU (a batched product)."""
     on_cpu = device_of(array) == "cpu"
     ranges = [(k, k + 1) for k in range(16)] if on_cpu else [(0, 16)]
-    parallel.map_ranges(fn, ranges, total_bytes, array)
+    map_ranges(fn, ranges, total_bytes, array)
 
 
 def _overlapping_tiles(padded, out):
@@ -106,7 +138,7 @@ def filter_tiles(weight, flipped=False):
 
     def filters(start, stop):  # the threads take the filters start..stop-1
         xp.matmul(transform, kernels[:, start * C:stop * C], out=U[:, start * C:stop * C])
-    parallel.for_rows(filters, F, 16 * C * weight.itemsize, weight)
+    for_pieces(filters, F, 16 * C * weight.itemsize, weight)
     return U.reshape(16, F, C)
 
 
@@ -122,7 +154,7 @@ def input_tiles(x_last):
     def tile(start, stop):
         n = stop - start
         d = buffer("winograd tiles", xp, (4, 4, n, H // 2, W // 2, C), x_last.dtype)
-        _overlapping_tiles(pad(x_last[start:stop], (1, 1), n), d)
+        _overlapping_tiles(padded_images(x_last[start:stop], (1, 1), n), d)
         xp.matmul(transform, d.reshape(16, -1), out=V[:, start * per_image:stop * per_image])
     _by_images(tile, N, 16 * per_image * x_last.itemsize, x_last)
     return V.reshape(16, -1, C)
@@ -195,5 +227,5 @@ def weight_grad(V, grad_last):
     def multiply(start, stop):
         xp.matmul(Z[start:stop].transpose(0, 2, 1), V[start:stop], out=dU[start:stop])
     _products(multiply, V, V.nbytes + Z.nbytes)
-    dW = parallel.matmul(dU.reshape(16, F * C).T, _kron(G, xp, V.dtype))  # (F C, 9): G^T dU G
+    dW = passes.matmul(dU.reshape(16, F * C).T, _kron(G, xp, V.dtype))  # (F C, 9): G^T dU G
     return dW.reshape(F, C, 3, 3)
