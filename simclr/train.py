@@ -65,120 +65,184 @@ def build_optimizer(config, model):
 
 
 def train(config, resumed=None, stream=sys.stderr):
-    """Run (or continue) pre-training; returns the final metrics record."""
-    validate(config)
-    xp = cli.require_backend(config["backend"])
-    device = "cpu" if xp is numpy else "cuda"
-    splits = load_from_arguments(config)
+    """Run (or continue) pre-training; returns the last step's metrics record.
+
+        for each epoch, from the step the run has reached:
+            train_epoch        one training_step per batch, each logged
+            checkpoints.save   the whole state, after the epoch's last step
+            monitor_knn        every --knn-every epochs, where there is a held-out split
+    A stop request (Ctrl-C, SIGTERM: simclr/interrupts.py) ends the epoch when its step is
+    done, and that step is saved before the program stops."""
+    run = Run(config, resumed)
+    with RunFolder(config["out"]) as folder:
+        metrics = prepare_folder(folder, config, run.source, run.step)
+        progress = ProgressLine(config["epochs"], run.steps_per_epoch, stream)
+        with StopRequest(stream, lambda: f"when step {run.step + 1} is done") as stop:
+            checkpoints = Checkpoints(folder.file("checkpoint.npz"), run, stop)
+            first_step, record = run.step, {}
+            try:
+                while run.step < run.max_steps and stop.signum is None:
+                    record = train_epoch(run, metrics, progress, stop) or record
+                    checkpoints.save()
+                    if run.knn_due() and stop.signum is None:
+                        name, held_out = run.splits.held_out()
+                        accuracy = monitor_knn(run.model, run.splits.train, held_out)
+                        metrics.write(step=run.step, epoch=run.epoch() - 1,
+                                      knn_accuracy=accuracy, split=name)
+                        stream.write(f"  k-NN accuracy on {name}: {accuracy:.4f}\n")
+                if stop.signum is not None:
+                    checkpoints.save_on_stop(folder.path, stream)
+            except Interrupted as interrupted:
+                if not interrupted.saved:
+                    stream.write(f"stopped at once: step {run.step + 1} was not finished; "
+                                 f"{checkpoints.kept()}\n")
+                raise
+            finally:
+                metrics.close()
+        plot_loss_curve(read_metrics(metrics.path), folder.file("loss.png"))
+    stream.write(f"trained steps {first_step}..{run.step} of {run.total_steps} in "
+                 f"{format_duration(time.perf_counter() - run.started)}; checkpoint: "
+                 f"{folder.file('checkpoint.npz')}\n")
+    return record
+
+
+class Run:
+    """One pre-training run: its data, model, optimiser, learning-rate schedule and
+    augmentation, and `step`, the number of steps done (0, or the resumed checkpoint's).
+
+    Everything random comes from --seed and the position: the epoch's batch order from
+    (seed, 1, epoch), a step's augmentation from (seed, 2, step)."""
+
+    def __init__(self, config, resumed=None):
+        validate(config)
+        self.config = config
+        self.xp = cli.require_backend(config["backend"])
+        self.splits = load_from_arguments(config)
+        self.images = self.splits.train.images
+        self.batch_size = config["batch_size"]
+        self.steps_per_epoch = len(self.images) // self.batch_size
+        check_data(config, self.splits, self.steps_per_epoch)
+        self.total_steps = config["epochs"] * self.steps_per_epoch
+        self.max_steps = min(config["max_steps"] or self.total_steps, self.total_steps)
+        device = "cpu" if self.xp is numpy else "cuda"
+        self.model = build_model(config, self.images.shape[1]).to(device=device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.schedule = WarmupCosine(scaled_lr(config),
+                                     round(config["warmup_epochs"] * self.steps_per_epoch),
+                                     self.total_steps)
+        self.augment = SimCLRAugment(size=self.images.shape[1],
+                                     color_strength=config["color_strength"], blur=config["blur"])
+        self.step, self.source, self._order = 0, None, (None, None)
+        if resumed is not None:
+            self.resume(*resumed)
+        self.started = time.perf_counter()
+
+    def resume(self, model_state, optimizer_state, meta, source):
+        """Continue from a checkpoint's state (simclr.settings.resolve_config read it)."""
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.step, self.source = meta["step"], source
+        if self.step > self.total_steps:
+            epochs = self.config["epochs"]
+            raise UsageError(f"--epochs {epochs}: the run in {source} is at step {self.step}, "
+                             f"past the {self.total_steps} steps of {epochs} epochs; give at "
+                             f"least --epochs {-(-self.step // self.steps_per_epoch)}")
+
+    def epoch(self):
+        """The epoch that the next step belongs to."""
+        return self.step // self.steps_per_epoch
+
+    def batch_images(self):
+        """The uint8 images (N, H, W, 3) of the next step, on the run's device: the next
+        batch_size of its epoch's random order."""
+        epoch, batch = divmod(self.step, self.steps_per_epoch)
+        if self._order[0] != epoch:
+            rng = numpy.random.default_rng([self.config["seed"], 1, epoch])
+            self._order = (epoch, rng.permutation(len(self.images)))
+        indices = self._order[1][batch * self.batch_size:(batch + 1) * self.batch_size]
+        return self.xp.asarray(self.images[indices])
+
+    def train_step(self):
+        """One training step at `step`, then step + 1; returns the loss."""
+        rng = numpy.random.default_rng([self.config["seed"], 2, self.step])
+        loss = training_step(self.model, self.optimizer, self.augment, self.batch_images(), rng,
+                             self.schedule(self.step), self.config["temperature"], self.step)
+        self.step += 1
+        return loss
+
+    def knn_due(self):
+        """Whether the epoch just ended is one to measure k-NN accuracy after."""
+        every = self.config["knn_every"]
+        epoch, batch = divmod(self.step, self.steps_per_epoch)
+        return bool(every) and batch == 0 and epoch % every == 0 \
+            and self.splits.held_out() is not None
+
+
+def check_data(config, splits, steps_per_epoch):
+    """One clear line where the data cannot serve the run's flags."""
     images = splits.train.images
-    batch_size = config["batch_size"]
-    steps_per_epoch = len(images) // batch_size
     if steps_per_epoch == 0:
-        raise UsageError(f"--batch-size {batch_size} is more than the {len(images)} training "
-                         f"images: lower --batch-size to at most {len(images)}")
+        raise UsageError(f"--batch-size {config['batch_size']} is more than the {len(images)} "
+                         f"training images: lower --batch-size to at most {len(images)}")
     if config["knn_every"] and splits.held_out() is None:
         raise UsageError(f"--knn-every {config['knn_every']} needs a held-out split, and this data "
                          f"has no test split: carve one with --val-fraction or --val-per-class")
     if config["knn_every"] and splits.train.labels is None:
         raise UsageError(f"--knn-every {config['knn_every']} needs labelled images, and "
                          f"{config['data_dir']} has none (its images lie directly in it)")
-    total_steps = config["epochs"] * steps_per_epoch
-    max_steps = min(config["max_steps"] or total_steps, total_steps)
 
-    model = build_model(config, images.shape[1]).to(device=device)
-    optimizer = build_optimizer(config, model)
-    schedule = WarmupCosine(scaled_lr(config), round(config["warmup_epochs"] * steps_per_epoch),
-                            total_steps)
-    augment = SimCLRAugment(size=images.shape[1], color_strength=config["color_strength"],
-                            blur=config["blur"])
-    step, source = 0, None
-    if resumed is not None:
-        model_state, optimizer_state, meta, source = resumed
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optimizer_state)
-        step = meta["step"]
-        if step > total_steps:
-            raise UsageError(f"--epochs {config['epochs']}: the run in {source} is at step {step}, "
-                             f"past the {total_steps} steps of {config['epochs']} epochs; give at "
-                             f"least --epochs {-(-step // steps_per_epoch)}")
 
-    with RunFolder(config["out"]) as folder:
-        metrics = prepare_folder(folder, config, source, step)
-        progress = ProgressLine(config["epochs"], steps_per_epoch, stream)
-        saved_step = step if resumed is not None else None  # the step of the checkpoint on disk
-
-        def kept():
-            return ("no checkpoint was written" if saved_step is None else
-                    f"the checkpoint of step {saved_step} is kept")
-
-        def save_at(step):
-            nonlocal saved_step
-            with stop.saving():
-                try:
-                    save_checkpoint(folder.file("checkpoint.npz"), model, optimizer,
-                                    {"step": step, "epoch": step // steps_per_epoch,
-                                     "config": config})
-                except NonFiniteState as error:
-                    raise TrainingDiverged(f"the model became non-finite by step {step}: "
-                                           f"{error}; {kept()}. Try a lower --lr") from None
-            saved_step = step
-
-        held_out = splits.held_out()
-        start_time, start_step = time.perf_counter(), step
-        record = {}
-
-        def train_epoch():
-            """The steps from `step` to the end of its epoch (or to max_steps, or to a stop
-            request); returns the last step's record."""
-            nonlocal step, record
-            epoch = step // steps_per_epoch
-            order = numpy.random.default_rng([config["seed"], 1, epoch]).permutation(len(images))
-            epoch_start, epoch_first_step = time.perf_counter(), step
-            while step < min(max_steps, (epoch + 1) * steps_per_epoch) and stop.signum is None:
-                batch = step - epoch * steps_per_epoch
-                indices = order[batch * batch_size:(batch + 1) * batch_size]
-                loss = training_step(model, optimizer, augment, xp.asarray(images[indices]),
-                                     numpy.random.default_rng([config["seed"], 2, step]),
-                                     schedule(step), config["temperature"], step)
-                step += 1
-                images_per_s = batch_size * (step - epoch_first_step) / max(
-                    time.perf_counter() - epoch_start, 1e-9)
-                record = {"step": step, "epoch": epoch, "loss": loss, "lr": schedule(step - 1),
-                          "images_per_s": images_per_s, "elapsed": time.perf_counter() - start_time}
-                metrics.write(**record)
-                progress.update(epoch, batch + 1, loss, images_per_s,
-                                (max_steps - step) * batch_size / max(images_per_s, 1e-9),
-                                final=step == (epoch + 1) * steps_per_epoch or step == max_steps)
-
-        with StopRequest(stream, lambda: f"when step {step + 1} is done") as stop:
-            try:
-                while step < max_steps and stop.signum is None:
-                    train_epoch()
-                    save_at(step)
-                    epoch, batch = divmod(step, steps_per_epoch)
-                    if config["knn_every"] and batch == 0 and held_out is not None \
-                            and epoch % config["knn_every"] == 0 and stop.signum is None:
-                        accuracy = monitor_knn(model, splits.train, held_out[1])
-                        metrics.write(step=step, epoch=epoch - 1, knn_accuracy=accuracy,
-                                      split=held_out[0])
-                        stream.write(f"  k-NN accuracy on {held_out[0]}: {accuracy:.4f}\n")
-                if stop.signum is not None:
-                    if saved_step != step:
-                        save_at(step)
-                    stream.write(f"stopped: checkpoint saved at step {step} in {folder.path}; "
-                                 f"continue with --resume {folder.path}\n")
-                    raise Interrupted(stop.signum, saved=True)
-            except Interrupted as interrupted:
-                if not interrupted.saved:
-                    stream.write(f"stopped at once: step {step + 1} was not finished; {kept()}\n")
-                raise
-            finally:
-                metrics.close()
-        plot_loss_curve(read_metrics(metrics.path), folder.file("loss.png"))
-    done = time.perf_counter() - start_time
-    stream.write(f"trained steps {start_step}..{step} of {total_steps} in {format_duration(done)}; "
-                 f"checkpoint: {folder.file('checkpoint.npz')}\n")
+def train_epoch(run, metrics, progress, stop):
+    """The steps from run.step to the end of its epoch (or to max_steps, or to a stop
+    request), each logged and shown; returns the last step's record ({} if none ran)."""
+    epoch = run.epoch()
+    end = min(run.max_steps, (epoch + 1) * run.steps_per_epoch)
+    clock, first_step, record = time.perf_counter(), run.step, {}
+    while run.step < end and stop.signum is None:
+        loss = run.train_step()
+        images_per_s = run.batch_size * (run.step - first_step) / max(
+            time.perf_counter() - clock, 1e-9)
+        record = {"step": run.step, "epoch": epoch, "loss": loss, "lr": run.schedule(run.step - 1),
+                  "images_per_s": images_per_s, "elapsed": time.perf_counter() - run.started}
+        metrics.write(**record)
+        progress.update(epoch, run.step - epoch * run.steps_per_epoch, loss, images_per_s,
+                        (run.max_steps - run.step) * run.batch_size / max(images_per_s, 1e-9),
+                        final=run.step == end)
     return record
+
+
+class Checkpoints:
+    """The run's checkpoint.npz: written whole (simclr/files.py) after every epoch and on a
+    stop, never while a signal could cut the write short, never with an inf or a NaN in it."""
+
+    def __init__(self, path, run, stop):
+        self.path, self.run, self.stop = path, run, stop
+        self.saved_step = run.step if run.source is not None else None  # the step on disk
+
+    def kept(self):
+        return ("no checkpoint was written" if self.saved_step is None else
+                f"the checkpoint of step {self.saved_step} is kept")
+
+    def save(self):
+        run = self.run
+        with self.stop.saving():
+            try:
+                save_checkpoint(self.path, run.model, run.optimizer,
+                                {"step": run.step, "epoch": run.step // run.steps_per_epoch,
+                                 "config": run.config})
+            except NonFiniteState as error:
+                raise TrainingDiverged(f"the model became non-finite by step {run.step}: "
+                                       f"{error}; {self.kept()}. Try a lower --lr") from None
+        self.saved_step = run.step
+
+    def save_on_stop(self, folder, stream):
+        """After a stop request: save the step reached (unless it is saved), say how to
+        continue, and end the run (Interrupted, saved)."""
+        if self.saved_step != self.run.step:
+            self.save()
+        stream.write(f"stopped: checkpoint saved at step {self.run.step} in {folder}; "
+                     f"continue with --resume {folder}\n")
+        raise Interrupted(self.stop.signum, saved=True)
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.npz", "loss.png")
