@@ -9,8 +9,8 @@ import numpy
 import nn
 import nn.functional as F
 from autograd import Tensor, no_grad
-from nn.functional.cpu import passes
 from autograd.backend import array_module, device_of, scatter_add, to_numpy
+from nn.functional.cpu import passes
 from nn.optim import SGD, WarmupCosine
 
 
@@ -52,8 +52,8 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200
     k = min(k, len(train))
     correct = 0
     for start in range(0, len(test), chunk):
-        similarity = passes.matmul(test[start:start + chunk], train.T)    # (n, N_train)
-        neighbours = xp.argpartition(-similarity, k - 1, axis=1)[:, :k]       # (n, k)
+        similarity = passes.matmul(test[start:start + chunk], train.T)      # (n, N_train)
+        neighbours = xp.argpartition(-similarity, k - 1, axis=1)[:, :k]     # (n, k)
         weights = xp.exp(xp.take_along_axis(similarity, neighbours, axis=1) / temperature)
         votes = xp.zeros((len(similarity), num_classes), dtype=weights.dtype)
         rows = xp.arange(len(similarity))[:, None].repeat(k, axis=1)

@@ -4,8 +4,8 @@ import numbers
 
 import numpy
 
-from nn.functional.cpu.threads import map_ranges
 from autograd.backend import array_module, to_numpy
+from nn.functional.cpu.threads import map_ranges
 
 
 class Optimizer:
@@ -46,9 +46,9 @@ class Optimizer:
         # (nn/functional/cpu/threads.py; on the GPU, one after another)
         updated.sort(key=lambda index: -self.params[index].data.size)
         map_ranges(lambda index, _: self.update(index),
-                            [(index, index + 1) for index in updated],
-                            sum(self.params[index].data.nbytes for index in updated),
-                            self.params[updated[0]].data)
+                   [(index, index + 1) for index in updated],
+                   sum(self.params[index].data.nbytes for index in updated),
+                   self.params[updated[0]].data)
 
     def update(self, index):
         """Update parameter `index` (which has a gradient) in place; subclasses write this."""
