@@ -3,7 +3,7 @@ CuPy imports and a GPU is present (those runs are marked `gpu` and skipped elsew
 import numpy
 import pytest
 
-from autograd import parallel
+from nn.functional.cpu import threads as cpu_threads
 from helpers import force_every_split
 
 
@@ -39,14 +39,14 @@ def xp(request):
 @pytest.fixture
 def threads():
     """Restores the thread count after the test."""
-    before = parallel.get_num_threads()
+    before = cpu_threads.get_num_threads()
     yield
-    parallel.set_num_threads(before)
+    cpu_threads.set_num_threads(before)
 
 
 @pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
 def split_everything(request, monkeypatch, threads):
     """n threads and every split forced (force_every_split)."""
-    parallel.set_num_threads(request.param)
+    cpu_threads.set_num_threads(request.param)
     force_every_split(monkeypatch)
     return request.param

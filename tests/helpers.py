@@ -2,8 +2,8 @@
 import numpy
 import pytest
 
-from autograd import Tensor, parallel, to_numpy
-from nn.functional import batch_norm_blocks, conv, winograd
+from autograd import Tensor, to_numpy
+from nn.functional.cpu import batch_norm_blocks, conv, passes, threads, winograd
 
 
 def randn(xp, *shape, dtype="float64", seed=0, requires_grad=False, scale=1.0):
@@ -29,13 +29,16 @@ def import_torch():
 
 
 def force_every_split(monkeypatch):
-    """Every split a big array would see, forced onto small ones: no minimum work per thread,
-    blocks of 2 rows of 8 bytes, product pieces of one row, conv chunks and Winograd pieces of
-    one image, batch-norm tiles of 24 bytes."""
-    monkeypatch.setattr(parallel, "MIN_BYTES_PER_THREAD", 1)
-    monkeypatch.setattr(parallel, "BLOCK_BYTES", 16)
-    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
+    """Every split a big array would see, forced onto small ones (nn/functional/cpu): no
+    minimum work per thread, pieces of one unit, batch-norm blocks of 2 rows of 8 bytes,
+    product pieces of one row, conv chunks and Winograd pieces of one image, batch-norm tiles
+    of 24 bytes."""
+    monkeypatch.setattr(threads, "MIN_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(threads, "MIN_PIECE_BYTES", 1)
+    monkeypatch.setattr(threads, "PIECE_BYTES", 1)
+    monkeypatch.setattr(batch_norm_blocks, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(passes, "MIN_PIECE", 1)
     monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
     monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
-    monkeypatch.setattr(winograd, "PIECE_BYTES", 1)
+    monkeypatch.setattr(winograd, "TILE_BUFFER_BYTES", 1)
     monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)

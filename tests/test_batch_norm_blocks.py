@@ -1,14 +1,15 @@
-"""Batch norm's blocked, threaded kernel (nn/functional/normalization.py, its parts in batch_norm_blocks.py) with every split
-forced on (the `split_everything` fixture of conftest.py): fused with a ReLU and a residual, in
+"""Batch norm's blocked, threaded kernel (nn/functional/cpu/batch_norm.py, its parts in
+cpu/batch_norm_blocks.py) with every split forced on (the `split_everything` fixture of conftest.py): fused with a ReLU and a residual, in
 both modes, against finite differences, PyTorch and the plain-Tensor reference; its blocks, its
 moments and its three ways of centring."""
 import numpy
 import pytest
 
 import nn.functional as F
-from autograd import Tensor, gradcheck, parallel, to_numpy
-from nn.functional import batch_norm_blocks
-from nn.functional.batch_norm_blocks import Blocks, Centring, batch_moments
+from autograd import Tensor, gradcheck, to_numpy
+from nn.functional.cpu import batch_norm_blocks
+from nn.functional.cpu.batch_norm_blocks import Blocks, Centring, batch_moments
+from nn.functional.choice import use_reference
 from nn.functional.normalization import batch_norm_reference
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
@@ -76,25 +77,32 @@ def test_fused_batch_norm_matches_pytorch(xp, split_everything, dtype, training)
                         (theirs, t_mean, t_var, tx, tr, tw, tb), PARITY_TOLERANCE[dtype], dtype)
 
 
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("fused", ["none", "relu", "residual+relu"])
-def test_fused_batch_norm_equals_the_tensor_op_reference(xp, split_everything, fused):
-    """The fast op against batch_norm_reference (plain Tensor ops), values and all gradients."""
-    x, residual, weight, bias, _ = batch_norm_inputs(xp, (5, 4, 3, 6))
-    copies = [Tensor(t.data.copy(), requires_grad=True) for t in (x, residual, weight, bias)]
+def test_fused_batch_norm_equals_the_tensor_op_reference(xp, split_everything, fused, training):
+    """The kernel against batch_norm_reference (plain Tensor ops, what use_reference() runs):
+    the output, every gradient and the running statistics."""
     relu, res = "relu" in fused, "residual" in fused
-    fast = F.batch_norm(x, None, None, weight, bias, training=True,
-                        residual=residual if res else None, relu=relu)
-    slow = batch_norm_reference(copies[0], copies[2], copies[3],
-                                residual=copies[1] if res else None, relu=relu)
-    upstream = xp.asarray(numpy.random.default_rng(4).standard_normal(x.shape))
-    fast.backward(upstream)
-    slow.backward(upstream)
-    assert relative_error(fast.data, slow.data) < 1e-12
-    for name, mine, theirs in zip(("x", "residual", "weight", "bias"), (x, residual, weight, bias),
-                                  copies):
-        if name == "residual" and not res:
-            continue
-        assert relative_error(mine.grad, theirs.grad) < 1e-10, name
+    results = []
+    for reference in (False, True):
+        x, residual, weight, bias, (mean, var) = batch_norm_inputs(xp, (5, 4, 3, 6))
+        with use_reference(reference):
+            out = F.batch_norm(x, mean, var, weight, bias, training=training,
+                               residual=residual if res else None, relu=relu)
+            out.backward(xp.asarray(numpy.random.default_rng(4).standard_normal(x.shape)))
+        results.append([out.data, mean, var, x.grad, weight.grad, bias.grad]
+                       + ([residual.grad] if res else []))
+    names = ["output", "running_mean", "running_var", "x", "weight", "bias", "residual"]
+    for name, kernel, reference in zip(names, *results):
+        assert relative_error(kernel, to_numpy(reference)) < 1e-10, name
+
+
+def test_batch_norm_reference_is_gradient_checked_in_both_modes():
+    x, residual, weight, bias, (mean, var) = batch_norm_inputs(numpy, (4, 3, 2, 3))
+    gradcheck(lambda x, w, b, r: batch_norm_reference(x, w, b, residual=r, relu=True),
+              [x, weight, bias, residual])
+    gradcheck(lambda x, w, b: batch_norm_reference(x, w, b, mean=mean, var=var),
+              [x, weight, bias])
 
 
 def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
@@ -106,6 +114,27 @@ def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
     exact = rows.astype(numpy.float64)
     numpy.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
     numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1.0, 3.0, 1e3], ids=lambda v: f"mean={v:g}std")
+def test_batch_statistics_of_float32_are_float64_accurate(xp, offset):
+    """mean and var of float32 input against float64 ones. Sums of x and x^2 would cancel
+    when the mean is large against the spread (at mean = 1000 std, var = E[x^2] - E[x]^2 in
+    float32 loses every digit), and float32 sums of many rows lose digits to rounding even
+    near zero. The statistics come back in float64, from centred values summed in short
+    float32 sums: their errors must lie far below float32's own rounding (6e-8)."""
+    rng = numpy.random.default_rng(5)
+    C = 24
+    spread = numpy.exp(rng.uniform(-3, 3, C))
+    x = rng.standard_normal((20000, C)) * spread + offset * spread * rng.choice([-1, 1], C)
+    rows = xp.asarray(x.astype(numpy.float32))
+    mean, var = batch_moments(rows, Blocks(rows))
+    exact = x.astype(numpy.float32).astype(numpy.float64)
+    assert mean.dtype == var.dtype == numpy.float64
+    mean_error = numpy.abs(to_numpy(mean) - exact.mean(axis=0)) / exact.std(axis=0)
+    var_error = numpy.abs(to_numpy(var) - exact.var(axis=0)) / exact.var(axis=0)
+    assert mean_error.max() < 1e-8 * (1 + offset), mean_error.max()  # 1e-9 of the mean
+    assert var_error.max() < 1e-7, f"var relative error {var_error.max():.3g}"
 
 
 @pytest.mark.parametrize("far", ["none", "few", "many"])
@@ -145,7 +174,7 @@ def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch
 
 
 def test_batch_norm_blocks_are_whole_tiles_then_the_rest(monkeypatch):
-    monkeypatch.setattr(parallel, "BLOCK_BYTES", 64)      # 8 rows of 8 bytes per block ...
+    monkeypatch.setattr(batch_norm_blocks, "BLOCK_BYTES", 64)  # 8 rows of 8 bytes a block ...
     monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
     rows = numpy.arange(46, dtype=numpy.float32).reshape(23, 2)
     blocks = Blocks(rows)

@@ -67,24 +67,24 @@ def test_profile_harness_runs_a_tiny_resnet18_step(capsys):
 
 
 def test_thread_use_counts_sections_and_the_wait_at_their_end(monkeypatch):
-    from autograd import parallel
+    from nn.functional.cpu import threads
 
-    before = parallel.get_num_threads()
-    parallel.set_num_threads(2)
+    before = threads.get_num_threads()
+    threads.set_num_threads(2)
     try:
-        if parallel.get_num_threads() != 2:
-            pytest.skip("NumPy's BLAS is not OpenBLAS here: autograd.parallel runs one thread")
-        original = parallel.run
+        if threads.get_num_threads() != 2:
+            pytest.skip("NumPy's BLAS is not OpenBLAS here: the CPU kernels run one thread")
+        original = threads.run
         with profile.ThreadUse(lambda: ("Conv2d 3x3", "backward")) as use:
             # the caller's share is instant, the other thread's takes 50 ms: the caller waits
-            parallel.run(lambda start, stop: start and time.sleep(0.05), [(0, 1), (1, 2)])
-            parallel.run(lambda start, stop: None, [(0, 1)])  # one range: not a section
-        assert parallel.run is original
+            threads.run(lambda start, stop: start and time.sleep(0.05), [(0, 1), (1, 2)])
+            threads.run(lambda start, stop: None, [(0, 1)])  # one range: not a section
+        assert threads.run is original
         assert use.count == 1
         assert 0.04 < use.waiting <= use.sections < 1
         assert dict(use.waiting_by) == {("Conv2d 3x3", "backward"): use.waiting}
     finally:
-        parallel.set_num_threads(before)
+        threads.set_num_threads(before)
 
 
 def _in_a_git_checkout():

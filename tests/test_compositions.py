@@ -18,8 +18,10 @@ import numpy
 import pytest
 
 import nn.functional as F
-from autograd import Tensor, gradcheck, parallel, to_numpy
-from nn.functional import conv, scratch
+from autograd import Tensor, gradcheck, to_numpy
+from nn.functional import conv
+from nn.functional.cpu import scratch, threads
+from nn.functional.cpu.winograd import Conv2dWinograd
 from helpers import PARITY_TOLERANCE, force_every_split, import_torch, relative_error
 
 GRADCHECK_CHAINS = {"1-thread": 160, "2-threads": 30, "evicting": 40}
@@ -74,7 +76,7 @@ def random_chain(rng, channels=(2, 3), wide=False):
     The input is N = 2 or 3 images of 1..12 pixels a side (mostly square, so that many
     convolutions in a row and across chains reach the same padded shapes) with channels from
     `channels`; wide=True draws 16 channels throughout, where conv2d's dW comes from the
-    columns of its input gradient (conv._transposed_by_flipped_kernel)."""
+    columns of its input gradient (the backward by the flipped kernel, cpu/conv.py)."""
     channels = (16,) if wide else channels
     H = int(rng.integers(1, 13))
     W = H if rng.random() < 0.8 else int(rng.integers(1, 13))
@@ -214,7 +216,9 @@ def uses(specs, path, shape):
         if spec["op"] == "conv2d":
             k, s, p = spec["kernel"], spec["stride"], spec["padding"]
             H, W = shape[2:]
-            if (k, s, p) == (3, 1, 1) and H % 2 == W % 2 == 0 and H * W <= conv.WINOGRAD_MAX_PIXELS:
+            x = Tensor(numpy.empty(shape))
+            weight = Tensor(numpy.empty((spec["out"], shape[1], k, k)))
+            if conv.implementation(x, weight, (s, s), (p, p)) is Conv2dWinograd:
                 taken = "winograd"
             else:
                 taken = "1x1" if k == 1 and p == 0 else "im2col"
@@ -237,18 +241,18 @@ def mode(request, monkeypatch):
     array would see forced onto the small ones (no minimum work per thread, conv chunks and
     Winograd pieces of one image, batch-norm blocks of a few rows). evicting: one thread, and
     the scratch arrays evicted at almost every request, while views of them are in use."""
-    before = parallel.get_num_threads()
+    before = threads.get_num_threads()
     if request.param == "2-threads":
-        parallel.set_num_threads(2)
-        if parallel.get_num_threads() != 2:
-            pytest.skip("NumPy's BLAS is not OpenBLAS here: autograd.parallel runs one thread")
+        threads.set_num_threads(2)
+        if threads.get_num_threads() != 2:
+            pytest.skip("NumPy's BLAS is not OpenBLAS here: the CPU kernels run one thread")
         force_every_split(monkeypatch)
     else:
-        parallel.set_num_threads(1)
+        threads.set_num_threads(1)
     if request.param == "evicting":
         monkeypatch.setattr(scratch, "MAX_ARRAYS", 1)
     yield request.param
-    parallel.set_num_threads(before)
+    threads.set_num_threads(before)
 
 
 def chains(seed, count):

@@ -1,12 +1,16 @@
-"""conv2d: gradients against finite differences, the channels-last conv against the im2col reference, forward and
-backward against PyTorch, and the errors a user can cause."""
+"""conv2d: gradients against finite differences, every kernel against the reference (the
+channels-last im2col of cpu/conv.py and Winograd's, with and without every split forced),
+forward and backward against PyTorch, and the errors a user can cause."""
 import numpy
 import pytest
 
 from autograd import Tensor, gradcheck, to_numpy
-import nn.functional.conv as conv_module
-from nn.functional.conv import Conv2d, conv2d
-from nn.functional.im2col import Conv2dIm2col, col2im, im2col
+import nn.functional.cpu.conv as conv_kernel
+from nn.functional.choice import use_reference
+from nn.functional.conv import (Conv2dReference, col2im, conv2d, implementation, im2col)
+from nn.functional.cpu import threads as cpu_threads
+from nn.functional.cpu.conv import Conv2dGemm
+from nn.functional.cpu.winograd import Conv2dWinograd
 from nn.functional.windows import pair
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
@@ -18,10 +22,10 @@ CONFIGS = {
     "3x3_stride2_pad1_odd_7x9": ((1, 2, 7, 9), (3, 2, 3, 3), 2, 1, False),
     "7x7_stride2_pad3_stem": ((1, 2, 9, 7), (2, 2, 7, 7), 2, 3, True),
     "2x3_kernel_stride_2x1_pad_1x0": ((2, 2, 6, 7), (3, 2, 2, 3), (2, 1), (1, 0), True),
-    # 16+ channels: dW from the columns of the input gradient (conv._transposed_by_flipped_kernel)
+    # 16+ channels, stride 1: the backward by the flipped kernel (cpu/conv.py)
     "3x3_pad1_16_channels": ((3, 16, 5, 4), (3, 16, 3, 3), 1, 1, False),
     "2x3_kernel_pad_1x2_16_channels": ((2, 16, 4, 5), (5, 16, 2, 3), 1, (1, 2), True),
-    # 3x3, stride 1, even sizes of at most WINOGRAD_MAX_PIXELS: winograd.py on the CPU
+    # 3x3, stride 1, even sizes of at most WINOGRAD_MAX_PIXELS: cpu/winograd.py on the CPU
     "3x3_pad1_winograd_4x6": ((2, 3, 4, 6), (5, 3, 3, 3), 1, 1, True),
     "3x3_pad1_winograd_8x8_16_channels": ((2, 16, 8, 8), (4, 16, 3, 3), 1, 1, False),
 }
@@ -59,31 +63,55 @@ def test_col2im_is_the_adjoint_of_im2col(xp):
     assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 1])  # 1 byte: one image per chunk
-@pytest.mark.parametrize("name", CONFIGS)
-def test_channels_last_conv2d_matches_the_im2col_reference(xp, name, chunk_bytes, monkeypatch):
-    if chunk_bytes is not None:
-        monkeypatch.setitem(conv_module.CHUNK_BYTES, "cpu", chunk_bytes)
-        monkeypatch.setitem(conv_module.CHUNK_BYTES, "cuda", chunk_bytes)
-        monkeypatch.setattr(conv_module, "MIN_CHUNK_ROWS", 1)
-    config = CONFIGS[name]
-    stride, padding = pair(config[2], "stride", 1), pair(config[3], "padding", 0)
-    results = []
-    for op in (Conv2d, Conv2dIm2col):
-        tensors = _inputs(xp, config)
-        tensors = [t for t in tensors if t is not None]
-        out = op.apply(*tensors, stride=stride, padding=padding)
+def _forward_backward(xp, config, reference=False):
+    """conv2d of CONFIGS' inputs and an upstream gradient, by the reference or by whatever
+    kernel conv2d picks: [output, dx, dW (, db)] as arrays."""
+    tensors = [t for t in _inputs(xp, config) if t is not None]
+    with use_reference(reference):
+        out = conv2d(*tensors, stride=config[2], padding=config[3])
         out.backward(randn(xp, *out.shape, seed=4).data)
-        results.append([out.data] + [t.grad for t in tensors])
-    for fast, reference in zip(*results):
+    return [out.data] + [t.grad for t in tensors]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_conv2d_kernels_match_the_reference(xp, name):
+    for fast, reference in zip(_forward_backward(xp, CONFIGS[name]),
+                               _forward_backward(xp, CONFIGS[name], reference=True)):
         assert relative_error(fast, to_numpy(reference)) <= 1e-13
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_conv2d_kernels_split_every_way_match_the_reference(split_everything, name):
+    """One image per chunk and per Winograd piece, product pieces of one row, on 1 and 3
+    threads: the paths that only big batches take in training."""
+    for fast, reference in zip(_forward_backward(numpy, CONFIGS[name]),
+                               _forward_backward(numpy, CONFIGS[name], reference=True)):
+        assert relative_error(fast, reference) <= 1e-13
+
+
+def test_the_reference_is_what_use_reference_runs_and_it_is_gradient_checked():
+    x, weight, bias = _inputs(numpy, CONFIGS["3x3_stride2_pad1_odd_7x9"])
+    stride, padding = (2, 2), (1, 1)
+    assert implementation(x, weight, stride, padding) is Conv2dGemm
+    with use_reference():
+        assert implementation(x, weight, stride, padding) is Conv2dReference
+    gradcheck(lambda x, w: Conv2dReference.apply(x, w, stride=stride, padding=padding),
+              [x, weight])
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_conv2d_picks_winograd_exactly_for_the_winograd_configs(name):
+    x, weight, _ = _inputs(numpy, CONFIGS[name])
+    stride, padding = pair(CONFIGS[name][2], "stride", 1), pair(CONFIGS[name][3], "padding", 0)
+    expected = Conv2dWinograd if name in WINOGRAD_CONFIGS else Conv2dGemm
+    assert implementation(x, weight, stride, padding) is expected
 
 
 def test_conv2d_output_has_channels_last_strides_and_feeds_the_next_conv_without_a_copy():
     x, weight, _ = _inputs(numpy, CONFIGS["3x3_pad1"])
     out = conv2d(x, weight, padding=1)
     assert out.data.transpose(0, 2, 3, 1).flags.c_contiguous
-    assert numpy.shares_memory(conv_module.channels_last(out.data), out.data)
+    assert numpy.shares_memory(conv_kernel.channels_last(out.data), out.data)
 
 
 def test_conv2d_computes_only_requested_gradients(xp):
@@ -98,7 +126,7 @@ def test_conv2d_computes_only_requested_gradients(xp):
 @pytest.mark.parametrize("H", [8, 9], ids=["whole-runs", "with-a-shorter-run"])
 @pytest.mark.parametrize("k", [1, 3])  # 3x3 at 8x8: winograd.py's
 def test_float32_bias_gradient_is_the_float64_sum_to_float32_rounding(H, k):
-    """db sums runs of 64 rows in float32, then the runs in float64 (conv._bias_grad): over
+    """db sums runs of 64 rows in float32, then the runs in float64 (passes.column_sum): over
     8 x H x H pixels it errs by a few float32 roundings, and stays float32."""
     x = randn(numpy, 8, 4, H, H, dtype="float32", seed=1, requires_grad=True)
     weight = randn(numpy, 5, 4, k, k, dtype="float32", seed=2, requires_grad=True)
@@ -180,16 +208,24 @@ def test_conv2d_rejects_non_tensor_input():
         conv2d(numpy.zeros((1, 2, 4, 4)), Tensor(numpy.zeros((3, 2, 3, 3))))
 
 
-def test_chunks_have_at_least_min_chunk_rows_and_leave_every_thread_one(monkeypatch):
-    from autograd import parallel
-    monkeypatch.setattr(parallel, "get_num_threads", lambda: 2)
-    monkeypatch.setitem(conv_module.CHUNK_BYTES, "cpu", 4 * 2**20)
+def _chunk_sizes(x_last, geometry):
+    run, capacity = conv_kernel._chunks(x_last, geometry)
+    sizes = [stop - start for start, stop in run(lambda start, stop: (start, stop))]
+    assert sum(sizes) == x_last.shape[0] and capacity == max(sizes)
+    return sizes
+
+
+def test_chunks_have_at_least_min_chunk_rows_and_leave_every_thread_one(threads):
+    """Each chunk's product packs the whole weight matrix again: at the last stages (16 rows
+    of columns an image) chunks of at least MIN_CHUNK_ROWS rows, not of CHUNK_BYTES."""
+    cpu_threads.set_num_threads(2)
+    if cpu_threads.get_num_threads() != 2:
+        pytest.skip("NumPy's BLAS is not OpenBLAS here: the CPU kernels run one thread")
     x = numpy.zeros((64, 4, 4, 512), numpy.float32)  # stage 4: 16 rows of 18 KiB per image
     geometry = ((3, 3), (1, 1), (1, 1), (4, 4))
-    chunk, fewest, per_image = conv_module._chunk_size(x, geometry)
-    assert per_image == 16 * 9 * 512 * 4 and chunk == fewest == 32  # 512 rows, not 4 MiB
-    chunk, fewest, _ = conv_module._chunk_size(x[:40], geometry)
-    assert chunk == fewest == 20  # 40 images: 20 each for the two threads
+    assert _chunk_sizes(x, geometry) == [32, 32]  # 512 rows each, over 4 MiB of columns
+    assert _chunk_sizes(x[:40], geometry) == [20, 20]  # 40 images: 20 for each thread
     x = numpy.zeros((64, 32, 32, 64), numpy.float32)  # stage 1: 1024 rows per image
-    chunk, fewest, _ = conv_module._chunk_size(x, ((3, 3), (1, 1), (1, 1), (32, 32)))
-    assert chunk == fewest == 1
+    sizes = _chunk_sizes(x, ((3, 3), (1, 1), (1, 1), (32, 32)))
+    assert max(sizes) * 1024 * 9 * 64 * 4 <= conv_kernel.CHUNK_BYTES["cpu"]  # bounded by bytes
+    assert len(sizes) >= 4  # at least two pieces a thread

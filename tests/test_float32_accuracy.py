@@ -27,7 +27,8 @@ import numpy
 import pytest
 
 import nn.functional as F
-from autograd import Tensor, parallel
+from autograd import Tensor
+from nn.functional.cpu import threads
 from helpers import relative_error
 from simclr.loss import nt_xent
 
@@ -43,12 +44,12 @@ def fixed_threads():
     """PyTorch on one thread and ours on two, so that the float32 sums (a product's split over
     threads decides where its partial sums end), and so both errors, are the same on every
     run and every machine."""
-    theirs, ours = torch.get_num_threads(), parallel.get_num_threads()
+    theirs, ours = torch.get_num_threads(), threads.get_num_threads()
     torch.set_num_threads(1)
-    parallel.set_num_threads(2)
+    threads.set_num_threads(2)
     yield
     torch.set_num_threads(theirs)
-    parallel.set_num_threads(ours)
+    threads.set_num_threads(ours)
 
 
 def compare(ours, theirs, arrays, names, before_relu=None, seed=0):
@@ -216,7 +217,8 @@ def quantities(case):
 
 # What an op still misses, measured, as {(case, quantity): reason}: each a strict xfail until
 # fixed (conv2d's 1x1 dW and db were, at 2.2-2.7x and 4.6x PyTorch's error, until they summed
-# shorter runs: parallel.matmul_transposed, conv._bias_grad). None at present.
+# shorter runs: passes.matmul_transposed and passes.column_sum, in nn/functional/cpu). None at
+# present.
 KNOWN = {}
 
 

@@ -1,9 +1,11 @@
 """max_pool2d, avg_pool2d, adaptive_avg_pool2d: gradients against finite differences, the
-argmax routing of max pooling, forward and backward against PyTorch, and bad settings."""
+argmax routing of max pooling (its reference and its kernel alike, and the kernel held to the
+reference), forward and backward against PyTorch, and bad settings."""
 import numpy
 import pytest
 
 from autograd import Tensor, gradcheck, to_numpy
+from nn.functional.choice import use_reference
 from nn.functional.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
@@ -30,9 +32,40 @@ def test_adaptive_avg_pool2d_gradient_matches_finite_differences(xp):
     gradcheck(lambda x: adaptive_avg_pool2d(x, 1), [x])
 
 
-def test_max_pool2d_sends_gradient_of_a_tie_to_the_first_maximum(xp):
+@pytest.mark.parametrize("reference", [False, True], ids=["kernel", "reference"])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_max_pool2d_reference_gradients_match_finite_differences(xp, window, reference):
+    x_shape, kernel, stride, padding = WINDOWS[window]
+    x = randn(xp, *x_shape, seed=1, requires_grad=True)
+    with use_reference(reference):
+        gradcheck(lambda x: max_pool2d(x, kernel, stride, padding), [x])
+
+
+@pytest.mark.parametrize("memory", ["nchw", "channels-last"])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_max_pool2d_kernel_equals_the_reference_bitwise_with_ties(xp, window, memory):
+    """Small integers, so that most windows hold ties: the kernel must pick the same argmax
+    as the reference, in either memory layout, and so give the same bits."""
+    x_shape, kernel, stride, padding = WINDOWS[window]
+    values = numpy.random.default_rng(3).integers(-2, 3, x_shape).astype("float64")
+    if memory == "channels-last":
+        values = numpy.ascontiguousarray(values.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    results = []
+    for reference in (False, True):
+        x = Tensor(xp.asarray(values), requires_grad=True)
+        with use_reference(reference):
+            out = max_pool2d(x, kernel, stride, padding)
+            out.backward(randn(xp, *out.shape, seed=4).data)
+        results.append((to_numpy(out.data), to_numpy(x.grad)))
+    for kernel_result, reference_result in zip(*results):
+        numpy.testing.assert_array_equal(kernel_result, reference_result)
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["kernel", "reference"])
+def test_max_pool2d_sends_gradient_of_a_tie_to_the_first_maximum(xp, reference):
     x = Tensor(xp.zeros((1, 1, 2, 4)), requires_grad=True)
-    max_pool2d(x, 2).backward(xp.asarray([[[[3.0, 5.0]]]]))
+    with use_reference(reference):
+        max_pool2d(x, 2).backward(xp.asarray([[[[3.0, 5.0]]]]))
     expected = numpy.array([[[[3.0, 0, 5.0, 0], [0, 0, 0, 0]]]])
     assert numpy.array_equal(to_numpy(x.grad), expected)
 

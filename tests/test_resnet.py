@@ -206,3 +206,46 @@ def test_cifar_stem_has_a_parameter_free_maxpool_and_a_3x3_stride_1_conv():
 def test_bad_resnet_settings_raise_clear_errors(kwargs, error):
     with pytest.raises(error, match=list(kwargs)[0]):
         nn.resnet18(**kwargs)
+
+
+@pytest.mark.parametrize("depth, cifar_stem", [(18, False), (50, True)])
+def test_resnet_by_its_kernels_equals_resnet_by_the_reference_ops(xp, depth, cifar_stem,
+                                                                   monkeypatch):
+    """The whole network in training mode, once by the kernels conv2d, batch_norm and
+    max_pool2d pick and once inside use_reference(): the output, every parameter's gradient and
+    every running statistic agree in float64. (The ImageNet stem brings the max-pool and the
+    7x7 convolution; ResNet-18 at 16x16 reaches Winograd's 4x4 maps in its last stages.)"""
+    from nn.functional import conv, normalization, pooling
+    calls = {"conv2d": 0, "batch_norm": 0, "max_pool2d": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+    monkeypatch.setattr(conv.Conv2dReference, "forward",
+                        staticmethod(counted("conv2d", conv.Conv2dReference.forward)))
+    monkeypatch.setattr(pooling.MaxPool2dReference, "forward",
+                        staticmethod(counted("max_pool2d", pooling.MaxPool2dReference.forward)))
+    monkeypatch.setattr(normalization, "batch_norm_reference",
+                        counted("batch_norm", normalization.batch_norm_reference))
+    results = []
+    for reference in (False, True):
+        model = BUILDERS[depth](cifar_stem=cifar_stem, width=0.125, rng=0)
+        model.to(device="cuda" if xp.__name__ == "cupy" else "cpu", dtype="float64").train()
+        x = randn(xp, 2, 3, 16, 16, seed=1)
+        with nn.functional.use_reference(reference):
+            out = model(x)
+            out.backward(randn(xp, *out.shape, seed=2).data)
+        results.append({"output": out.data,
+                        **{name: p.grad for name, p in model.named_parameters()},
+                        **{name: b for name, b in model.named_buffers()
+                           if name.endswith(("running_mean", "running_var"))}})
+    convolutions = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert calls == {"conv2d": convolutions, "batch_norm": norms,
+                     "max_pool2d": 0 if cifar_stem else 1}     # the reference ran, and only once
+    kernels, references = results
+    assert kernels.keys() == references.keys()
+    for name in kernels:
+        assert relative_error(kernels[name], to_numpy(references[name])) <= 1e-10, name

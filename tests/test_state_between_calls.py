@@ -10,8 +10,9 @@ import numpy
 import pytest
 
 import nn.functional as F
-from autograd import Tensor, gradcheck, no_grad, parallel
-from nn.functional.im2col import Conv2dIm2col
+from autograd import Tensor, gradcheck, no_grad
+from nn.functional.conv import Conv2dReference
+from nn.functional.cpu import threads as cpu_threads
 from helpers import relative_error
 
 
@@ -32,12 +33,12 @@ def test_a_convolution_does_not_read_another_convolutions_pixels_as_its_padding(
 def test_two_paddings_that_reach_one_padded_shape_in_one_forward_pass():
     """A 5x5 conv with padding 1 of a 3x3 map, then a 5x5 conv with padding 2 of its 1x1
     output: both pad to 5x5, in one forward pass, and the second must see zeros around its
-    pixel. Checked against the im2col reference, which allocates its padded copies afresh."""
+    pixel. Checked against the reference, which allocates its padded copies afresh."""
     rng = numpy.random.default_rng(1)
     x, wa, wb = (Tensor(rng.standard_normal(s)) for s in [(2, 3, 3, 3), (3, 3, 5, 5),
                                                          (3, 3, 5, 5)])
     ours = F.conv2d(F.conv2d(x, wa, padding=1), wb, padding=2)
-    reference = Conv2dIm2col.apply(Conv2dIm2col.apply(x, wa, padding=(1, 1)), wb,
+    reference = Conv2dReference.apply(Conv2dReference.apply(x, wa, padding=(1, 1)), wb,
                                    padding=(2, 2))
     assert relative_error(ours.data, reference.data) <= 1e-13
 
@@ -48,7 +49,7 @@ def test_convolutions_in_two_python_threads_do_not_share_scratch_arrays():
     rng = numpy.random.default_rng(2)
     weight = Tensor(rng.standard_normal((8, 8, 3, 3)))
     inputs = [Tensor(rng.standard_normal((4, 8, 20, 20))) for _ in range(2)]
-    expected = [Conv2dIm2col.apply(x, weight, padding=(1, 1)).data for x in inputs]
+    expected = [Conv2dReference.apply(x, weight, padding=(1, 1)).data for x in inputs]
     errors = [[], []]
 
     def convolve(which):
@@ -69,11 +70,11 @@ def test_a_failed_split_returns_only_when_every_piece_has_finished(monkeypatch):
     """The calling thread's piece fails at once while the pool's piece is still running: run
     must not return (or raise) before it ends, or it would write into the failed call's arrays
     while the next call runs."""
-    before = parallel.get_num_threads()
-    parallel.set_num_threads(2)
+    before = cpu_threads.get_num_threads()
+    cpu_threads.set_num_threads(2)
     try:
-        if parallel.get_num_threads() != 2:
-            pytest.skip("NumPy's BLAS is not OpenBLAS here: autograd.parallel runs one thread")
+        if cpu_threads.get_num_threads() != 2:
+            pytest.skip("NumPy's BLAS is not OpenBLAS here: the CPU kernels run one thread")
         finished = threading.Event()
 
         def piece(start, stop):
@@ -82,10 +83,10 @@ def test_a_failed_split_returns_only_when_every_piece_has_finished(monkeypatch):
             time.sleep(0.2)
             finished.set()
         with pytest.raises(ArithmeticError):
-            parallel.run(piece, [(0, 1), (1, 2)])
+            cpu_threads.run(piece, [(0, 1), (1, 2)])
         assert finished.is_set()
     finally:
-        parallel.set_num_threads(before)
+        cpu_threads.set_num_threads(before)
 
 
 def test_no_grad_in_one_thread_leaves_the_others_recording():

@@ -170,15 +170,15 @@ def test_a_float32_training_step_never_makes_a_float64_array(monkeypatch):
 
 
 def test_threads_flag_sets_the_pool_and_is_not_saved_with_the_run(tmp_path, capsys):
-    from autograd import parallel
-    before = parallel.get_num_threads()
+    from nn.functional.cpu import threads
+    before = threads.get_num_threads()
     try:
         assert train.main(TINY + ["--out", str(tmp_path), "--max-steps", "1", "--threads", "1"]) == 0
-        assert parallel.get_num_threads() == 1
+        assert threads.get_num_threads() == 1
         assert "threads" not in json.load(open(tmp_path / "config.json"))
         capsys.readouterr()
         assert train.main(TINY + ["--out", str(tmp_path / "bad"), "--threads", "0"]) == 2
         assert capsys.readouterr().err == ("python -m simclr.train: error: --threads must be at "
                                            "least 1, got 0\n")
     finally:
-        parallel.set_num_threads(before)
+        threads.set_num_threads(before)

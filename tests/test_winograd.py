@@ -1,12 +1,15 @@
-"""Winograd's F(2x2, 3x3) convolution (nn/functional/winograd.py): the 1-D identity it rests
-on, the convolution and its weight gradient against direct sums, its float32 accuracy against
-im2col's, and which convolutions conv2d sends to it."""
+"""Winograd's F(2x2, 3x3) convolution (nn/functional/cpu/winograd.py): the 1-D identity it
+rests on, the convolution and its weight gradient against direct sums, its float32 accuracy
+against im2col's, and which convolutions conv2d sends to it. (tests/test_conv.py holds it to
+conv2d's reference, forward and backward.)"""
 import numpy
 import pytest
 
-import nn.functional.conv as conv_module
-import nn.functional.winograd as winograd
-from autograd import to_numpy
+import nn.functional.cpu.winograd as winograd
+from autograd import Tensor, to_numpy
+from nn.functional.conv import conv2d, implementation
+from nn.functional.cpu.conv import Conv2dGemm
+from nn.functional.cpu.winograd import Conv2dWinograd
 from helpers import relative_error
 
 from test_conv import CONFIGS, WINOGRAD_CONFIGS
@@ -74,9 +77,8 @@ def test_winograd_float32_is_about_as_accurate_as_im2col(xp):
     x, weight = _arrays(xp, (8, 8, 8, 64), 64, "float32", seed=3)
     exact = direct_conv3x3(to_numpy(x), to_numpy(weight))
     fast = convolve(x, weight)
-    geometry = ((3, 3), (1, 1), (1, 1), (8, 8))
-    w_matrix = xp.ascontiguousarray(conv_module._filter_rows(weight).T)
-    im2col = conv_module._convolve(x, w_matrix, geometry)
+    im2col = Conv2dGemm.apply(Tensor(x.transpose(0, 3, 1, 2)), Tensor(weight), stride=(1, 1),
+                              padding=(1, 1)).data.transpose(0, 2, 3, 1)   # (N, H, W, F)
     tiles = winograd.input_tiles(x)
     assert fast.dtype == tiles.dtype == numpy.float32                  # no float64 inside
     assert winograd.weight_grad(tiles, fast).dtype == numpy.float32
@@ -98,7 +100,7 @@ def test_transforms_in_one_image_pieces_give_the_same_result(xp, monkeypatch):
     upstream = xp.asarray(numpy.random.default_rng(5).standard_normal((5, 4, 4, 6)))
     whole = [convolve(x, weight).copy(),
              winograd.weight_grad(winograd.input_tiles(x), upstream)]
-    monkeypatch.setattr(winograd, "PIECE_BYTES", 1)              # one image per piece
+    monkeypatch.setattr(winograd, "TILE_BUFFER_BYTES", 1)        # one image per piece
     pieces = [convolve(x, weight),
               winograd.weight_grad(winograd.input_tiles(x), upstream)]
     for a, b in zip(whole, pieces):
@@ -106,21 +108,15 @@ def test_transforms_in_one_image_pieces_give_the_same_result(xp, monkeypatch):
 
 
 @pytest.mark.parametrize("name", WINOGRAD_CONFIGS)
-def test_the_winograd_test_configs_run_winograd(name):
-    x_shape, w_shape, stride, padding, _ = CONFIGS[name]
-    x_last = numpy.zeros((x_shape[0],) + x_shape[2:] + x_shape[1:2])
-    assert conv_module._uses_winograd(x_last, ((3, 3), (stride,) * 2, (padding,) * 2, x_shape[2:]))
-
-
-@pytest.mark.parametrize("name", WINOGRAD_CONFIGS)
 def test_conv2d_by_winograd_matches_conv2d_by_im2col(name, monkeypatch):
     from test_conv import _inputs
+    import nn.functional.conv as conv_module
     config = CONFIGS[name]
     results = []
     for max_pixels in (conv_module.WINOGRAD_MAX_PIXELS, 0):      # 0: im2col for every size
         monkeypatch.setattr(conv_module, "WINOGRAD_MAX_PIXELS", max_pixels)
         tensors = [t for t in _inputs(numpy, config) if t is not None]
-        out = conv_module.conv2d(*tensors, stride=config[2], padding=config[3])
+        out = conv2d(*tensors, stride=config[2], padding=config[3])
         out.backward(numpy.random.default_rng(6).standard_normal(out.shape))
         results.append([out.data] + [t.grad for t in tensors])
     for by_winograd, by_im2col in zip(*results):
@@ -129,11 +125,9 @@ def test_conv2d_by_winograd_matches_conv2d_by_im2col(name, monkeypatch):
 
 def test_conv2d_sends_only_resnet50s_last_two_stages_to_winograd():
     def uses(N, H, W, C, kernel=3, stride=1, padding=1):
-        x_last = numpy.zeros((N, H, W, C), numpy.float32)
-        Ho = (H + 2 * padding - kernel) // stride + 1
-        Wo = (W + 2 * padding - kernel) // stride + 1
-        return conv_module._uses_winograd(x_last, ((kernel,) * 2, (stride,) * 2,
-                                                   (padding,) * 2, (Ho, Wo)))
+        x = Tensor(numpy.zeros((N, C, H, W), numpy.float32))
+        weight = Tensor(numpy.zeros((C, C, kernel, kernel), numpy.float32))
+        return implementation(x, weight, (stride,) * 2, (padding,) * 2) is Conv2dWinograd
     assert uses(64, 8, 8, 256) and uses(64, 4, 4, 512)            # stages 3 and 4
     assert not uses(64, 16, 16, 128) and not uses(64, 32, 32, 64)  # stages 2 and 1: im2col
     assert not uses(64, 8, 8, 256, stride=2)                     # strided
