@@ -8,9 +8,9 @@ step varies by 1.5x from minute to minute), and timing all cases with the old co
 with the new, lets the drift in between read as a difference. Here each revision of the tree
 (`git archive REV`, or the working tree for WORKTREE) runs in a worker process of its own that
 stays alive; every repeat runs each case once on each side, back to back, in alternating
-order (after one untimed call on each side), and the report is the median over repeats of each case's new/old time ratio, then the
-ratio of the summed median times and the geometric mean of the per-case ratios. Below 1, the
-new code is faster. An A/A run shows the noise floor (0.98-1.01 on the machine of
+order (after one untimed call on each side), and the report is the median over repeats of
+each case's new/old time ratio, then the ratio of the summed median times and the geometric
+mean of the per-case ratios. Below 1, the new code is faster. An A/A run shows the noise floor (0.98-1.01 on the machine of
 bench/RESULTS.md, where the unpaired comparison read 0.96-1.08).
 
 The whole tree is swapped, so a change anywhere (the op's file, the kernels it calls in

@@ -7,9 +7,9 @@ Function's forward and backward while --steps steps run, grouped by op (a convol
 kernel and stride, e.g. "Conv2d 3x3/2"). Times are exclusive: an op that calls another op's
 forward does not count the inner one twice. What no op accounts for is the LARS update (timed
 on its own) and the rest: the engine's graph walk, gradient accumulation, Python.
-On the CPU it also measures how the step uses the threads (nn/functional/cpu/threads.py): the time in
-parallel sections, the part of it that the calling thread spends waiting for the others to
-finish their share, and the time outside any section, when one thread works and the others
+On the CPU it also measures how the step uses the threads (nn/functional/cpu/threads.py): the
+time in parallel sections, the part of it that the calling thread spends waiting for the
+others to finish their share, and the time outside any section, when one thread works and the others
 idle. Then it times the step's matrix products on their own (the same shapes, random
 numbers): the floor that the BLAS sets, against which the rest of the step is overhead.
 On a GPU each op waits for the device before its clock is read, which slows the step but

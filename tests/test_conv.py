@@ -209,7 +209,7 @@ def test_conv2d_rejects_non_tensor_input():
 
 
 def _chunk_sizes(x_last, geometry):
-    run, capacity = conv_kernel._chunks(x_last, geometry)
+    run, capacity = conv_kernel.image_chunks(x_last, geometry)
     sizes = [stop - start for start, stop in run(lambda start, stop: (start, stop))]
     assert sum(sizes) == x_last.shape[0] and capacity == max(sizes)
     return sizes

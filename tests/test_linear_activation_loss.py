@@ -1,5 +1,6 @@
 """linear, relu, log_softmax, logsumexp and cross_entropy: gradients against finite differences,
-values and gradients against PyTorch, dtypes, and the errors a user can cause."""
+values and gradients against PyTorch, dtypes, the errors a user can cause, and linear's
+products split over the CPU's threads."""
 import numpy
 import pytest
 
@@ -214,3 +215,12 @@ def test_cross_entropy_names_the_out_of_range_class_index(xp, bad):
 def test_log_softmax_rejects_an_axis_out_of_range(xp):
     with pytest.raises(ValueError, match="dim=2 is out of range"):
         log_softmax(randn(xp, 3, 4), dim=2)
+
+
+def test_linear_split_matches_finite_differences(split_everything):
+    """Under split_everything (on 3 threads, every product cut into pieces of one row): the
+    forward product and both gradient products (passes.matmul, passes.matmul_transposed)."""
+    x = randn(numpy, 9, 4, requires_grad=True)
+    w, b = randn(numpy, 3, 4, seed=1, requires_grad=True), randn(numpy, 3, seed=2,
+                                                                requires_grad=True)
+    assert gradcheck(linear, [x, w, b])

@@ -1,11 +1,14 @@
 """SGD against torch.optim.SGD, LARS against a transcription of the official update,
-checkpointing of optimiser state, and the warm-up + cosine schedule."""
+checkpointing of optimiser state, the warm-up + cosine schedule, and steps split over the CPU's
+threads equal to steps on one."""
 import math
 
 import numpy
 import pytest
 
 from autograd import Tensor, to_numpy
+from nn.functional.cpu import threads
+from nn.module import Parameter
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr, trust_ratio
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
@@ -271,3 +274,26 @@ def test_learning_rate_scaling_rules():
         linear_scaled_lr(0.3, 0)
     with pytest.raises(ValueError, match="base_lr"):
         sqrt_scaled_lr(-1.0, 256)
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "sgd"])
+def test_optimizer_steps_on_threads_equal_one_thread(split_everything, optimizer):
+    """The optimisers hand their parameters to the threads (map_ranges): two steps, under
+    split_everything, equal to the bit the same two steps on one thread."""
+    def two_steps():
+        rng = numpy.random.default_rng(0)
+        params = [Parameter(rng.standard_normal(shape).astype("float32"))
+                  for shape in ((6, 5), (7,), (3, 2, 2), (1,), (4, 4))]
+        make = {"lars": lambda: LARS(params, lr=0.5, weight_decay=1e-3),
+                "sgd": lambda: SGD(params, lr=0.5, momentum=0.9, nesterov=True)}[optimizer]
+        opt = make()
+        for _ in range(2):
+            for index, param in enumerate(params):
+                param.grad = None if index == 3 else rng.standard_normal(param.shape).astype(
+                    "float32")  # parameter 3 has no gradient: left alone
+            opt.step()
+        return [param.data for param in params]
+    threaded = two_steps()
+    threads.set_num_threads(1)
+    for a, b in zip(threaded, two_steps()):
+        numpy.testing.assert_array_equal(a, b)

@@ -1,6 +1,7 @@
 """max_pool2d, avg_pool2d, adaptive_avg_pool2d: gradients against finite differences, the
 argmax routing of max pooling (its reference and its kernel alike, and the kernel held to the
-reference), forward and backward against PyTorch, and bad settings."""
+reference), forward and backward against PyTorch, bad settings, and max pooling of channels-last
+input split over the CPU's threads."""
 import numpy
 import pytest
 
@@ -149,3 +150,24 @@ def test_pool_rejects_kernel_larger_than_input(xp):
 def test_adaptive_avg_pool2d_supports_only_output_size_1(xp):
     with pytest.raises(NotImplementedError, match="only output_size 1"):
         adaptive_avg_pool2d(randn(xp, 1, 1, 4, 4), 2)
+
+
+def test_max_pool2d_of_channels_last_input_split_over_threads_matches_pytorch(split_everything):
+    """Under split_everything (1 or 3 threads, a piece per image): max pooling of a
+    channels-last view (as conv2d's output), against the same op on NCHW memory, bit for bit,
+    and against PyTorch."""
+    rng = numpy.random.default_rng(0)
+    x_last = rng.standard_normal((4, 9, 11, 5))                    # (N, H, W, C) memory
+    upstream = rng.standard_normal((4, 5, 5, 6))
+    x = Tensor(x_last.transpose(0, 3, 1, 2), requires_grad=True)   # as conv2d's output
+    out = max_pool2d(x, 3, 2, 1)
+    out.backward(upstream)
+    nchw = Tensor(numpy.ascontiguousarray(x.data), requires_grad=True)
+    max_pool2d(nchw, 3, 2, 1).backward(upstream)                  # the same op on NCHW memory
+    numpy.testing.assert_array_equal(nchw.grad, x.grad)
+    torch = import_torch()
+    x_torch = torch.tensor(numpy.ascontiguousarray(x.data), requires_grad=True)
+    out_torch = torch.nn.functional.max_pool2d(x_torch, 3, 2, 1)
+    out_torch.backward(torch.tensor(upstream))
+    numpy.testing.assert_array_equal(out.data, out_torch.detach().numpy())
+    numpy.testing.assert_allclose(x.grad, x_torch.grad.numpy(), rtol=1e-12, atol=1e-12)

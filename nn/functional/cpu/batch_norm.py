@@ -52,8 +52,8 @@ class BatchNormBlocked(Function):
 
     How it is fast: the arrays are worked on as (n, C) matrices (channel_rows), free views of
     channels-last conv outputs, in blocks of rows small enough to stay in the CPU's cache and
-    spread over threads (threads.py; the blocks: batch_norm_blocks.py). Each pass reads memory once however many NumPy
-    calls it makes on a block:
+    spread over threads (threads.py; the blocks: batch_norm_blocks.py). Each pass reads memory
+    once however many NumPy calls it makes on a block:
       forward   1. per block: its mean and its sum of squared deviations, from its sums of x
                    and x^2 (or, where that would lose precision, of (x - mean)^2: see
                    batch_moments); the blocks are then combined exactly (Chan et al.'s

@@ -36,7 +36,7 @@ from .scratch import buffer, padded_images
 from .threads import for_pieces, map_ranges, split
 
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
-MIN_CHUNK_ROWS = 512  # but at least this many rows of columns per chunk (see _chunks)
+MIN_CHUNK_ROWS = 512  # but at least this many rows of columns per chunk (see image_chunks)
 
 
 def channels_last(x):
@@ -129,7 +129,7 @@ def _grads_by_col2im(grad_last, x_last, w_rows, geometry, needs_x, needs_weight)
     F = w_rows.shape[0]
     _, _, (ph, pw), _ = geometry
     grad_x = grad_w_rows = None
-    chunks, capacity = _chunks(x_last, geometry)
+    chunks, capacity = image_chunks(x_last, geometry)
     if needs_weight:
         def weight_grad(start, stop):  # the sum over images start..stop-1: (F, K)
             cols = _columns(x_last, geometry, start, stop, capacity)
@@ -170,7 +170,7 @@ def _grads_by_flipped_kernel(grad_last, x_last, w_rows, geometry, needs_x, needs
     H, W = Ho + kh - 1 - 2 * ph, Wo + kw - 1 - 2 * pw
     flipped_geometry = ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W))
     grad_x = xp.empty((N, H, W, C), dtype=grad_last.dtype)
-    chunks, capacity = _chunks(grad_last, flipped_geometry)
+    chunks, capacity = image_chunks(grad_last, flipped_geometry)
 
     def chunk(start, stop):
         cols = _columns(grad_last, flipped_geometry, start, stop, capacity)  # (n*H*W, kh*kw*F)
@@ -195,7 +195,7 @@ def _convolve(x_last, w_matrix, geometry):
         rows = _strided_pixels(x_last, stride).reshape(-1, C)
         passes.matmul(rows, w_matrix, out.reshape(-1, F))
     else:
-        chunks, capacity = _chunks(x_last, geometry)
+        chunks, capacity = image_chunks(x_last, geometry)
 
         def convolve_chunk(start, stop):
             cols = _columns(x_last, geometry, start, stop, capacity)
@@ -234,7 +234,7 @@ def _spread_pixels(grad_strided, shape, stride):
     return grad
 
 
-def _chunks(x_last, geometry):
+def image_chunks(x_last, geometry):
     """(run, capacity): run(fn) gives [fn(start, stop) for each chunk of images], in order, in
     the threads (threads.split, bounded by a column buffer of CHUNK_BYTES); capacity is the
     images of the largest chunk, which a thread's column buffer holds.

@@ -8,8 +8,10 @@
                             (a short one: in runs of 64+ rows, for accuracy)
     column_sum(rows)        rows.sum(axis=0), in runs of 64 rows added in float64
 
-Each is the NumPy expression in its name, to the last bit where the threads only share out
-rows (add, copy, matmul), and as accurate where they cut a sum (total's order is fixed; see
+Each is the NumPy expression in its name: to the last bit for add, copy and total, whose
+threads only share out rows of elementwise work; as accurate for the products, whose pieces
+BLAS rounds as it rounds any product (a row at a piece's edge may differ in its last bit from
+the same row of one product), and whose sums over rows are added in a fixed order (see
 matmul_transposed). CuPy arrays run as one piece, the plain expression.
 """
 from autograd.backend import array_module
@@ -18,7 +20,7 @@ from .threads import for_pieces, map_ranges, split
 
 MIN_PIECE = 512  # a product's pieces have at least this many rows (or columns): each packs the
                  # whole other operand into BLAS's buffers again
-SUM_RUNS = 8  # matmul_transposed: a sum over rows in at least this many runs (_run_rows),
+SUM_RUNS = 8  # matmul_transposed: a sum over rows in at least this many runs (run_rows),
 MIN_RUN_ROWS = 64  # of at least this many rows, where that makes runs shorter than
 MAX_RUN_ROWS = 256  # this (BLAS's own float32 blocks) and their partial products
 RUNS_BYTES = 2**20  # take at most this many bytes in all
@@ -89,11 +91,11 @@ def matmul_transposed(a, b):
     summed over a conv's pixels), the threads multiply pieces of the rows and the partial
     products are added in order (total); otherwise each thread computes its own rows
     of the result. A short sum with small partial products is taken in runs instead, for
-    accuracy (_run_rows, _sum_of_runs)."""
+    accuracy (run_rows, _sum_of_runs)."""
     xp = array_module(a)
     M, F = a.shape
     K = b.shape[1]
-    run = _run_rows(M, F * K * a.itemsize)
+    run = run_rows(M, F * K * a.itemsize)
     if run is not None:
         return _sum_of_runs(a, b, run)
     if M < F + K:
@@ -110,7 +112,7 @@ def matmul_transposed(a, b):
     return total(parts)
 
 
-def _run_rows(M, part_bytes):
+def run_rows(M, part_bytes):
     """Rows per run for a.T @ b over M rows whose (F, K) result takes part_bytes: M cut into
     SUM_RUNS runs of at least MIN_RUN_ROWS rows; None where that makes one run, runs of
     MAX_RUN_ROWS or more, or partial products of more than RUNS_BYTES in all.

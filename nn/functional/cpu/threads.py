@@ -23,7 +23,11 @@ The policy, all of it here:
   on one thread too.
 - How pieces run: `map_ranges`, each thread taking the next piece as it comes free, so a slow
   piece or a busy core delays nobody; results come back in the order of the pieces, and
-  callers that add them up do so in that order, so results never depend on the threads.
+  callers that add them up do so in that order. The pieces depend only on the sizes and the
+  number of threads, never on timing, so a computation repeats bit for bit at one thread
+  count. (Across thread counts the last bit may differ: where a sum is cut, and even where
+  only a product's rows are shared out, as BLAS rounds the rows at a block's edge its own
+  way.)
 
     split(length, unit_bytes, array, ...)   the pieces of range(length), by the policy above
     for_pieces(fn, length, unit_bytes, array, ...)   [fn(start, stop), ...] over those pieces
@@ -170,8 +174,8 @@ def run(fn, ranges):
     the others in the pool, all at once. Exceptions propagate to the caller, but only once
     every range has finished: a range still running after its call returned would write into
     that call's arrays while the next call runs."""
-    if len(ranges) == 1:
-        return [fn(*ranges[0])]
+    if len(ranges) <= 1 or _state["pool"] is None:  # nothing to share, or one thread
+        return [fn(*r) for r in ranges]
     _local.busy = True
     futures = []
     try:
@@ -206,14 +210,18 @@ def split(length, unit_bytes, array, buffer_bytes=None, fewest=None):
 
     On several threads: pieces of at most PIECE_BYTES (and buffer_bytes), at least
     PIECES_PER_THREAD a thread, shrinking towards the end to a SHRINK_TO-th, never under
-    `fewest` units (default: MIN_PIECE_BYTES) unless that would leave a thread without one.
-    On one thread: pieces of buffer_bytes, or the whole range where no buffer bounds it."""
+    `fewest` units unless that would leave a thread without one (the last piece may be
+    shorter). On one thread: pieces of buffer_bytes, or the whole range where no buffer
+    bounds it. A `fewest` given by the caller wins over buffer_bytes; the default is
+    MIN_PIECE_BYTES (or buffer_bytes, where smaller)."""
+    unit_bytes = max(1, unit_bytes)  # an empty row (a (5, 0) array) still makes pieces
     threads = threads_for(length, length * unit_bytes, array)
     largest = length if buffer_bytes is None else buffer_bytes // unit_bytes
     if threads > 1:
         largest = min(largest, -(-PIECE_BYTES // unit_bytes),
                       -(-length // (threads * PIECES_PER_THREAD)))
-    fewest = -(-MIN_PIECE_BYTES // unit_bytes) if fewest is None else fewest
+    if fewest is None:
+        fewest = -(-min(MIN_PIECE_BYTES, buffer_bytes or MIN_PIECE_BYTES) // unit_bytes)
     fewest = max(1, min(fewest, -(-length // threads)))
     largest = max(largest, fewest)
     smallest = max(largest // SHRINK_TO, fewest) if threads > 1 else largest
