@@ -5,7 +5,7 @@ Read in this order: backend.py (where arrays live), tensor.py (the Tensor), func
 gradcheck.py (how we know the gradients are right).
 """
 from .backend import array_module, to_numpy
-from .engine import set_gradient_sum
+from .engine import set_gradient_passes
 from .function import Function, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck, numerical_grad
 from .ops import cat, stack, unbroadcast
@@ -13,4 +13,4 @@ from .tensor import Tensor
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck", "numerical_grad",
            "GradcheckError", "cat", "stack", "unbroadcast", "array_module", "to_numpy",
-           "set_gradient_sum"]
+           "set_gradient_passes"]

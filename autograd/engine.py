@@ -7,9 +7,11 @@
    several ops, and accumulated (+=) into `.grad` of the leaves.
 3. Free the graph as it goes: saved arrays are released as soon as they are used.
 
-Two gradients that meet at a tensor are summed by `sum_gradients` (a + b). The engine runs
-no threads of its own; a library that has a faster sum for its arrays installs it with
-`set_gradient_sum` (nn's CPU kernels install one that splits the sum over their threads).
+The engine touches gradient arrays in two ways of its own: two gradients that meet at a
+tensor are summed (a + b), and a leaf's first gradient is copied into its `.grad` (the array
+may alias another gradient). It runs no threads; a library with faster passes for its arrays
+installs them with `set_gradient_passes` (nn's CPU kernels install ones that split the work
+over their threads: a leaf's gradient can be as large as a batch of images).
 """
 
 
@@ -17,20 +19,21 @@ def _plain_sum(a, b):
     return a + b
 
 
-_gradient_sum = [_plain_sum]
+def _plain_copy(a):
+    return a.copy()
 
 
-def set_gradient_sum(add):
-    """Sum the gradients that meet at one tensor with add(a, b) -> a new array equal to a + b
-    (None: back to a + b). Returns the previous one."""
-    previous = _gradient_sum[0]
-    _gradient_sum[0] = _plain_sum if add is None else add
+_passes = {"add": _plain_sum, "copy": _plain_copy}
+
+
+def set_gradient_passes(add=None, copy=None):
+    """Sum the gradients that meet at one tensor with add(a, b) -> a new array equal to a + b,
+    and copy a leaf's gradient with copy(a) -> a new array equal to a (None: the plain NumPy or
+    CuPy expression). Returns the previous (add, copy)."""
+    previous = _passes["add"], _passes["copy"]
+    _passes["add"] = add or _plain_sum
+    _passes["copy"] = copy or _plain_copy
     return previous
-
-
-def sum_gradients(a, b):
-    """a + b, two gradients of one tensor, by the sum that set_gradient_sum chose."""
-    return _gradient_sum[0](a, b)
 
 
 class _FreedNode:
@@ -89,10 +92,10 @@ def backward(root, grad):
                     f"for input {position} of shape {parent.shape} and dtype {parent.dtype}")
             if parent._node is None:  # a leaf: accumulate into .grad
                 if parent.grad is None:
-                    parent.grad = g.copy()  # own it: g may alias another gradient
+                    parent.grad = _passes["copy"](g)  # own it: g may alias another gradient
                 else:
                     parent.grad += g
             elif id(parent) in grads:
-                grads[id(parent)] = sum_gradients(grads[id(parent)], g)
+                grads[id(parent)] = _passes["add"](grads[id(parent)], g)
             else:
                 grads[id(parent)] = g

@@ -4,7 +4,8 @@ import sys
 import numpy
 import pytest
 
-from autograd import Tensor, no_grad
+from autograd import Tensor, no_grad, set_gradient_passes
+from conftest import GPU
 from helpers import randn
 
 
@@ -102,8 +103,10 @@ def test_float32_stays_float32_through_ops_and_gradients(xp):
     assert x.grad.dtype == numpy.float32 and w.grad.dtype == numpy.float32
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="CuPy or a CUDA GPU is not available")
 def test_mixing_devices_is_an_error():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
+    import cupy
     a = Tensor(numpy.ones(2))
     b = Tensor(cupy.ones(2))
     with pytest.raises(RuntimeError, match="two devices"):
@@ -123,3 +126,33 @@ def test_numpy_returns_a_host_copy(xp):
     assert isinstance(host, numpy.ndarray) and host.tolist() == [1.0, 2.0]
     host[0] = 5.0
     assert t.data[0] == 1.0
+
+
+def test_the_engine_sums_and_copies_gradients_by_the_passes_installed():
+    """nn's CPU kernels install threaded passes (nn/functional/cpu); the engine itself only
+    calls them: a leaf's first gradient by `copy` (a new array, never the one handed to it),
+    two gradients of one tensor by `add`."""
+    calls = []
+
+    def add(a, b):
+        calls.append("add")
+        return a + b
+
+    def copy(a):
+        calls.append("copy")
+        return a.copy()
+    previous = set_gradient_passes(add=add, copy=copy)
+    try:
+        x = Tensor(numpy.ones(3), requires_grad=True)
+        y = x * 2.0
+        (y + y).backward(numpy.ones(3))
+        assert calls == ["add", "copy"] and x.grad.tolist() == [4.0, 4.0, 4.0]
+        assert set_gradient_passes(None, None) == (add, copy)
+        z = Tensor(numpy.ones(3), requires_grad=True)
+        upstream = numpy.ones(3)
+        z.backward(upstream)
+        assert z.grad is not upstream and calls == ["add", "copy"]  # the plain passes ran
+    finally:
+        set_gradient_passes(*previous)
+    from nn.functional.cpu import passes
+    assert set_gradient_passes(*previous) == (passes.add, passes.copy)

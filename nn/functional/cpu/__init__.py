@@ -18,8 +18,8 @@ What a program sets here: `set_num_threads(n)` (how many cores the passes use; d
 $OMP_NUM_THREADS, else every core) and `reuse_freed_memory()` (once, at the start of a
 training program).
 
-Importing this package makes the engine sum gradients that meet at a tensor on every core
-(autograd.set_gradient_sum): the engine itself runs no threads.
+Importing this package makes the engine sum the gradients that meet at a tensor, and copy a
+leaf's gradient, on every core (autograd.set_gradient_passes): the engine runs no threads.
 """
 import autograd
 
@@ -27,6 +27,6 @@ from . import passes
 from .memory import reuse_freed_memory
 from .threads import get_num_threads, set_num_threads
 
-autograd.set_gradient_sum(passes.add)
+autograd.set_gradient_passes(add=passes.add, copy=passes.copy)
 
 __all__ = ["set_num_threads", "get_num_threads", "reuse_freed_memory"]
