@@ -22,7 +22,9 @@ nn.functional.cpu.reuse_freed_memory(); only one worker runs at a time, the othe
 
 A case is forward + backward at a ResNet-50 shape (CIFAR stem, N = --batch-size images;
 batch norm with ReLU and with residual + ReLU, as the network calls it; the max-pool is the
-ImageNet stem's, on N/2 images of 112x112), float32.
+ImageNet stem's, on N/2 images of 112x112), float32. `--op step` pairs whole SimCLR steps
+(encoder and nonlinear head on 2N fixed views, NT-Xent, backward, LARS; CIFAR stem): ResNet-18
+at N = --batch-size images and ResNet-50 at N/2, built by the public API of either revision.
 """
 import argparse
 import json
@@ -38,7 +40,7 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
-OPS = ("batch_norm", "conv2d", "max_pool2d")
+OPS = ("batch_norm", "conv2d", "max_pool2d", "step")
 # (C, F, H, kernel, stride): every 3x3 and a 1x1 of each stage, and the strided ones
 CONVS = [(3, 64, 32, 3, 1), (64, 64, 32, 3, 1), (128, 128, 16, 3, 1), (256, 256, 8, 3, 1),
          (512, 512, 4, 3, 1), (128, 128, 32, 3, 2), (256, 256, 16, 3, 2), (512, 512, 8, 3, 2),
@@ -164,12 +166,42 @@ def cases(op, batch_size, rng):
                     return timed(forward, inputs, g)
                 made.append((f"BN {C} at {H}x{H}" + (" + residual" if with_residual else ""),
                              run))
+    elif op == "step":
+        for depth, images in ((18, N), (50, max(2, N // 2))):
+            made.append((f"ResNet-{depth} step, N={images}", _step_case(depth, images, rng)))
     else:
         images = max(1, N // 2)
         x, upstream = channels_last(images, 64, 112, 112), channels_last(images, 64, 56, 56)
         made.append(("max-pool 3x3/2 64 at 112x112",
                      lambda: timed(lambda x: F.max_pool2d(x, 3, 2, 1), [x], upstream)))
     return made
+
+
+def _step_case(depth, images, rng):
+    """run() -> seconds of one SimCLR training step of a ResNet-`depth` (CIFAR stem) on 2N
+    fixed random views, through the API both revisions share."""
+    import numpy
+
+    import nn
+    from autograd import Tensor
+    from nn.optim import LARS
+    from simclr.loss import nt_xent
+    from simclr.model import SimCLR
+
+    encoder = {18: nn.resnet18, 50: nn.resnet50}[depth](cifar_stem=True,
+                                                        zero_init_residual=True, rng=0)
+    model = SimCLR(encoder, rng=numpy.random.default_rng(1))
+    optimizer = LARS(model.named_parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
+    views = rng.random((2 * images, 3, 32, 32), dtype=numpy.float32)
+
+    def run():
+        start = time.perf_counter()
+        loss = nt_xent(model(Tensor(views)), 0.5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - start
+    return run
 
 
 def paired_ratios(run_case, repeats):

@@ -149,15 +149,15 @@ def test_map_ranges_returns_results_in_the_order_of_the_given_ranges():
 @pytest.mark.usefixtures("threads")
 def test_split_cuts_pieces_of_piece_bytes_then_a_quarter_of_the_rest_down_to_an_eighth(
         monkeypatch):
-    """1024 units of 1 byte on 2 threads, PIECE_BYTES = 64: pieces of 64 while at least four
-    of them are left, then a (2 * threads)-th of what is left, rounded up (192/4 = 48,
-    144/4 = 36, 108/4 = 27, 81/4 -> 21, ...), no smaller than 64 / SHRINK_TO = 8; the last
+    """A product's 1024 units of 1 byte on 2 threads, PIECE_BYTES = 64: pieces of 64 while at
+    least four of them are left, then a (2 * threads)-th of what is left, rounded up (192/4 =
+    48, 144/4 = 36, 108/4 = 27, 81/4 -> 21, ...), no smaller than 64 / SHRINK_TO = 8; the last
     piece takes what is left."""
     use_threads(2)
     for name, value in (("MIN_BYTES_PER_THREAD", 1), ("MIN_PIECE_BYTES", 1), ("PIECE_BYTES", 64),
                         ("PIECES_PER_THREAD", 2), ("SHRINK_TO", 8)):
         monkeypatch.setattr(threads, name, value)
-    pieces = threads.split(1024, 1, ARRAY)
+    pieces = threads.split(1024, 1, ARRAY, product=True)
     assert covers_in_order(pieces, 1024)
     assert sizes(pieces) == [64] * 13 + [48, 36, 27, 21, 15, 12, 9, 8, 8, 8]
     assert threads.split(0, 1, ARRAY) == []
@@ -182,17 +182,23 @@ def test_split_gives_every_thread_at_least_pieces_per_thread_pieces(monkeypatch,
 
 
 @pytest.mark.usefixtures("threads")
-def test_split_pieces_are_at_most_piece_bytes():
-    """64 MiB in units of 4 KiB: pieces of PIECE_BYTES (1024 units), however many that makes;
-    a unit larger than PIECE_BYTES is a piece of its own."""
+def test_a_products_pieces_are_at_most_piece_bytes_and_an_elementwise_pass_takes_no_bound():
+    """A product's 64 MiB in units of 4 KiB: pieces of PIECE_BYTES (1024 units), however many
+    that makes; a unit larger than PIECE_BYTES is a piece of its own. The same work as an
+    elementwise pass: a (threads * PIECES_PER_THREAD)-th first, then shrinking."""
     use_threads(2)
     unit = 4096
     length = 64 * 2**20 // unit
-    pieces = threads.split(length, unit, ARRAY)
+    pieces = threads.split(length, unit, ARRAY, product=True)
     assert covers_in_order(pieces, length)
     assert pieces[0] == (0, threads.PIECE_BYTES // unit)
     assert max(sizes(pieces)) * unit == threads.PIECE_BYTES
-    assert threads.split(10, 2 * threads.PIECE_BYTES, ARRAY) == [(i, i + 1) for i in range(10)]
+    assert threads.split(10, 2 * threads.PIECE_BYTES, ARRAY, product=True) == [
+        (i, i + 1) for i in range(10)]
+    streamed = threads.split(length, unit, ARRAY)
+    assert covers_in_order(streamed, length)
+    assert streamed[0] == (0, length // (2 * threads.PIECES_PER_THREAD))
+    assert len(streamed) < len(pieces)
 
 
 @pytest.mark.usefixtures("threads")
@@ -242,7 +248,8 @@ def test_a_buffer_bounds_the_pieces_on_several_threads_below_piece_bytes():
     use_threads(2)
     unit = threads.MIN_PIECE_BYTES
     length = 1000
-    assert sizes(threads.split(length, unit, ARRAY))[0] == threads.PIECE_BYTES // unit
+    assert sizes(threads.split(length, unit, ARRAY, product=True))[0] == \
+        threads.PIECE_BYTES // unit
     pieces = threads.split(length, unit, ARRAY, buffer_bytes=16 * unit)
     assert covers_in_order(pieces, length)
     assert sizes(pieces)[0] == 16 and max(sizes(pieces)) == 16
@@ -262,23 +269,25 @@ def test_one_thread_without_a_buffer_takes_the_whole_range_as_one_piece():
 def test_split_covers_the_range_in_order_in_pieces_that_shrink_within_bounds(n):
     """The policy's claims over a grid of lengths, unit sizes and buffers, with the real
     constants: the pieces cover range(length) in order and never grow; where the work is
-    split (fewest=1, so that only the policy's own bounds act), no piece exceeds PIECE_BYTES
-    or the buffer (in whole units, at least one), none but the last is under a SHRINK_TO-th of
-    the first, and there are PIECES_PER_THREAD a thread (or one a unit)."""
+    split (fewest=1, so that only the policy's own bounds act), no piece of a product exceeds
+    PIECE_BYTES, none exceeds the buffer (in whole units, at least one), none but the last is
+    under a SHRINK_TO-th of the first, and there are PIECES_PER_THREAD a thread (or one a
+    unit)."""
     use_threads(n)
     for length in (1, 2, 7, 100, 1000, 12345, 10**6, 3 * 2**20):
         for unit in (1, 8, 4096, 2**16):
             for buffer in (None, 2**20):
-                for fewest in (None, 1, 512):
-                    case = (length, unit, buffer, fewest)
-                    pieces = threads.split(length, unit, ARRAY, buffer, fewest)
+                for fewest, product in ((None, True), (1, True), (1, False), (512, False)):
+                    case = (length, unit, buffer, fewest, product)
+                    pieces = threads.split(length, unit, ARRAY, buffer, fewest, product)
                     assert covers_in_order(pieces, length), case
                     size = sizes(pieces)
                     assert all(a >= b for a, b in zip(size, size[1:])), case
                     working = threads.threads_for(length, length * unit, ARRAY)
                     if fewest != 1 or working == 1:
                         continue
-                    assert max(size) <= max(1, -(-threads.PIECE_BYTES // unit)), case
+                    if product:
+                        assert max(size) <= max(1, -(-threads.PIECE_BYTES // unit)), case
                     if buffer is not None:
                         assert max(size) <= max(1, buffer // unit), case
                     assert min(size[:-1], default=size[0]) >= size[0] // threads.SHRINK_TO, case

@@ -76,13 +76,11 @@ def matmul(a, b, out=None):
     if M >= F:
         def rows(start, stop):
             xp.matmul(a[start:stop], b, out=out[start:stop])
-        map_ranges(rows, split(M, max(K, F) * a.itemsize, a, fewest=MIN_PIECE),
-                   M * K * a.itemsize, a)
+        map_ranges(rows, _pieces(M, max(K, F) * a.itemsize, a), M * K * a.itemsize, a)
     else:
         def columns(start, stop):
             xp.matmul(a, b[:, start:stop], out=out[:, start:stop])
-        map_ranges(columns, split(F, K * a.itemsize, a, fewest=MIN_PIECE),
-                   F * K * a.itemsize, a)
+        map_ranges(columns, _pieces(F, K * a.itemsize, a), F * K * a.itemsize, a)
     return out
 
 
@@ -103,13 +101,18 @@ def matmul_transposed(a, b):
 
         def rows(start, stop):
             xp.matmul(a[:, start:stop].T, b, out=out[start:stop])
-        map_ranges(rows, split(F, M * a.itemsize, a, fewest=MIN_PIECE),
-                   F * M * a.itemsize, a)
+        map_ranges(rows, _pieces(F, M * a.itemsize, a), F * M * a.itemsize, a)
         return out
     parts = map_ranges(lambda start, stop: a[start:stop].T @ b[start:stop],
-                       split(M, max(F, K) * a.itemsize, a, fewest=MIN_PIECE),
+                       _pieces(M, max(F, K) * a.itemsize, a),
                        M * (F + K) * a.itemsize, a)
     return total(parts)
+
+
+def _pieces(length, unit_bytes, a):
+    """A product's pieces along an axis of `length` (threads.split: at most PIECE_BYTES, at
+    least MIN_PIECE rows)."""
+    return split(length, unit_bytes, a, fewest=MIN_PIECE, product=True)
 
 
 def run_rows(M, part_bytes):

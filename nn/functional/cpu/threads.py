@@ -16,11 +16,14 @@ The policy, all of it here:
   waiting); otherwise every thread of the pool.
 - How work is cut: work that comes in pieces of its own (parameters, the 16 positions of a
   Winograd tile, batch norm's cache-sized blocks) keeps them; a long axis is cut by `split`,
-  pieces of at most PIECE_BYTES and at least PIECES_PER_THREAD a thread, the last ones
-  shrinking, down to SHRINK_TO times smaller (OpenMP's "guided" schedule: the section ends as
-  its last piece does, and a small last piece keeps the others' wait short). A caller whose
-  piece fills a buffer of its own (a convolution's column matrix) bounds it by that buffer,
-  on one thread too.
+  at least PIECES_PER_THREAD pieces a thread, the last ones shrinking, down to SHRINK_TO
+  times smaller (OpenMP's "guided" schedule: the section ends as its last piece does, and a
+  small last piece keeps the others' wait short). A matrix product's pieces are also at most
+  PIECE_BYTES (BLAS packs the other operand once per piece, and pieces that size balance
+  well); an elementwise pass streams through memory and takes no such bound, as more pieces
+  would only cost more hand-offs (bounded at 4 MiB, an add of ResNet-50's gradients made a
+  step 7% slower). A caller whose piece fills a buffer of its own (a convolution's column
+  matrix) bounds it by that buffer, on one thread too.
 - How pieces run: `map_ranges`, each thread taking the next piece as it comes free, so a slow
   piece or a busy core delays nobody; results come back in the order of the pieces, and
   callers that add them up do so in that order. The pieces depend only on the sizes and the
@@ -52,7 +55,7 @@ import numpy
 from autograd.backend import is_cupy_array
 
 MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand-off
-PIECE_BYTES = 4 * 2**20  # split: pieces of at most this size (of the widest operand) ...
+PIECE_BYTES = 4 * 2**20  # a product's pieces: at most this size (of the widest operand) ...
 PIECES_PER_THREAD = 2  # ... and at least this many pieces per thread, taken as threads come free
 SHRINK_TO = 8  # the last pieces shrink to 1/SHRINK_TO of the others ...
 MIN_PIECE_BYTES = 64 * 2**10  # ... but not below this size, unless the caller says otherwise
@@ -205,11 +208,11 @@ def map_ranges(fn, ranges, total_bytes, array):
     return results
 
 
-def split(length, unit_bytes, array, buffer_bytes=None, fewest=None):
+def split(length, unit_bytes, array, buffer_bytes=None, fewest=None, product=False):
     """range(length) (unit_bytes a unit) cut into (start, stop) pieces, by the module's policy.
 
-    On several threads: pieces of at most PIECE_BYTES (and buffer_bytes), at least
-    PIECES_PER_THREAD a thread, shrinking towards the end to a SHRINK_TO-th, never under
+    On several threads: pieces of at most buffer_bytes (and PIECE_BYTES for a `product`), at
+    least PIECES_PER_THREAD a thread, shrinking towards the end to a SHRINK_TO-th, never under
     `fewest` units unless that would leave a thread without one (the last piece may be
     shorter). On one thread: pieces of buffer_bytes, or the whole range where no buffer
     bounds it. A `fewest` given by the caller wins over buffer_bytes; the default is
@@ -218,8 +221,9 @@ def split(length, unit_bytes, array, buffer_bytes=None, fewest=None):
     threads = threads_for(length, length * unit_bytes, array)
     largest = length if buffer_bytes is None else buffer_bytes // unit_bytes
     if threads > 1:
-        largest = min(largest, -(-PIECE_BYTES // unit_bytes),
-                      -(-length // (threads * PIECES_PER_THREAD)))
+        largest = min(largest, -(-length // (threads * PIECES_PER_THREAD)))
+        if product:
+            largest = min(largest, -(-PIECE_BYTES // unit_bytes))
     if fewest is None:
         fewest = -(-min(MIN_PIECE_BYTES, buffer_bytes or MIN_PIECE_BYTES) // unit_bytes)
     fewest = max(1, min(fewest, -(-length // threads)))
