@@ -10,8 +10,8 @@ with the new, lets the drift in between read as a difference. Here each revision
 stays alive; every repeat runs each case once on each side, back to back, in alternating
 order (after one untimed call on each side), and the report is the median over repeats of
 each case's new/old time ratio, then the ratio of the summed median times and the geometric
-mean of the per-case ratios. Below 1, the new code is faster. An A/A run shows the noise floor (0.98-1.01 on the machine of
-bench/RESULTS.md, where the unpaired comparison read 0.96-1.08).
+mean of the per-case ratios. Below 1, the new code is faster. An A/A run shows the noise floor
+(0.98-1.01 on the machines of bench/RESULTS.md, where the unpaired comparison read 0.96-1.08).
 
 The whole tree is swapped, so a change anywhere (the op's file, the kernels it calls in
 nn/functional/cpu/, the engine) is what is measured, and the two revisions may be laid out
