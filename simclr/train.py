@@ -18,7 +18,7 @@ import time
 import numpy
 
 from autograd import Tensor
-from autograd.backend import array_module
+from autograd.backend import array_module, to_numpy
 from nn.functional import cpu
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
 from simclr import cli
@@ -124,8 +124,8 @@ class Run:
         check_data(config, self.splits, self.steps_per_epoch)
         self.total_steps = config["epochs"] * self.steps_per_epoch
         self.max_steps = min(config["max_steps"] or self.total_steps, self.total_steps)
-        device = "cpu" if self.xp is numpy else "cuda"
-        self.model = build_model(config, self.images.shape[1]).to(device=device)
+        self.device = "cpu" if self.xp is numpy else "cuda"
+        self.model = build_model(config, self.images.shape[1]).to(device=self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.schedule = WarmupCosine(scaled_lr(config),
                                      round(config["warmup_epochs"] * self.steps_per_epoch),
@@ -163,12 +163,13 @@ class Run:
         return self.xp.asarray(self.images[indices])
 
     def train_step(self):
-        """One training step at `step`, then step + 1; returns the loss."""
+        """One training step at `step`, then step + 1; returns (step + 1, the loss as a 0-d
+        array on the run's device)."""
         rng = numpy.random.default_rng([self.config["seed"], 2, self.step])
         loss = training_step(self.model, self.optimizer, self.augment, self.batch_images(), rng,
-                             self.schedule(self.step), self.config["temperature"], self.step)
+                             self.schedule(self.step), self.config["temperature"])
         self.step += 1
-        return loss
+        return self.step, loss
 
     def knn_due(self):
         """Whether the epoch just ended is one to measure k-NN accuracy after."""
@@ -192,22 +193,49 @@ def check_data(config, splits, steps_per_epoch):
                          f"{config['data_dir']} has none (its images lie directly in it)")
 
 
+LOSS_READ_EVERY = {"cpu": 1, "cuda": 16}  # steps between reads of the loss on the host
+
+
 def train_epoch(run, metrics, progress, stop):
     """The steps from run.step to the end of its epoch (or to max_steps, or to a stop
-    request), each logged and shown; returns the last step's record ({} if none ran)."""
+    request), each logged and shown; returns the last step's record ({} if none ran).
+
+    The losses stay on the device until LOSS_READ_EVERY of them are waiting: on a GPU,
+    reading one makes the host wait until the step is done, where it could be queueing the
+    next one. So a non-finite loss is seen up to that many steps late, when no checkpoint
+    has been written since (one is written only after the losses before it are read)."""
     epoch = run.epoch()
     end = min(run.max_steps, (epoch + 1) * run.steps_per_epoch)
-    clock, first_step, record = time.perf_counter(), run.step, {}
+    clock, first_step, record, waiting = time.perf_counter(), run.step, {}, []
     while run.step < end and stop.signum is None:
-        loss = run.train_step()
-        images_per_s = run.batch_size * (run.step - first_step) / max(
-            time.perf_counter() - clock, 1e-9)
-        record = {"step": run.step, "epoch": epoch, "loss": loss, "lr": run.schedule(run.step - 1),
-                  "images_per_s": images_per_s, "elapsed": time.perf_counter() - run.started}
+        waiting.append(run.train_step())                              # (step, loss array)
+        if len(waiting) == LOSS_READ_EVERY[run.device] or run.step == end:
+            record, waiting = log_steps(run, waiting, metrics, clock, first_step), []
+            progress.update(epoch, run.step - epoch * run.steps_per_epoch, record["loss"],
+                            record["images_per_s"], (run.max_steps - run.step) * run.batch_size
+                            / max(record["images_per_s"], 1e-9), final=run.step == end)
+    if waiting:                                                       # a stop request
+        record = log_steps(run, waiting, metrics, clock, first_step)
+    return record
+
+
+def log_steps(run, waiting, metrics, clock, first_step):
+    """Read the losses of the steps `waiting` for it ((step, 0-d loss array) pairs) in one
+    transfer, stop the run if one is not finite, and log a record per step; returns the
+    last."""
+    xp = run.xp
+    losses = to_numpy(xp.stack([loss for _, loss in waiting])).tolist()
+    images_per_s = run.batch_size * (run.step - first_step) / max(time.perf_counter() - clock,
+                                                                  1e-9)
+    for (step, _), loss in zip(waiting, losses):
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss} at step {step}; the last checkpoint was kept. Try a "
+                f"lower --lr or a higher --temperature")
+        record = {"step": step, "epoch": (step - 1) // run.steps_per_epoch, "loss": loss,
+                  "lr": run.schedule(step - 1), "images_per_s": images_per_s,
+                  "elapsed": time.perf_counter() - run.started}
         metrics.write(**record)
-        progress.update(epoch, run.step - epoch * run.steps_per_epoch, loss, images_per_s,
-                        (run.max_steps - run.step) * run.batch_size / max(images_per_s, 1e-9),
-                        final=run.step == end)
     return record
 
 
@@ -266,21 +294,17 @@ def prepare_folder(folder, config, source, step):
     return MetricsLog(folder.file("metrics.jsonl"), history)
 
 
-def training_step(model, optimizer, augment, images, rng, lr, temperature, step):
-    """One SimCLR step on a batch of uint8 images (N, H, W, 3); returns the loss as a float."""
+def training_step(model, optimizer, augment, images, rng, lr, temperature):
+    """One SimCLR step on a batch of uint8 images (N, H, W, 3); returns the loss, a 0-d array
+    on the images' device (float(loss) reads it: on a GPU, after the step is done)."""
     xp = array_module(images)
     views = xp.concatenate(augment.pair(images, rng))  # the two views of each image: (2N, 3, H, W)
     loss = nt_xent(model(Tensor(views)), temperature)
-    value = float(loss.data)
-    if not math.isfinite(value):
-        raise TrainingDiverged(
-            f"the loss became {value} at step {step}; no update was applied and the last "
-            f"checkpoint was kept. Try a lower --lr or a higher --temperature")
     optimizer.zero_grad()
     loss.backward()
     optimizer.lr = lr
     optimizer.step()
-    return value
+    return loss.data
 
 
 def monitor_knn(model, train, held_out, max_train=10000):

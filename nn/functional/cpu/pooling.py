@@ -3,6 +3,7 @@
 The math and the reference are in nn/functional/pooling.py (read that first).
 """
 from autograd import Function, array_module
+from autograd.backend import device_of
 
 from ..windows import check_pool_window, crop2d, window_slices
 from .threads import for_pieces
@@ -50,7 +51,9 @@ class MaxPool2dChannelsLast(Function):
                 xp.copyto(best_offset, i * kw + j, where=candidate > best)
                 xp.maximum(best, candidate, out=best)  # NaN wins: it reaches the output
             nan = xp.isnan(best)
-            if nan.any():  # a NaN's window sends its gradient to its last NaN, as PyTorch
+            # a NaN's window sends its gradient to its last NaN, as PyTorch (on a GPU, always
+            # redone: asking any() would make the host wait for the device)
+            if device_of(x) != "cpu" or nan.any():
                 for i, j, window in window_slices(kernel_size, stride, out_size):
                     xp.copyto(best_offset, i * kw + j, where=nan & xp.isnan(padded[window]))
         for_pieces(pool, N, x_padded[:1].nbytes, x)
