@@ -15,14 +15,18 @@ In evaluation mode mu and var are the running statistics, constants: dx = gamma 
 
 Which implementation runs: batch_norm_reference, below, writes the forward with Tensor ops
 as the formula reads and lets the engine derive the backward op by op (it runs inside
-use_reference(), nn/functional/choice.py); otherwise cpu/batch_norm.py's kernel, which does
-the forward and the backward above in two passes over memory each, in cache-sized blocks,
-with float32 as accurate as PyTorch's. The tests hold the kernel to the reference.
+use_reference(), nn/functional/choice.py); otherwise, on the CPU, cpu/batch_norm.py's kernel,
+which does the forward and the backward above in two passes over memory each, in cache-sized
+blocks, with float32 as accurate as PyTorch's; on the GPU, cuda/batch_norm.py's, three
+launches each way. The tests hold the kernels to the reference.
 """
 from autograd import Function, Tensor, array_module
 
+from autograd.backend import device_of
+
 from .choice import reference_chosen
 from .cpu.batch_norm import BatchNormBlocked, update_running_stats
+from .cuda.batch_norm import BatchNormCuda
 
 def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False, mean=None,
                          var=None):
@@ -129,7 +133,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                     use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, relu=bool(relu))
     if reference_chosen():
         return _reference(x, affine[0], affine[1], residual, **settings)
-    return BatchNormBlocked.apply(x, *affine, **settings)
+    kernel = BatchNormCuda if device_of(x.data) == "cuda" else BatchNormBlocked
+    return kernel.apply(x, *affine, **settings)
 
 
 class Normalize(Function):

@@ -1,5 +1,6 @@
 """LARS: layer-wise adaptive rate scaling, as the official SimCLR lars_optimizer.py computes it."""
-from autograd.backend import array_module
+from autograd.backend import array_module, device_of
+from nn.functional.cuda.optim import lars_step
 
 from .optimizer import Optimizer, non_negative
 
@@ -58,6 +59,27 @@ class LARS(Optimizer):
             raise TypeError(f"exclude must be None or a callable (name, param) -> bool, "
                             f"got {type(exclude).__name__}")
         self.excluded = [bool(exclude(name, param)) for name, param in zip(self.names, self.params)]
+
+    def step(self):
+        """On the CPU, `update` for each parameter, over the threads (Optimizer.step). On the
+        GPU, all of them at once: two launches per dtype (nn/functional/cuda/optim.py), the
+        same update."""
+        updated = [index for index, param in enumerate(self.params) if param.grad is not None]
+        if not updated or device_of(self.params[updated[0]].data) == "cpu":
+            return super().step()
+        by_dtype = {}
+        for index in updated:
+            by_dtype.setdefault(self.params[index].data.dtype, []).append(index)
+        for indices in by_dtype.values():
+            for index in indices:
+                if self.momentum_buffers[index] is None:
+                    weight = self.params[index].data
+                    self.momentum_buffers[index] = array_module(weight).zeros_like(weight)
+            lars_step([self.params[i].data for i in indices],
+                      [self.params[i].grad for i in indices],
+                      [self.momentum_buffers[i] for i in indices],
+                      [self.excluded[i] for i in indices], self.lr, self.momentum,
+                      self.weight_decay, self.eta)
 
     def update(self, index):
         param, excluded = self.params[index], self.excluded[index]

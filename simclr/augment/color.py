@@ -107,18 +107,18 @@ def sample_jitter(rng, count, strength):
     return numpy.concatenate([factors, hue_shift]), order
 
 
-def color_jitter(images, rng, strength, p=0.8):
-    """With probability p per image, brightness, contrast, saturation and hue jitter of strength s
-    (see sample_jitter) in a random order per image, clipping after each.
-
-    Vectorised over the batch: at each of the 4 positions, each op runs once, on the images that
-    have it at that position. images: float (N, 3, H, W) -> (N, 3, H, W).
-    """
-    check_nchw_rgb(images)
+def draw_jitter(rng, count, strength, p=0.8):
+    """The random part of color_jitter: (jittered, params, order), jittered a host bool (count,)
+    (p of the images take the jitter), params and order as sample_jitter's."""
     check_rng(rng)
-    count = images.shape[0]
     jittered = rng.uniform(size=count) < p
-    params, order = sample_jitter(rng, count, strength)
+    return (jittered,) + sample_jitter(rng, count, strength)
+
+
+def apply_jitter(images, jittered, params, order):
+    """The jitter of draw_jitter's draws: for the images marked in `jittered`, the four ops in
+    their order, each clipping to [0, 1]. Vectorised over the batch: at each of the 4
+    positions, each op runs once, on the images that have it at that position."""
     result = images.copy()
     for position in range(4):
         for op_index, op in enumerate(JITTER_OPS):
@@ -127,9 +127,22 @@ def color_jitter(images, rng, strength, p=0.8):
     return result
 
 
+def color_jitter(images, rng, strength, p=0.8):
+    """With probability p per image, brightness, contrast, saturation and hue jitter of strength s
+    (see sample_jitter) in a random order per image, clipping after each.
+    images: float (N, 3, H, W) -> (N, 3, H, W)."""
+    check_nchw_rgb(images)
+    return apply_jitter(images, *draw_jitter(rng, images.shape[0], strength, p))
+
+
+def draw_grayscale(rng, count, p=0.2):
+    """The random part of random_grayscale: a host bool (count,), p of the images marked."""
+    check_rng(rng)
+    return rng.uniform(size=count) < p
+
+
 def random_grayscale(images, rng, p=0.2):
     """Turn each image of (N, 3, H, W) to grayscale (rgb_to_grayscale) with probability p."""
     check_nchw_rgb(images)
-    check_rng(rng)
-    chosen = rng.uniform(size=images.shape[0]) < p
-    return apply_to_chosen(images.copy(), chosen, rgb_to_grayscale)
+    return apply_to_chosen(images.copy(), draw_grayscale(rng, images.shape[0], p),
+                           rgb_to_grayscale)

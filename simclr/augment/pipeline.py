@@ -8,13 +8,14 @@ the host, so a seed gives the same views on the CPU.
 """
 import math
 
-from autograd.backend import array_module
+from autograd.backend import array_module, device_of
 from nn.functional.windows import pair
 
-from ._batch import check_rng
+from ._batch import apply_to_chosen, check_rng
 from .blur import random_gaussian_blur
-from .color import color_jitter, random_grayscale
+from .color import apply_jitter, draw_grayscale, draw_jitter, rgb_to_grayscale
 from .crop import random_horizontal_flip, random_resized_crop
+from .cuda import distort_colors
 
 PRESETS = {
     "cifar": dict(size=32, color_strength=0.5, blur=False),
@@ -71,8 +72,12 @@ class SimCLRAugment:
         check_rng(rng)
         views = random_resized_crop(to_float_nchw(images), rng, self.size)
         views = random_horizontal_flip(views, rng)
-        views = color_jitter(views, rng, self.color_strength)
-        views = random_grayscale(views, rng)
+        jitter = draw_jitter(rng, views.shape[0], self.color_strength)   # color_jitter's draws
+        grayscale = draw_grayscale(rng, views.shape[0])                  # random_grayscale's
+        if device_of(views) == "cuda":  # both in one kernel (augment/cuda.py)
+            views = distort_colors(views, *jitter, grayscale)
+        else:
+            views = apply_to_chosen(apply_jitter(views, *jitter), grayscale, rgb_to_grayscale)
         if self.blur:
             views = random_gaussian_blur(views, rng)
         return views
