@@ -1,0 +1,235 @@
+"""The GPU path, as far as a machine without a GPU can know it (the rest is in the gpu tests).
+
+- The rehearsal (tests/device_rehearsal.py) catches what it claims to: NumPy functions on
+  device arrays, host arrays mixed in, reads on the host (counted as synchronisations).
+- A SimCLR training step takes the device path end to end within a launch budget, with no
+  synchronisation inside it; training, a checkpoint, resuming and linear evaluation run
+  through `--backend cupy` on the rehearsal.
+- Our CUDA kernels' NumPy twins compute what the CPU's kernels and references compute; every
+  kernel compiles with nvcc for sm_90 (where nvcc is installed); every name the code asks
+  CuPy for exists in the installed CuPy (where CuPy is installed, GPU or not).
+"""
+import ast
+import json
+import os
+import shutil
+import subprocess
+
+import numpy
+import pytest
+
+import nn
+from autograd import Tensor, to_numpy
+from device_rehearsal import HostTouched, rehearsal
+from helpers import randn, relative_error
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Kernel launches of one ResNet-50 SimCLR step (CIFAR stem, both views augmented), counted on
+# the rehearsal: 7,880 before the GPU kernels of batch norm, LARS and the colour distortion,
+# 1,233 with them (137 of them the two views' augmentation).
+RESNET50_STEP_LAUNCH_BUDGET = 1500
+
+
+# ----- the rehearsal itself -----------------------------------------------------------------
+
+def test_the_rehearsal_refuses_numpy_functions_and_host_arrays_and_counts_reads():
+    with rehearsal() as device:
+        x = device.xp.ones((2, 3), dtype=numpy.float32)
+        with pytest.raises(HostTouched, match="numpy.concatenate"):
+            numpy.concatenate([x, x])
+        with pytest.raises(HostTouched, match="numpy.sum"):
+            numpy.sum(x)
+        with pytest.raises(HostTouched, match="host"):
+            x + numpy.ones((2, 3), dtype=numpy.float32)
+        with pytest.raises(HostTouched, match="host"):
+            x[numpy.array([0, 1])]
+        assert device.syncs == 0
+        assert float(x.sum()) == 6.0 and device.syncs == 1     # a read is a synchronisation
+        assert (2.0 * x).tolist() == [[2.0] * 3] * 2 and device.syncs == 2
+
+
+def test_the_rehearsal_counts_a_launch_per_operation_and_none_for_views():
+    with rehearsal() as device:
+        x = device.xp.zeros((4, 4))                              # a fill: one launch
+        launches = device.launches
+        y = x.T.T.reshape(16)[::2]                               # views: none
+        assert device.launches == launches
+        z = (y * 2 + 1).sum()                                    # three
+        assert device.launches == launches + 3 and z.ndim == 0   # CuPy's sums are 0-d arrays
+        assert type(z).__module__.startswith("cupy")
+
+
+# ----- a training step on the device path -------------------------------------------------
+
+def _step_parts(device, arch="resnet50"):
+    from simclr.augment import SimCLRAugment
+    from simclr.train import build_model, build_optimizer
+    config = {"arch": arch, "width": 0.125, "cifar_stem": True, "seed": 0, "head": "nonlinear",
+              "proj_dim": 16, "optimizer": "lars", "weight_decay": 1e-6}
+    model = build_model(config, 32).to(device="cuda")
+    images = device.xp.asarray(numpy.random.default_rng(0).integers(0, 256, (4, 32, 32, 3),
+                                                                    dtype=numpy.uint8))
+    return model, build_optimizer(config, model), SimCLRAugment.preset("cifar"), images
+
+
+def test_a_resnet50_step_takes_the_device_path_within_its_launch_budget_without_syncs():
+    from simclr.train import training_step
+    with rehearsal() as device:
+        model, optimizer, augment, images = _step_parts(device)
+        for step in range(2):  # the first step makes the momentum buffers
+            before = device.snapshot()
+            loss = training_step(model, optimizer, augment, images,
+                                 numpy.random.default_rng(step), 0.1, 0.5)
+        launches, syncs, _ = (now - then for now, then in zip(device.snapshot(), before))
+        assert syncs == 0, "the step waited for the device"
+        assert launches <= RESNET50_STEP_LAUNCH_BUDGET, sorted(device.by_name.items(),
+                                                              key=lambda kv: -kv[1])[:20]
+        assert numpy.isfinite(float(loss))
+        assert all(type(p.data).__module__.startswith("cupy") for p in model.parameters())
+
+
+def test_train_checkpoint_resume_and_linear_eval_run_through_backend_cupy(tmp_path, capsys):
+    from simclr import linear_eval, train
+    tiny = ["--dataset", "synthetic", "--synthetic-size", "48", "--arch", "resnet18",
+            "--width", "0.0625", "--batch-size", "16", "--epochs", "2", "--backend", "cupy",
+            "--val-fraction", "0.25", "--knn-every", "1"]
+    with rehearsal() as device:
+        assert train.main(tiny + ["--out", str(tmp_path / "run"), "--max-steps", "2"]) == 0
+        assert train.main(["--resume", str(tmp_path / "run")]) == 0
+        assert linear_eval.main(["--checkpoint", str(tmp_path / "run"), "--dataset",
+                                 "synthetic", "--synthetic-size", "48", "--val-fraction", "0.25",
+                                 "--epochs", "1", "--backend", "cupy"]) == 0
+        assert device.launches > 0
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert any("knn_accuracy" in r for r in records)
+    capsys.readouterr()
+
+
+# ----- the twins: our CUDA kernels' NumPy versions, against the CPU -----------------------
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fused", ["none", "relu", "residual+relu"])
+def test_batch_norm_by_the_gpu_kernels_twins_equals_the_cpu_kernel(training, fused):
+    """BatchNormCuda on NumPy arrays runs its kernels' twins: the same output, gradients and
+    running statistics as the CPU's kernel, in float64."""
+    from nn.functional.cpu.batch_norm import BatchNormBlocked
+    from nn.functional.cuda.batch_norm import BatchNormCuda
+    relu, res = "relu" in fused, "residual" in fused
+    results = []
+    for op in (BatchNormCuda, BatchNormBlocked):
+        rng = numpy.random.default_rng(1)
+        x = randn(numpy, 6, 5, 3, 4, scale=2.0, requires_grad=True)
+        x.data += 10 * numpy.arange(5).reshape(1, 5, 1, 1)       # channels far from zero
+        residual = randn(numpy, 6, 5, 3, 4, seed=2, requires_grad=True)
+        weight, bias = (Tensor(rng.standard_normal(5), requires_grad=True) for _ in range(2))
+        mean, var = rng.standard_normal(5), 0.5 + rng.random(5)
+        out = op.apply(x, weight, bias, *([residual] if res else []), running_mean=mean,
+                       running_var=var, use_batch_stats=training, momentum=0.1, eps=1e-5,
+                       relu=relu)
+        out.backward(numpy.random.default_rng(3).standard_normal(x.shape))
+        results.append([out.data, mean, var, x.grad, weight.grad, bias.grad]
+                       + ([residual.grad] if res else []))
+    for name, twin, cpu in zip(["y", "mean", "var", "dx", "dgamma", "dbeta", "dres"], *results):
+        assert relative_error(twin, cpu) < 1e-12, name
+
+
+def test_lars_by_the_gpu_kernels_twins_equals_the_cpu_update():
+    from nn.functional.cuda.optim import CHUNK, lars_step
+    from nn.module import Parameter
+    from nn.optim import LARS
+    rng = numpy.random.default_rng(0)
+    shapes = [(3, CHUNK + 5), (7,), (2 * CHUNK,), (4, 4)]       # several chunks, and one
+    params = [Parameter(rng.standard_normal(shape)) for shape in shapes]
+    for param in params:
+        param.grad = rng.standard_normal(param.shape)
+    params[3].grad[...] = 0                                     # a zero gradient: trust 1
+    optimizer = LARS(params, lr=0.7, weight_decay=1e-3)
+    weights = [p.data.copy() for p in params]
+    velocities = [rng.standard_normal(shape) for shape in shapes]
+    optimizer.momentum_buffers = [v.copy() for v in velocities]
+    optimizer.step()                                            # the CPU's update, per parameter
+    lars_step(weights, [p.grad for p in params], velocities, optimizer.excluded, 0.7, 0.9, 1e-3,
+              0.001)
+    for ours, theirs, v, buffer in zip(weights, params, velocities, optimizer.momentum_buffers):
+        assert relative_error(ours, theirs.data) < 1e-13
+        assert relative_error(v, buffer) < 1e-13
+
+
+def test_the_colour_distortion_twin_equals_color_jitter_then_random_grayscale():
+    from simclr.augment.color import color_jitter, draw_grayscale, draw_jitter, random_grayscale
+    from simclr.augment.cuda import DISTORT, distortion_table
+    images = numpy.random.default_rng(0).random((12, 3, 5, 6)).astype(numpy.float32)
+    expected = random_grayscale(color_jitter(images, numpy.random.default_rng(1), 1.0),
+                                numpy.random.default_rng(2))
+    jitter = draw_jitter(numpy.random.default_rng(1), 12, 1.0)
+    grayscale = draw_grayscale(numpy.random.default_rng(2), 12)
+    assert jitter[0].any() and grayscale.any()
+    out = numpy.empty_like(images)
+    DISTORT.twin(images, out, distortion_table(*jitter, grayscale), 12, 30)
+    numpy.testing.assert_array_equal(out, expected)
+
+
+# ----- the CUDA sources and CuPy's names ----------------------------------------------------
+
+def _all_kernels():
+    import nn.functional.cuda.batch_norm  # noqa: F401  (each module registers its kernels)
+    import nn.functional.cuda.optim  # noqa: F401
+    import simclr.augment.cuda  # noqa: F401
+    from nn.functional.cuda.kernels import KERNELS
+    return KERNELS
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_cuda_kernel_compiles_for_sm_90(tmp_path, dtype):
+    """Each kernel's source as CuPy compiles it (the typedefs, then the source), through
+    nvcc: a syntax or type error shows here, not on the first GPU run."""
+    for name, kernel in sorted(_all_kernels().items()):
+        source = tmp_path / f"{name}.cu"
+        source.write_text(kernel.code({type_name: dtype for type_name in kernel.type_names}))
+        compiled = subprocess.run(["nvcc", "-arch=sm_90", "--fmad=false", "-c", str(source),
+                                   "-o", str(tmp_path / f"{name}.o")],
+                                  capture_output=True, text=True)
+        assert compiled.returncode == 0, f"{name} ({dtype}):\n{compiled.stderr}"
+
+
+def _names_called_on(module_name, paths):
+    """Every dotted name `module_name.a.b` the code under `paths` uses (xp.zeros,
+    xp.linalg.norm, xp.cuda.Device, ...)."""
+    names = set()
+    for path in paths:
+        for root, _, files in os.walk(path):
+            for file in files:
+                if file.endswith(".py"):
+                    tree = ast.parse(open(os.path.join(root, file)).read())
+                    for node in ast.walk(tree):
+                        if isinstance(node, ast.Attribute):
+                            parts = []
+                            while isinstance(node, ast.Attribute):
+                                parts.append(node.attr)
+                                node = node.value
+                            if isinstance(node, ast.Name) and node.id == module_name:
+                                names.add(".".join(reversed(parts)))
+    return names
+
+
+def test_every_name_the_code_asks_of_xp_and_cupyx_exists_in_cupy():
+    """Where CuPy is installed (it imports without a GPU), every xp.<name> that autograd/,
+    nn/ and simclr/ use exists in it: a NumPy-only function would pass every CPU test and
+    fail on the first GPU run."""
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
+    import cupyx
+    paths = [os.path.join(REPO, folder) for folder in ("autograd", "nn", "simclr")]
+    missing = []
+    for module, names in ((cupy, _names_called_on("xp", paths)),
+                          (cupyx, _names_called_on("cupyx", paths))):
+        for name in sorted(names):
+            value = module
+            for part in name.split("."):
+                value = getattr(value, part, None)
+            if value is None:
+                missing.append(f"{module.__name__}.{name}")
+    assert not missing, missing
+    assert "zeros" in _names_called_on("xp", paths)  # the scan sees the code
