@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -112,6 +113,8 @@ def timed(function, sync):
 
 def repeat_timed(function, warmup, repeats, sync, label=None):
     """Run function() `warmup` times untimed, then `repeats` times timed; the list of seconds.
+    The warm-up takes what only a first call pays (on a GPU: compiling each kernel, creating
+    library handles); its queued work is waited for before the first clock (timed()).
     With a label, print each timed run to stderr (long steps should show progress)."""
     for _ in range(warmup):
         function()
@@ -132,6 +135,57 @@ def summary(times):
 def peak_rss_mib():
     """The largest resident set this process has had, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_memory_mib(function, device):
+    """Run function() once, untimed (a step after the timed ones), and return the device memory
+    it took, in MiB:
+    {"peak": the most bytes in live arrays at any moment (its inputs, the model and the
+    optimiser state included), "held": what the library's allocator holds from the device}.
+
+    Both libraries keep freed blocks in a pool of their own, so the device's free memory
+    (memGetInfo, nvidia-smi) shows the pool, not the arrays. PyTorch counts the peak itself
+    (max_memory_allocated; held: max_memory_reserved). CuPy's pool only knows its current use,
+    and reading it before and after a step misses the peak, which lies inside the step (the
+    activations kept for backward are freed by its end). So a MemoryHook follows every
+    allocation and release from the pool during this one step; it slows allocations, which is
+    why it runs on an extra step and never on a timed one. Held: the pool's total_bytes, which
+    only grows (CuPy returns blocks to the device only when asked to, or when out of memory)."""
+    mib = 2 ** 20
+    if device == "torch-cuda":
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        function()
+        torch.cuda.synchronize()
+        return {"peak": torch.cuda.max_memory_allocated() / mib,
+                "held": torch.cuda.max_memory_reserved() / mib}
+    if device != "cupy":
+        raise ValueError(f"device memory of {device!r}: expected 'cupy' or 'torch-cuda'")
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+
+    class PoolPeak(cupy.cuda.MemoryHook):
+        """The largest pool.used_bytes() between entering and leaving the `with` block."""
+        name = "bench.common.PoolPeak"
+
+        def __init__(self):
+            self.used = self.peak = pool.used_bytes()
+
+        def malloc_postprocess(self, mem_size, mem_ptr, **details):
+            if mem_ptr:  # 0 when the allocation failed
+                self.used += mem_size
+                self.peak = max(self.peak, self.used)
+
+        def free_postprocess(self, mem_size, **details):
+            self.used -= mem_size
+
+    cupy.cuda.Device().synchronize()
+    with PoolPeak() as hook:
+        function()
+        cupy.cuda.Device().synchronize()
+    return {"peak": hook.peak / mib, "held": pool.total_bytes() / mib}
 
 
 def gemm_gflops(library, size=2048, repeats=5):
@@ -198,14 +252,37 @@ def machine(program, argv):
     }
     if torch_available():
         facts["torch"] = importlib.metadata.version("torch")  # without importing torch here
+    gpu = gpu_description()
+    if gpu:
+        facts["gpu"] = gpu
     return facts
 
 
+def gpu_description():
+    """Each NVIDIA GPU as "NAME, driver D, M MiB", from nvidia-smi; None where there is none.
+    Asked of nvidia-smi rather than CuPy or PyTorch: this process then holds no CUDA context."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                "--format=csv,noheader"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    gpus = []
+    for line in found.stdout.strip().splitlines():
+        parts = [part.strip() for part in line.split(",")]
+        if len(parts) == 3:
+            gpus.append(f"{parts[0]}, driver {parts[1]}, {parts[2]}")
+    return "; ".join(gpus) if found.returncode == 0 and gpus else None
+
+
 def describe_machine(facts):
-    """Two lines about the machine for the top of a report."""
+    """Two lines about the machine for the top of a report (three with a GPU)."""
     return (f"{facts['cpu']}, {facts['cores']} cores, load {facts['load_average']}, "
             f"{facts['date']}\nNumPy {facts['numpy']} with {facts['numpy_blas']}"
-            + (f"; PyTorch {facts['torch']}" if "torch" in facts else ""))
+            + (f"; PyTorch {facts['torch']}" if "torch" in facts else "")
+            + (f"\nGPU: {facts['gpu']}" if "gpu" in facts else ""))
 
 
 def format_table(header, rows):

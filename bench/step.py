@@ -17,9 +17,14 @@ the default NCHW layout and in channels_last. Every side runs in its own process
 so that each sees the same noise. The ratio ours/theirs is a throughput ratio: above 1, we
 are faster.
 
---backend cupy runs ours on the GPU with CuPy and PyTorch on CUDA (clocks read after a device
-synchronisation; --tf32 sets TensorFloat-32 matmuls for both). That path has not been run on
-a GPU yet.
+--backend cupy runs ours on the GPU with CuPy and PyTorch on CUDA (--tf32 sets TensorFloat-32
+matmuls for both). A GPU runs kernels asynchronously: every clock is read after the device has
+finished its queued work, and the warm-up steps take the kernels' first-use compiles (NVRTC for
+CuPy), which the timed steps never see. Neither side reads its loss on the host inside a step.
+The table then adds, per side, the device memory of one extra untimed step: "GPU peak MiB", the
+most bytes in live arrays at once (model and optimiser state included), and "GPU held MiB", what
+the library's memory pool holds from the device (device_memory_mib in bench/common.py).
+bench/gpu_check.sh runs this on a lent GPU.
 """
 import argparse
 import json
@@ -27,8 +32,8 @@ import statistics
 import sys
 from types import SimpleNamespace
 
-from bench.common import (SIDES, describe_machine, default_threads, format_table, machine,
-                          peak_rss_mib, repeat_timed, run_sides,
+from bench.common import (SIDES, describe_machine, default_threads, device_memory_mib,
+                          format_table, machine, peak_rss_mib, repeat_timed, run_sides,
                           summary, synchronizer, write_result)
 
 LEARNING_RATE = 0.1  # any fixed value: the speed of an update does not depend on it
@@ -111,7 +116,7 @@ def build_ours(args):
 
     def step():
         losses.append(training_step(model, optimizer, views, images, rng, LEARNING_RATE,
-                                    TEMPERATURE, len(losses)))
+                                    TEMPERATURE))
 
     return SimpleNamespace(xp=xp, device=device, sync=synchronizer(args.backend), rng=rng,
                            images=images, augment=augment, model=model, optimizer=optimizer,
@@ -128,9 +133,10 @@ def measure_ours(args):
                                  args.steps, ours.sync)
     step_times = repeat_timed(ours.step, args.warmup, args.steps, ours.sync, label="ours step")
     result = {"side": "ours", "step_times": step_times, "augment_times": augment_times,
-              "peak_rss_mib": peak_rss_mib(), "loss": ours.losses[-1]}
-    if ours.device == "cuda":
-        result["device_peak_mib"] = ours.xp.get_default_memory_pool().total_bytes() / 2 ** 20
+              "peak_rss_mib": peak_rss_mib(), "loss": float(ours.losses[-1])}
+    if ours.device == "cuda":  # one more step, untimed (bench/common.py says why)
+        memory = device_memory_mib(ours.step, "cupy")
+        result["device_peak_mib"], result["device_held_mib"] = memory["peak"], memory["held"]
     size = args.image_size
     forward = forward_flops(ours.model, (1, 3, size, size), ours.device)
     result["flops_per_step"] = TRAINING_STEP_FORWARDS * 2 * args.batch_size * forward
@@ -163,7 +169,8 @@ def measure_torch(args, channels_last):
 
     def step():
         loss = nt_xent(model(views), TEMPERATURE)
-        losses.append(loss.item())
+        # kept on the device, as ours is: loss.item() would wait for the GPU inside every step
+        losses.append(loss.detach())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -171,9 +178,11 @@ def measure_torch(args, channels_last):
     label = "torch channels_last step" if channels_last else "torch NCHW step"
     step_times = repeat_timed(step, args.warmup, args.steps, sync, label=label)
     result = {"side": "torch-channels-last" if channels_last else "torch-nchw",
-              "step_times": step_times, "peak_rss_mib": peak_rss_mib(), "loss": losses[-1]}
-    if device == "cuda":
-        result["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+              "step_times": step_times, "peak_rss_mib": peak_rss_mib(),
+              "loss": losses[-1].item()}
+    if device == "cuda":  # one more step, untimed, as for ours
+        memory = device_memory_mib(step, "torch-cuda")
+        result["device_peak_mib"], result["device_held_mib"] = memory["peak"], memory["held"]
     result["flops_per_step"] = TRAINING_STEP_FORWARDS * 2 * N * torch_forward_flops(model,
                                                                                      views[:1])
     result["gemm_gflops"] = gemm_gflops("numpy" if device == "cpu" else "torch-cuda",
@@ -195,8 +204,9 @@ def summarize(args, results):
                       "gflops": gflops, "gemm_gflops": gemm, "fraction_of_gemm": gflops / gemm,
                       "peak_rss_mib": max(run["peak_rss_mib"] for run in runs),
                       "flops_per_step": runs[0]["flops_per_step"]}
-        if "device_peak_mib" in runs[0]:
-            rows[side]["device_peak_mib"] = max(run["device_peak_mib"] for run in runs)
+        for key in ("device_peak_mib", "device_held_mib"):
+            if key in runs[0]:
+                rows[side][key] = max(run[key] for run in runs)
         if "augment_times" in runs[0]:
             rows[side]["augment_seconds"] = summary(
                 [t for run in runs for t in run["augment_times"]])
@@ -231,11 +241,13 @@ def report(args, rows, facts):
                       f"{seconds['max']:.3f})", f"{row['images_per_s']:.1f}",
                       f"{row['gflops']:.1f}", f"{100 * row['fraction_of_gemm']:.0f}%",
                       f"{row['gemm_gflops']:.0f}", f"{row['peak_rss_mib']:.0f}"]
-                     + ([f"{row['device_peak_mib']:.0f}"] if args.backend == "cupy" else [])
+                     + ([f"{row['device_peak_mib']:.0f}", f"{row['device_held_mib']:.0f}"]
+                        if args.backend == "cupy" else [])
                      + ["-" if ratio is None else ratio])
     lines.append(format_table(["side", "s/step median (min-max)", "images/s", "GFLOP/s",
                                "of GEMM", "GEMM GFLOP/s", "peak RSS MiB"]
-                              + (["GPU peak MiB"] if args.backend == "cupy" else [])
+                              + (["GPU peak MiB", "GPU held MiB"]
+                                 if args.backend == "cupy" else [])
                               + ["ours/theirs throughput"], table))
     ours = rows["ours"]
     augment = ours["augment_seconds"]

@@ -1,0 +1,416 @@
+"""python -m bench.gpu_check OUT: every GPU check in one command, each stage under its own clock.
+
+GPU time comes in a few lent minutes, now and then. This driver (run through bench/gpu_check.sh)
+turns one such call into a full set of results: it runs the stages below in order, each under its
+own timeout inside one overall deadline, and writes what it has to OUT after every stage, so a
+stage that hangs costs only its own time and a call cut short still brings back the stages done.
+
+    probe         nvidia-smi, cupy.show_config(), one elementwise kernel and one 4096^2 float32
+                  GEMM timed with CuPy, the versions of NumPy, CuPy and PyTorch
+    selfcheck     python -m nn.selfcheck --backend cupy: every op's gradient on the GPU
+    tests         the tests marked gpu (pytest -m gpu), with xdist and per-test timeouts when
+                  those plugins import
+    train         a 6-step ResNet-50 SimCLR run on synthetic shapes, k-NN on a held-out split
+    resume        that run resumed to 12 steps (a second epoch, a second k-NN)
+    linear-eval   linear evaluation of its checkpoint
+    step-*        python -m bench.step against PyTorch: ResNet-50 at batch 256 with TF32 on and
+                  off, ResNet-18 at batch 512
+    profile       python -m bench.profile: ResNet-50 at batch 256, op by op
+
+The clock: the whole check has --deadline seconds (default 9 minutes), of which the last
+RESERVE_SECONDS pack OUT. Each stage has a budget, and the budgets add up to the default deadline;
+a stage may run for its budget plus the slack that earlier stages left by finishing early, less
+what the stages after it are owed. A stage past its timeout is ended with every process it
+started, and the next one begins; a stage left too little time reads "skipped: deadline".
+
+Without a GPU (CuPy missing, or no device it can use) every stage reads "skipped: no GPU" and the
+exit status is 0: that dry run is what CI tests (tests/test_gpu_check.py).
+
+What OUT holds, and why so few files: the device tool brings back at most 8 files from $OUT.
+
+    summary.md       each stage's status, seconds and timeout, then the last lines of its log
+    summary.json     the same as data
+    logs.tar.gz      every stage's full log and result files (the step JSONs, the run's
+                     metrics and config; never a checkpoint, too large to bring back)
+    kernels.tar.gz   the CuPy kernel cache, to carry to the next call (see below)
+
+The kernel cache: CuPy compiles every kernel with NVRTC the first time it is used, seconds each,
+minutes for a whole test run on a fresh machine. CuPy keeps what it compiled in CUPY_CACHE_DIR;
+this driver points that at .gpu-cache/cupy (git ignores .gpu-cache), unpacks
+.gpu-cache/kernels.tar.gz into it before the first stage, and packs it again (at most 16 MiB)
+after each stage that added kernels. Copy OUT's kernels.tar.gz to .gpu-cache/ here and carry
+.gpu-cache to the next call: its stages then start with every kernel already built.
+
+Exit status: 0 when no stage failed (stages skipped included), 1 when one failed or timed out,
+2 for a bad argument, 128 + the signal's number when stopped by a signal.
+"""
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from bench.gpu_out import (KERNEL_ARCHIVE, KERNEL_CACHE_DIR, REPO_ROOT, bundle, copy_into,
+                           fingerprint, restore_kernels, save_kernels, summary_data,
+                           summary_markdown, write_atomic)
+
+NO_GPU = "skipped: no GPU"
+DEADLINE_SECONDS = 540   # 9 minutes: the device tool's 10-minute limit, less a margin
+RESERVE_SECONDS = 15     # kept back from the stages for the last packing of logs and kernels
+MIN_STAGE_SECONDS = 5    # a stage left less than this is skipped, not started
+KILL_GRACE_SECONDS = 5   # after SIGTERM, how long a timed-out stage has before SIGKILL
+
+
+@dataclass
+class Stage:
+    """One stage: commands run in order in the repository root, sharing one timeout.
+
+    budget: the seconds this stage is guaranteed (see stage_timeout); the budgets of all stages
+    add up to the default deadline less the reserve. needs: a stage that must have passed in
+    this call first (a resumed run needs the run). keep_going: run every command even after one
+    fails (the probe's commands are independent)."""
+    name: str
+    budget: float
+    commands: list
+    needs: str = None
+    keep_going: bool = False
+    status: str = "pending"
+    seconds: float = None
+    timeout: float = None
+    log: str = None
+
+
+def plan(work, python, plugins):
+    """The stages, their commands writing under the folder `work`. `plugins` is the set of
+    pytest plugins that import ("xdist", "pytest_timeout")."""
+    def folder(name):
+        return os.path.join(work, name)
+
+    run = folder("run")   # the training run that train, resume and linear-eval share
+    data = ["--dataset", "synthetic", "--synthetic-size", "480", "--val-fraction", "0.2"]
+    # 480 synthetic images, a fifth of each class held out: 384 to train on, 6 steps of 64,
+    # so that the 6 steps of train end an epoch (and its k-NN), as the 12 of resume do
+    pytest = [python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+              "--junitxml", os.path.join(folder("tests"), "junit.xml")]
+    if "xdist" in plugins:
+        pytest += ["-n", "4"]
+    if "pytest_timeout" in plugins:
+        pytest += ["--timeout", "120"]
+
+    def step(name, arch, batch, tf32):
+        return Stage(name, 60 if arch == "resnet50" else 45, [[
+            python, "-m", "bench.step", "--arch", arch, "--cifar-stem", "--batch-size",
+            str(batch), "--backend", "cupy", "--compare", "torch", "--tf32", tf32,
+            "--warmup", "3", "--steps", "10", "--json", os.path.join(folder(name), "step.json")]])
+
+    return [
+        Stage("probe", 30, [[python, "-m", "bench.gpu_probe",
+                             os.path.join(folder("probe"), "probe.json")],
+                            [python, "-c", "import cupy; cupy.show_config()"],
+                            ["nvidia-smi"]], keep_going=True),
+        Stage("selfcheck", 45, [[python, "-m", "nn.selfcheck", "--backend", "cupy"]]),
+        Stage("tests", 115, [pytest]),
+        Stage("train", 60, [[python, "-m", "simclr.train", *data, "--arch", "resnet50",
+                             "--batch-size", "64", "--epochs", "1", "--max-steps", "6",
+                             "--knn-every", "1", "--backend", "cupy", "--out", run]]),
+        Stage("resume", 35, [[python, "-m", "simclr.train", "--resume", run, "--epochs", "2",
+                              "--max-steps", "12", "--backend", "cupy"]], needs="train"),
+        Stage("linear-eval", 35, [[python, "-m", "simclr.linear_eval", "--checkpoint", run,
+                                   *data, "--backend", "cupy", "--epochs", "1"]],
+              needs="train"),
+        step("step-resnet50-tf32-on", "resnet50", 256, "on"),
+        step("step-resnet50-tf32-off", "resnet50", 256, "off"),
+        step("step-resnet18", "resnet18", 512, "off"),
+        Stage("profile", 40, [[python, "-m", "bench.profile", "--arch", "resnet50", "--cifar-stem",
+                               "--batch-size", "256", "--backend", "cupy", "--warmup", "2",
+                               "--steps", "3", "--json",
+                               os.path.join(folder("profile"), "profile.json")]]),
+    ]
+
+
+def stage_timeout(remaining, budget, later_budgets):
+    """Seconds a stage may run: its own budget, plus whatever slack the stages after it do not
+    need (earlier stages that finished early leave slack), never more than `remaining`.
+
+    remaining: seconds to the deadline, the reserve already taken off; later_budgets: the sum
+    of the budgets of the stages still to run after this one. A stage that hangs thus uses up
+    its budget and the slack, never the later stages' budgets; a slow first compile can borrow
+    the slack instead of timing out."""
+    return max(0.0, min(remaining, max(budget, remaining - later_budgets)))
+
+
+def find_gpu(python, timeout=60):
+    """(True, "NAME, N device(s)") when CuPy imports and sees a CUDA device, else (False, why).
+    Asked in a child process so that this driver never holds a CUDA context itself."""
+    if importlib.util.find_spec("cupy") is None:
+        return False, "CuPy is not installed"
+    code = ("import cupy; n = cupy.cuda.runtime.getDeviceCount(); "
+            "name = cupy.cuda.runtime.getDeviceProperties(0)['name']; "
+            "print(n, name.decode() if isinstance(name, bytes) else name)")
+    try:
+        found = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                               timeout=timeout, env=child_environment())
+    except subprocess.TimeoutExpired:
+        return False, f"CuPy did not answer within {timeout} s"
+    if found.returncode != 0:
+        last = (found.stderr.strip().splitlines() or ["no message"])[-1]
+        return False, f"CuPy is installed but no CUDA GPU is usable: {last}"
+    count, name = (found.stdout.strip().splitlines() or ["0 none"])[-1].split(" ", 1)
+    if int(count) < 1:
+        return False, "CuPy is installed but sees no CUDA device"
+    return True, f"{name}, {count} device(s)"
+
+
+def child_environment():
+    """Every stage's environment: the repository importable from anywhere, CuPy's kernel cache
+    in .gpu-cache/cupy, and Python's output unbuffered (a killed stage's log keeps its end)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["CUPY_CACHE_DIR"] = KERNEL_CACHE_DIR
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_command(command, log, timeout):
+    """Run `command` with its output appended to the open file `log`; its exit status, or None
+    when it ran past `timeout` seconds. It runs in a process group of its own, so that a
+    timeout ends its children too (pytest's workers, bench.step's measuring processes): SIGTERM
+    to the group, then SIGKILL after a grace period. The group stays in this process's session,
+    so whatever ends this driver's session ends the stage as well."""
+    log.write(f"$ {shlex.join(command)}\n")
+    log.flush()
+    # a process group of its own: process_group=0 (Python 3.11), os.setpgrp before that
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    try:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=child_environment(), stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **group)
+    except OSError as error:   # e.g. nvidia-smi not on PATH
+        log.write(f"cannot start {command[0]}: {error.strerror}\n")
+        return 127
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:   # a timeout, or a signal that stops this driver: end the whole group
+        if process.poll() is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+
+def _signal_group(process, signum):
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def command_name(command):
+    """A short name for a command in a status line: the module of `python -m MODULE`."""
+    if "-m" in command[:-1]:
+        return command[command.index("-m") + 1]
+    return os.path.basename(command[0]) + (" -c" if "-c" in command else "")
+
+
+def run_stage(stage, work, timeout):
+    """Run the stage's commands within `timeout` seconds together; sets its status."""
+    os.makedirs(os.path.join(work, stage.name), exist_ok=True)
+    stage.log = os.path.join(work, stage.name, "log.txt")
+    stage.timeout = round(timeout)
+    ends = time.monotonic() + timeout
+    start = time.monotonic()
+    failures = []
+    with open(stage.log, "a") as log:
+        log.write(f"# stage {stage.name}, timeout {timeout:.0f} s\n")
+        for index, command in enumerate(stage.commands, 1):
+            left = ends - time.monotonic()
+            if left <= 0:
+                status = None
+            else:
+                status = run_command(command, log, left)
+            where = ""
+            if len(stage.commands) > 1:
+                where = f" (command {index} of {len(stage.commands)}: {command_name(command)})"
+            if status is None:
+                failures.append(f"timed out after {timeout:.0f} s{where}")
+                break
+            if status != 0:
+                failures.append(f"failed: exit status {status}{where}")
+                if not stage.keep_going:
+                    break
+        stage.seconds = round(time.monotonic() - start, 1)
+        stage.status = "passed" if not failures else "; ".join(failures)
+        log.write(f"# {stage.status}, {stage.seconds} s\n")
+
+
+# --- the program --------------------------------------------------------------------------------
+
+class Stopped(Exception):
+    """This driver was sent SIGTERM (or SIGINT): the stage under way is ended, the rest skipped,
+    and what is done is still written to OUT."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose mistakes are one line (argparse prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv):
+    names = [stage.name for stage in plan("", "python", set())]
+    parser = ArgumentParser(
+        prog="bash bench/gpu_check.sh", description=__doc__.split("\n")[0],
+        epilog="stages: " + ", ".join(names))
+    parser.add_argument("out", metavar="OUT", help="folder for the results (made if missing)")
+    parser.add_argument("--deadline", type=float, default=DEADLINE_SECONDS,
+                        help=f"seconds for the whole check (default {DEADLINE_SECONDS})")
+    parser.add_argument("--only", metavar="STAGE[,STAGE]",
+                        help="run these stages alone (the others read 'skipped: not selected')")
+    args = parser.parse_args(argv)
+    if not args.deadline > RESERVE_SECONDS + MIN_STAGE_SECONDS:
+        parser.error(f"--deadline must be more than {RESERVE_SECONDS + MIN_STAGE_SECONDS} "
+                     f"seconds, got {args.deadline:g}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"OUT {args.out} is a file, not a folder")
+    if args.only:
+        args.only = args.only.split(",")
+        unknown = [name for name in args.only if name not in names]
+        if unknown:
+            parser.error(f"--only: no stage named {', '.join(unknown)}; the stages: "
+                         f"{', '.join(names)}")
+    return args
+
+
+class Check:
+    """One call of the check: its stages, the clock they share, what OUT holds, the kernels."""
+
+    def __init__(self, out, deadline, only=None):
+        self.started = time.monotonic()
+        self.deadline = self.started + deadline - RESERVE_SECONDS   # when the stages must end
+        self.out = os.path.abspath(out)
+        os.makedirs(self.out, exist_ok=True)
+        self.work = tempfile.mkdtemp(prefix="gpu-check-")   # logs and runs; packed into OUT
+        python = sys.executable
+        plugins = {name for name in ("xdist", "pytest_timeout")
+                   if importlib.util.find_spec(name)}
+        self.stages = plan(self.work, python, plugins)
+        self.has_gpu, gpu = find_gpu(python)
+        self.facts = {
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "gpu": gpu if self.has_gpu else f"none: {gpu}", "deadline_s": deadline,
+            "elapsed_s": 0, "finished": False, "pytest_plugins": sorted(plugins),
+            "kernel_cache": []}
+        for stage in self.stages:
+            if not self.has_gpu:
+                stage.status = NO_GPU
+            elif only and stage.name not in only:
+                stage.status = "skipped: not selected"
+        self.kernels_seen = None   # the kernel cache's fingerprint when last saved
+
+    def write_out(self):
+        """summary.json, summary.md and logs.tar.gz in OUT, as things stand."""
+        self.facts["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        write_atomic(os.path.join(self.out, "summary.json"),
+                     json.dumps(summary_data(self.stages, self.facts), indent=1) + "\n")
+        write_atomic(os.path.join(self.out, "summary.md"),
+                     summary_markdown(self.stages, self.facts))
+        bundle(self.work, self.out)
+
+    def restore_kernels(self):
+        self.facts["kernel_cache"] = [restore_kernels(KERNEL_ARCHIVE, KERNEL_CACHE_DIR)]
+        self.kernels_seen = fingerprint(KERNEL_CACHE_DIR)
+
+    def keep_kernels(self):
+        """Save the kernel cache when a stage added kernels, and put the archive in OUT."""
+        if fingerprint(KERNEL_CACHE_DIR) != self.kernels_seen:
+            _, line = save_kernels(KERNEL_CACHE_DIR, KERNEL_ARCHIVE)
+            self.kernels_seen = fingerprint(KERNEL_CACHE_DIR)
+            self.facts["kernel_cache"][1:] = [line]   # after the line of the restore
+        if os.path.isfile(KERNEL_ARCHIVE):
+            copy_into(KERNEL_ARCHIVE, self.out)
+
+    def run_next(self, index):
+        """Run stage `index` if it is to run and there is time left for it."""
+        stage = self.stages[index]
+        if stage.status != "pending":
+            return
+        if stage.needs and stage.needs not in {s.name for s in self.stages
+                                               if s.status == "passed"}:
+            stage.status = f"skipped: {stage.needs} did not pass"
+            return
+        later = sum(s.budget for s in self.stages[index + 1:] if s.status == "pending")
+        timeout = stage_timeout(self.deadline - time.monotonic(), stage.budget, later)
+        if timeout < MIN_STAGE_SECONDS:
+            stage.status = "skipped: deadline"
+            return
+        stage.status = "running"
+        self.write_out()
+        print(f"gpu_check: {stage.name} (timeout {timeout:.0f} s)", file=sys.stderr, flush=True)
+        run_stage(stage, self.work, timeout)
+        print(f"gpu_check: {stage.name}: {stage.status}, {stage.seconds} s", file=sys.stderr,
+              flush=True)
+        self.keep_kernels()
+        self.write_out()
+
+    def run(self):
+        """Every stage in order; the exit status (see the module's docstring)."""
+        if self.has_gpu:
+            self.restore_kernels()
+        else:
+            self.facts["kernel_cache"] = [NO_GPU]
+        handlers = {signum: signal.signal(signum, _stop)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
+        stopped = None
+        try:
+            self.write_out()
+            for index in range(len(self.stages)):
+                self.run_next(index)
+        except Stopped as stop:
+            stopped = stop.signum
+            for stage in self.stages:
+                if stage.status == "running":
+                    stage.status = f"stopped by {stop}"
+                elif stage.status == "pending":
+                    stage.status = f"skipped: stopped by {stop}"
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            self.facts["finished"] = True
+            if self.has_gpu:
+                self.keep_kernels()
+            self.write_out()
+            shutil.rmtree(self.work, ignore_errors=True)
+        print(f"gpu_check: summary in {os.path.join(self.out, 'summary.md')}", file=sys.stderr)
+        if stopped is not None:
+            return 128 + stopped
+        failed = [s for s in self.stages if not s.status.startswith(("passed", "skipped"))]
+        return 1 if failed else 0
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return Check(args.out, args.deadline, args.only).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
