@@ -83,6 +83,22 @@ def test_the_colour_distortion_kernel_equals_its_twin():
     assert (numpy.abs(gpu - twin) > 1e-6).mean() < 1e-3
 
 
+@pytest.mark.parametrize("preset", ["cifar", "imagenet"])
+def test_simclr_augment_on_the_gpu_makes_the_cpu_views_of_a_seed(preset):
+    """The four augmentation kernels against the CPU's NumPy steps, from the same seed: the
+    same crops, flips, colours and blurs, to float32 rounding (a few pixels near a clip or a
+    hue sector's edge may move by a rounding's consequence)."""
+    import cupy
+
+    from simclr.augment import SimCLRAugment
+    augment = SimCLRAugment.preset(preset, size=32 if preset == "cifar" else 64)
+    images = numpy.random.default_rng(6).integers(0, 256, (32, 48, 48, 3), dtype=numpy.uint8)
+    gpu = to_numpy(augment(cupy.asarray(images), numpy.random.default_rng(7)))
+    cpu = augment(images, numpy.random.default_rng(7))
+    difference = numpy.abs(gpu - cpu)
+    assert difference.max() <= 1e-4 and (difference > 1e-5).mean() < 1e-3
+
+
 def test_a_resnet_training_step_on_the_gpu_equals_the_same_step_on_the_cpu_float64():
     """The whole step (augmentation excluded) on CuPy against NumPy, float64: every kernel of
     both paths in one comparison."""
@@ -107,3 +123,21 @@ def test_a_resnet_training_step_on_the_gpu_equals_the_same_step_on_the_cpu_float
         results.append([float(loss.data)] + [to_numpy(p.data) for p in model.parameters()])
     for gpu, cpu in zip(*results):
         assert relative_error(numpy.asarray(gpu), numpy.asarray(cpu)) <= 1e-9
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_kernels_equal_their_twins(dtype):
+    import cupy
+
+    from nn.functional.cuda.loss import CrossEntropyCuda
+    rng = numpy.random.default_rng(8)
+    logits = (rng.standard_normal((300, 600)) * 4).astype(dtype)
+    target = rng.integers(0, 600, 300)
+    results = []
+    for xp in (cupy, numpy):
+        z = Tensor(xp.asarray(logits), requires_grad=True)
+        loss = CrossEntropyCuda.apply(z, target=xp.asarray(target))
+        loss.backward(xp.asarray(numpy.array(2.0, dtype)))
+        results.append((loss.data, z.grad))
+    for gpu, twin in zip(*results):
+        assert relative_error(to_numpy(gpu), twin) <= TOLERANCE[dtype]

@@ -27,8 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Kernel launches of one ResNet-50 SimCLR step (CIFAR stem, both views augmented), counted on
 # the rehearsal: 7,880 before the GPU kernels of batch norm, LARS and the colour distortion,
-# 1,233 with them (137 of them the two views' augmentation).
-RESNET50_STEP_LAUNCH_BUDGET = 1500
+# 1,233 with them (137 of them the two views' augmentation), 944 with the augmentation, im2col,
+# col2im and cross-entropy kernels (5 for the augmentation).
+RESNET50_STEP_LAUNCH_BUDGET = 1100
 
 
 # ----- the rehearsal itself -----------------------------------------------------------------
@@ -171,6 +172,39 @@ def test_the_colour_distortion_twin_equals_color_jitter_then_random_grayscale():
     numpy.testing.assert_array_equal(out, expected)
 
 
+def test_the_crop_and_blur_twins_equal_the_cpu_augmentation():
+    """crop_resize_flip's and blur's twins (run on NumPy arrays) give what SimCLRAugment's
+    CPU steps give for the same draws, bitwise."""
+    from simclr.augment import cuda
+    from simclr.augment.blur import apply_blur, draw_blur
+    from simclr.augment.crop import (draw_flips, horizontal_flip, resized_crop,
+                                     sample_crop_boxes, to_float_nchw)
+    from simclr.augment._batch import apply_to_chosen
+    rng = numpy.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 20, 24, 3), dtype=numpy.uint8)
+    boxes, flips = sample_crop_boxes(rng, 10, 20, 24), draw_flips(rng, 10)
+    assert flips.any() and not flips.all()
+    expected = apply_to_chosen(resized_crop(to_float_nchw(images), boxes, (16, 16)), flips,
+                               horizontal_flip)
+    views = cuda.crop_resize_flip(images, boxes, flips, (16, 16))
+    numpy.testing.assert_array_equal(views, expected)
+    chosen, sigma = draw_blur(rng, 10)
+    assert chosen.any() and not chosen.all()
+    numpy.testing.assert_array_equal(cuda.blur(views, chosen, sigma),
+                                     apply_blur(views, chosen, sigma))
+
+
+def test_augmentation_on_the_device_path_is_four_launches_a_view():
+    from simclr.augment import SimCLRAugment
+    with rehearsal() as device:
+        images = device.xp.asarray(numpy.random.default_rng(0).integers(
+            0, 256, (6, 40, 40, 3), dtype=numpy.uint8))
+        before = device.launches
+        views = SimCLRAugment.preset("imagenet", size=32)(images, numpy.random.default_rng(1))
+        assert device.launches - before == 4, device.by_name
+        assert views.shape == (6, 3, 32, 32) and type(views).__module__.startswith("cupy")
+
+
 # ----- the CUDA sources and CuPy's names ----------------------------------------------------
 
 def _all_kernels():
@@ -182,17 +216,20 @@ def _all_kernels():
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_every_cuda_kernel_compiles_for_sm_90(tmp_path, dtype):
-    """Each kernel's source as CuPy compiles it (the typedefs, then the source), through
-    nvcc: a syntax or type error shows here, not on the first GPU run."""
+def test_every_cuda_kernel_compiles_for_sm_90_in_every_variant(tmp_path):
+    """Each kernel's source as CuPy compiles it (the typedefs, then the source), for each set
+    of types it runs with, through nvcc: a syntax or type error shows here, not on the first
+    GPU run."""
+    sources = []
     for name, kernel in sorted(_all_kernels().items()):
-        source = tmp_path / f"{name}.cu"
-        source.write_text(kernel.code({type_name: dtype for type_name in kernel.type_names}))
-        compiled = subprocess.run(["nvcc", "-arch=sm_90", "--fmad=false", "-c", str(source),
-                                   "-o", str(tmp_path / f"{name}.o")],
-                                  capture_output=True, text=True)
-        assert compiled.returncode == 0, f"{name} ({dtype}):\n{compiled.stderr}"
+        for number, types in enumerate(kernel.variants):
+            sources.append(tmp_path / f"{name}_{number}.cu")
+            sources[-1].write_text(f"// {types}\n" + kernel.code(types))
+    compiled = subprocess.run(["nvcc", "-arch=sm_90", "--fmad=false", "-c"]
+                              + [str(source) for source in sources],
+                              cwd=tmp_path, capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
+    assert len(sources) >= 2 * len(_all_kernels())
 
 
 def _names_called_on(module_name, paths):
@@ -233,3 +270,41 @@ def test_every_name_the_code_asks_of_xp_and_cupyx_exists_in_cupy():
                 missing.append(f"{module.__name__}.{name}")
     assert not missing, missing
     assert "zeros" in _names_called_on("xp", paths)  # the scan sees the code
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (7, 2, 3), (2, 3, 0)])
+def test_the_im2col_and_col2im_twins_equal_the_cpu_copies(kernel, stride, padding):
+    """cuda/conv.py's kernels' twins against cpu/conv.py's copies: the column matrix, and its
+    adjoint <im2col(x), c> = <x, col2im(c)>."""
+    from nn.functional.cpu.conv import _columns
+    from nn.functional.cuda import conv as cuda_conv
+    rng = numpy.random.default_rng(0)
+    x_last = rng.standard_normal((3, 9, 8, 5))
+    Ho, Wo = ((9 + 2 * padding - kernel) // stride + 1, (8 + 2 * padding - kernel) // stride + 1)
+    geometry = ((kernel, kernel), (stride, stride), (padding, padding), (Ho, Wo))
+    cols = numpy.empty((3 * Ho * Wo, kernel * kernel * 5))
+    cuda_conv.IM2COL.twin(x_last, cols, 3, 9, 8, 5, kernel, kernel, stride, stride, padding,
+                          padding, Ho, Wo)
+    numpy.testing.assert_array_equal(cols, _columns(x_last, geometry, 0, 3, 3))
+    upstream = rng.standard_normal(cols.shape)
+    grad_padded = numpy.empty((3, 9 + 2 * padding, 8 + 2 * padding, 5))
+    cuda_conv.COL2IM.twin(upstream, grad_padded, 3, *grad_padded.shape[1:], kernel, kernel,
+                          stride, stride, Ho, Wo)
+    grad = grad_padded[:, padding:padding + 9, padding:padding + 8]
+    assert abs((cols * upstream).sum() - (x_last * grad).sum()) < 1e-10
+
+
+def test_cross_entropy_by_the_gpu_kernels_twins_equals_the_cpu_op():
+    from nn.functional.cuda.loss import CrossEntropyCuda
+    from nn.functional.loss import CrossEntropy
+    rng = numpy.random.default_rng(0)
+    logits = rng.standard_normal((7, 11)) * 5
+    target = rng.integers(0, 11, 7)
+    results = []
+    for op in (CrossEntropyCuda, CrossEntropy):
+        z = Tensor(logits.copy(), requires_grad=True)
+        loss = op.apply(z, target=target)
+        (loss * 3.0).backward()
+        results.append((loss.data, z.grad))
+    for twin, cpu in zip(*results):
+        assert relative_error(twin, cpu) < 1e-13

@@ -27,7 +27,8 @@ Which implementation runs (`implementation`):
   (ResNet's last two stages), by Winograd's F(2x2, 3x3), 2.25x fewer multiplications.
 - cpu/conv.py otherwise: the same im2col + GEMM, in channels-last memory, in chunks of images
   spread over the threads, with a cheaper backward where the algebra allows (read its
-  docstring). It also serves CuPy arrays, as one piece per chunk.
+  docstring). It also serves CuPy arrays, in one chunk, with cuda/conv.py's im2col and
+  col2im kernels.
 """
 from autograd import Function, array_module
 from autograd.backend import device_of

@@ -1,5 +1,14 @@
-"""Losses: cross-entropy over class logits."""
+"""Losses: cross-entropy over class logits.
+
+Which implementation runs: CrossEntropy, below, the formulas as written (and what
+use_reference() runs); on the GPU, cuda/loss.py's kernels, two launches forward and one
+backward.
+"""
 from autograd import Function, Tensor, array_module, to_numpy
+from autograd.backend import device_of
+
+from .choice import reference_chosen
+from .cuda.loss import CrossEntropyCuda
 
 
 class CrossEntropy(Function):
@@ -30,12 +39,14 @@ class CrossEntropy(Function):
         return grad_logits * (grad / n)
 
 
-def cross_entropy(logits, target):
+def cross_entropy(logits, target, check_targets=True):
     """Mean cross-entropy of class logits against integer class labels (torch's default
     reduction='mean'): -(1/N) sum_i log softmax(logits_i)[target_i].
 
     logits: Tensor (N, C) of floats; target: Tensor or array (N,) of integers in [0, C).
-    Returns a scalar Tensor.
+    Returns a scalar Tensor. check_targets=False skips the check that every target lies in
+    [0, C), which reads them on the host (on a GPU, a wait for the device): for targets that
+    are valid by construction, as NT-Xent's.
     """
     if not isinstance(logits, Tensor):
         raise TypeError(f"cross_entropy: logits is a {type(logits).__name__}, expected a Tensor")
@@ -53,9 +64,11 @@ def cross_entropy(logits, target):
     if target.shape != (n,):
         raise ValueError(f"cross_entropy: target has shape {target.shape}, expected ({n},) "
                          f"for logits of shape {logits.shape}")
-    outside = to_numpy((target < 0) | (target >= classes))
-    if outside.any():
-        position = int(outside.argmax())
-        raise ValueError(f"cross_entropy: target[{position}] = {int(target[position])} is not a "
-                         f"class index in [0, {classes})")
-    return CrossEntropy.apply(logits, target=target)
+    if check_targets:
+        outside = to_numpy((target < 0) | (target >= classes))
+        if outside.any():
+            position = int(outside.argmax())
+            raise ValueError(f"cross_entropy: target[{position}] = {int(target[position])} is "
+                             f"not a class index in [0, {classes})")
+    on_gpu = device_of(logits.data) == "cuda" and not reference_chosen()
+    return (CrossEntropyCuda if on_gpu else CrossEntropy).apply(logits, target=target)

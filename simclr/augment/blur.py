@@ -20,7 +20,7 @@ def gaussian_kernels(sigma, kernel_size):
     return weights / weights.sum(axis=1, keepdims=True)
 
 
-def _convolve_axis(images, kernels, axis):
+def convolve_axis(images, kernels, axis):
     """Correlate each image of (N, C, H, W) along `axis` (2 or 3) with its own symmetric kernel
     (N, k), treating pixels beyond the border as zeros; one pass per tap, not per pixel."""
     xp = array_module(images)
@@ -47,19 +47,29 @@ def gaussian_blur(images, sigma, kernel_size):
     xp = array_module(images)
     sigma = xp.broadcast_to(xp.asarray(sigma, dtype="float64"), images.shape[:1])  # (N,)
     kernels = gaussian_kernels(sigma, kernel_size).astype(images.dtype)  # (N, k)
-    blurred = _convolve_axis(_convolve_axis(images, kernels, 2), kernels, 3)
+    blurred = convolve_axis(convolve_axis(images, kernels, 2), kernels, 3)
     return xp.clip(blurred, 0.0, 1.0)
+
+
+def draw_blur(rng, count, p=0.5, sigma_range=(0.1, 2.0)):
+    """The random part of random_gaussian_blur: (chosen, sigma), a host bool (count,) marking p
+    of the images and a sigma ~ U[sigma_range] for each (float64, drawn for all)."""
+    check_rng(rng)
+    chosen = rng.uniform(size=count) < p
+    return chosen, rng.uniform(sigma_range[0], sigma_range[1], count)
+
+
+def apply_blur(images, chosen, sigma):
+    """The blur of draw_blur's draws: gaussian_blur of the chosen images, with their sigma and
+    the kernel size of the image height (blur_kernel_size), as a new array."""
+    kernel_size = blur_kernel_size(images.shape[2])
+    return apply_to_chosen(images.copy(), chosen,
+                           lambda chosen_images, s: gaussian_blur(chosen_images, s, kernel_size),
+                           sigma)
 
 
 def random_gaussian_blur(images, rng, p=0.5, sigma_range=(0.1, 2.0)):
     """With probability p per image, gaussian_blur with sigma ~ U[sigma_range] and the kernel
     size of the image height (blur_kernel_size). images: float (N, 3, H, W) -> (N, 3, H, W)."""
     check_nchw_rgb(images)
-    check_rng(rng)
-    count = images.shape[0]
-    chosen = rng.uniform(size=count) < p
-    sigma = rng.uniform(sigma_range[0], sigma_range[1], count)
-    kernel_size = blur_kernel_size(images.shape[2])
-    return apply_to_chosen(images.copy(), chosen,
-                           lambda chosen_images, s: gaussian_blur(chosen_images, s, kernel_size),
-                           sigma)
+    return apply_blur(images, *draw_blur(rng, images.shape[0], p, sigma_range))

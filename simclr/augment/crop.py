@@ -14,6 +14,29 @@ from ._batch import apply_to_chosen, check_nchw_rgb, check_rng
 CUBIC_A = -0.5  # Keys' cubic convolution parameter, as Pillow (and TensorFlow) use
 
 
+def check_stored_images(images):
+    """A clear error unless `images` is a batch as data sets store it: (N, H, W, 3), uint8 in
+    [0, 255] or floats in [0, 1]."""
+    if not hasattr(images, "ndim"):
+        raise TypeError(f"expected a numpy or cupy array of images, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"expected RGB images of shape (N, H, W, 3), got shape {images.shape}")
+    if images.dtype != "uint8" and images.dtype.kind != "f":
+        raise TypeError(f"expected uint8 or float images, got dtype {images.dtype}")
+
+
+def to_float_nchw(images):
+    """uint8 (N, H, W, 3) in [0, 255] or float (N, H, W, 3) in [0, 1] -> float32 (N, 3, H, W) in
+    [0, 1] (floats are clipped). The test-time transform: no randomness."""
+    check_stored_images(images)
+    xp = array_module(images)
+    if images.dtype == "uint8":
+        scaled = images.astype("float32") / 255.0
+    else:
+        scaled = xp.clip(images.astype("float32"), 0.0, 1.0)
+    return xp.ascontiguousarray(scaled.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
+
+
 def cubic_kernel(distance):
     """Keys' cubic convolution kernel with a = -0.5, elementwise; zero for |distance| >= 2.
 
@@ -113,8 +136,12 @@ def horizontal_flip(images):
     return images[..., ::-1]
 
 
+def draw_flips(rng, count, p=0.5):
+    """The random part of random_horizontal_flip: a host bool (count,), p of the images marked."""
+    check_rng(rng)
+    return rng.uniform(size=count) < p
+
+
 def random_horizontal_flip(images, rng, p=0.5):
     """Mirror each image of (N, C, H, W) left to right with probability p."""
-    check_rng(rng)
-    chosen = rng.uniform(size=images.shape[0]) < p
-    return apply_to_chosen(images.copy(), chosen, horizontal_flip)
+    return apply_to_chosen(images.copy(), draw_flips(rng, images.shape[0], p), horizontal_flip)

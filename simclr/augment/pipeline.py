@@ -8,36 +8,20 @@ the host, so a seed gives the same views on the CPU.
 """
 import math
 
-from autograd.backend import array_module, device_of
+from autograd.backend import device_of
 from nn.functional.windows import pair
 
+from . import cuda
 from ._batch import apply_to_chosen, check_rng
-from .blur import random_gaussian_blur
+from .blur import apply_blur, draw_blur
 from .color import apply_jitter, draw_grayscale, draw_jitter, rgb_to_grayscale
-from .crop import random_horizontal_flip, random_resized_crop
-from .cuda import distort_colors
+from .crop import (check_stored_images, draw_flips, horizontal_flip, random_horizontal_flip,
+                   random_resized_crop, resized_crop, sample_crop_boxes, to_float_nchw)
 
 PRESETS = {
     "cifar": dict(size=32, color_strength=0.5, blur=False),
     "imagenet": dict(size=224, color_strength=1.0, blur=True),
 }
-
-
-def to_float_nchw(images):
-    """uint8 (N, H, W, 3) in [0, 255] or float (N, H, W, 3) in [0, 1] -> float32 (N, 3, H, W) in
-    [0, 1] (floats are clipped). The test-time transform: no randomness."""
-    if not hasattr(images, "ndim"):
-        raise TypeError(f"expected a numpy or cupy array of images, got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[3] != 3:
-        raise ValueError(f"expected RGB images of shape (N, H, W, 3), got shape {images.shape}")
-    xp = array_module(images)
-    if images.dtype == "uint8":
-        scaled = images.astype("float32") / 255.0
-    elif images.dtype.kind == "f":
-        scaled = xp.clip(images.astype("float32"), 0.0, 1.0)
-    else:
-        raise TypeError(f"expected uint8 or float images, got dtype {images.dtype}")
-    return xp.ascontiguousarray(scaled.transpose(0, 3, 1, 2))  # (N, H, W, 3) -> (N, 3, H, W)
 
 
 class SimCLRAugment:
@@ -68,19 +52,28 @@ class SimCLRAugment:
         return cls(**settings)
 
     def __call__(self, images, rng):
-        """One random view of each image: (N, H, W, 3) uint8 or float -> float32 (N, 3, H', W')."""
+        """One random view of each image: (N, H, W, 3) uint8 or float -> float32 (N, 3, H', W').
+
+        Every random number is drawn first, on the host, in the order of the steps (the
+        random_* functions draw the same): so a seed gives the same view on either device.
+        On the CPU the steps are the NumPy ops of crop.py, color.py and blur.py; on a GPU,
+        augment/cuda.py's kernels, four launches for the lot."""
         check_rng(rng)
-        views = random_resized_crop(to_float_nchw(images), rng, self.size)
-        views = random_horizontal_flip(views, rng)
-        jitter = draw_jitter(rng, views.shape[0], self.color_strength)   # color_jitter's draws
-        grayscale = draw_grayscale(rng, views.shape[0])                  # random_grayscale's
-        if device_of(views) == "cuda":  # both in one kernel (augment/cuda.py)
-            views = distort_colors(views, *jitter, grayscale)
-        else:
-            views = apply_to_chosen(apply_jitter(views, *jitter), grayscale, rgb_to_grayscale)
-        if self.blur:
-            views = random_gaussian_blur(views, rng)
-        return views
+        check_stored_images(images)
+        count, height, width = images.shape[:3]
+        boxes = sample_crop_boxes(rng, count, height, width)      # random_resized_crop's draws
+        flips = draw_flips(rng, count)                            # random_horizontal_flip's
+        jitter = draw_jitter(rng, count, self.color_strength)     # color_jitter's
+        grayscale = draw_grayscale(rng, count)                    # random_grayscale's
+        blur = draw_blur(rng, count) if self.blur else None       # random_gaussian_blur's
+        if device_of(images) == "cuda":
+            views = cuda.crop_resize_flip(images, boxes, flips, self.size)
+            views = cuda.distort_colors(views, *jitter, grayscale)
+            return views if blur is None else cuda.blur(views, *blur)
+        views = resized_crop(to_float_nchw(images), boxes, self.size)
+        views = apply_to_chosen(views, flips, horizontal_flip)
+        views = apply_to_chosen(apply_jitter(views, *jitter), grayscale, rgb_to_grayscale)
+        return views if blur is None else apply_blur(views, *blur)
 
     def pair(self, images, rng):
         """Two independent views of each image (the positive pair): a tuple of two

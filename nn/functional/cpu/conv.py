@@ -26,11 +26,15 @@ Backward, by one of three routes (`_backward_route`):
   dcols = dout W^T, and col2im adds dcols back onto the input's pixels (one strided
   slice-add per kernel offset, no atomics).
 db sums the output gradient's rows in short runs (passes.column_sum).
+
+On CuPy arrays the same code runs, in one chunk, its products by cuBLAS and its two copies,
+im2col and col2im, by the gather kernels of cuda/conv.py (one launch each).
 """
 from autograd import Function, array_module
 from autograd.backend import device_of
 
 from ..windows import check_conv_inputs, output_size, window_slices
+from ..cuda import conv as cuda_conv
 from . import passes
 from .scratch import buffer, padded_images
 from .threads import for_pieces, map_ranges, split
@@ -136,7 +140,8 @@ def _grads_by_col2im(grad_last, x_last, w_rows, geometry, needs_x, needs_weight)
             return grad_last[start:stop].reshape(-1, F).T @ cols
         grad_w_rows = passes.total(chunks(weight_grad))
     if needs_x:
-        grad_padded = xp.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad_last.dtype)
+        grad_padded = (xp.empty if device_of(grad_last) == "cuda" else xp.zeros)(
+            (N, H + 2 * ph, W + 2 * pw, C), dtype=grad_last.dtype)      # see _col2im
 
         def input_grad(start, stop):  # adds onto images start..stop-1 only
             grad_cols = grad_last[start:stop].reshape(-1, F) @ w_rows  # (n*Ho*Wo, K)
@@ -271,6 +276,9 @@ def _columns(x_last, geometry, start, stop, capacity):
     kernel, stride, padding, (Ho, Wo) = geometry
     K = kernel[0] * kernel[1] * x_last.shape[3]
     cols = buffer("columns", xp, (capacity * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
+    if device_of(x_last) == "cuda":  # one gather kernel, the padding read as zeros
+        cuda_conv.im2col(x_last[start:stop], cols, geometry)
+        return cols
     windows = _windows(padded_images(x_last[start:stop], padding, capacity), kernel, stride,
                        (Ho, Wo))
     cols.reshape(windows.shape)[...] = windows                      # the one copy: im2col
@@ -279,7 +287,10 @@ def _columns(x_last, geometry, start, stop, capacity):
 
 def _col2im(grad_cols, grad_padded, geometry):
     """Add grad_cols (n*Ho*Wo, K) back onto the padded image gradient (n, Hp, Wp, C) they were
-    copied from: one strided slice-add per kernel offset (i, j)."""
+    copied from: one strided slice-add per kernel offset (i, j). (On the GPU, one gather
+    kernel writes the sums instead: grad_padded need not start as zeros.)"""
+    if device_of(grad_cols) == "cuda":
+        return cuda_conv.col2im(grad_cols, grad_padded, geometry)
     kernel, stride, _, (Ho, Wo) = geometry
     n, _, _, C = grad_padded.shape
     grad_windows = grad_cols.reshape(n, Ho, Wo, *kernel, C)

@@ -26,18 +26,23 @@ KERNELS = {}
 # stay within a rounding or two of its twin's (the kernels here are bound by memory, not by
 # arithmetic, and lose nothing measurable)
 OPTIONS = ("--fmad=false",)
-C_TYPES = {numpy.dtype("float32"): "float", numpy.dtype("float64"): "double"}
+C_TYPES = {numpy.dtype("float32"): "float", numpy.dtype("float64"): "double",
+           numpy.dtype("uint8"): "unsigned char"}
 
 
 class Kernel:
     """CUDA C `source` defining extern "C" __global__ void `name`(...), and its NumPy `twin`,
     called with the same arguments. `type_names`: the type names the source uses, each given
-    a NumPy dtype at every run (data_t: the arrays' float type, say)."""
+    a NumPy dtype at every run (data_t: the arrays' float type, say). `variants`: the sets of
+    types it runs with ({type name: dtype}), which the tests compile; by default every type
+    name float32, then every one float64."""
 
-    def __init__(self, name, source, twin, type_names=("data_t",)):
+    def __init__(self, name, source, twin, type_names=("data_t",), variants=None):
         if name in KERNELS:
             raise ValueError(f"a kernel named {name!r} is defined twice")
         self.name, self.source, self.twin, self.type_names = name, source, twin, type_names
+        self.variants = variants or [{type_name: dtype for type_name in type_names}
+                                     for dtype in ("float32", "float64")]
         self._compiled = {}
         KERNELS[name] = self
 
