@@ -85,7 +85,7 @@ class PrecomputedViews:
     def __init__(self, first, second):
         self.views = (first, second)
 
-    def pair(self, images, rng):
+    def pair(self, images, rng, rows=None):
         return self.views
 
 

@@ -96,6 +96,7 @@ class _BatchNorm(Module):
         self.register_buffer("running_mean", numpy.zeros(num_features, dtype="float32"))
         self.register_buffer("running_var", numpy.ones(num_features, dtype="float32"))
         self.register_buffer("num_batches_tracked", numpy.zeros((), dtype="int64"))
+        self.group = None  # a data-parallel run's communicator: global statistics in training
 
     def forward(self, x, residual=None, relu=False):
         """bn(x), or relu(bn(x) + residual) and its parts in one fused op (see F.batch_norm)."""
@@ -109,7 +110,8 @@ class _BatchNorm(Module):
             self.num_batches_tracked += 1  # in place: the 0-d int64 buffer stays the same array
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=self.training, momentum=self.momentum, eps=self.eps,
-                            residual=residual, relu=relu)
+                            residual=residual, relu=relu,
+                            group=self.group if self.training else None)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "

@@ -21,6 +21,11 @@ import numpy
 from simclr.cli import UsageError
 from simclr.files import atomic_write
 
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped: the loss, or the model, became NaN or infinite."""
+
+
 FORMAT_VERSION = 1
 
 

@@ -9,10 +9,20 @@ lock.
 
 A new run does not start in a folder that already holds a run (a checkpoint, or a metrics
 log): that would overwrite its history. Continue it with --resume, or choose another --out.
-"""
-import os
 
+Also here: what a run keeps in its folder as it trains (Checkpoints, prepare_folder), and
+what the ranks other than 0 of a data-parallel run have instead (nothing is written there).
+"""
+import json
+import os
+import signal
+
+from simclr import distributed
+from simclr.checkpoint import NonFiniteState, TrainingDiverged, save_checkpoint
 from simclr.cli import UsageError
+from simclr.files import atomic_write, remove_temporaries
+from simclr.interrupts import Interrupted
+from simclr.report import MetricsLog, read_metrics
 
 try:
     import fcntl
@@ -69,3 +79,105 @@ class RunFolder:
             raise UsageError(f"{self.flag} {self.path}: already holds the metrics.jsonl of a run "
                              f"that never saved a checkpoint; delete that file or choose "
                              f"another {self.flag}")
+
+
+class Checkpoints:
+    """The run's checkpoint.npz: written whole (simclr/files.py) after every epoch and on a
+    stop, never while a signal could cut the write short, never with an inf or a NaN in it."""
+
+    def __init__(self, path, run, stop):
+        self.path, self.run, self.stop = path, run, stop
+        self.saved_step = run.step if run.source is not None else None  # the step on disk
+
+    def kept(self):
+        return ("no checkpoint was written" if self.saved_step is None else
+                f"the checkpoint of step {self.saved_step} is kept")
+
+    def save(self):
+        """Write the checkpoint (rank 0 of a data-parallel run; the others learn whether the
+        model was finite, which every rank's is alike)."""
+        run, diverged = self.run, None
+        with self.stop.saving():
+            try:
+                if run.writes:
+                    save_checkpoint(self.path, run.model, run.optimizer,
+                                    {"step": run.step, "epoch": run.step // run.steps_per_epoch,
+                                     "config": run.config})
+            except NonFiniteState as error:
+                diverged = f"{error}; {self.kept()}"
+        if run.group is not None and distributed.host(run.group).any(diverged is not None):
+            diverged = diverged or f"rank 0 found it so; {self.kept()}"
+        if diverged is not None:
+            raise TrainingDiverged(f"the model became non-finite by step {run.step}: "
+                                   f"{diverged}. Try a lower --lr")
+        self.saved_step = run.step
+
+    def save_on_stop(self, folder, stream):
+        """After a stop request: save the step reached (unless it is saved), say how to
+        continue, and end the run (Interrupted, saved)."""
+        if self.saved_step != self.run.step:
+            self.save()
+        stream.write(f"stopped: checkpoint saved at step {self.run.step} in {folder}; "
+                     f"continue with --resume {folder}\n")
+        # a rank that got no signal itself stops as asked by another
+        raise Interrupted(self.stop.signum or signal.SIGTERM, saved=True)
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.npz", "loss.png")
+
+
+def prepare_folder(folder, config, source, step):
+    """Make the --out folder (held by this process) ready for a run that starts at `step`, and
+    return its metrics log. A new run, or a resumed one that writes to another folder, needs a
+    folder that holds no run. The temporaries of writes that a kill cut short are removed; the
+    settings are written to config.json; the log starts with the history of the resumed run up
+    to its checkpoint's step (the steps after it are done again)."""
+    if source is None or os.path.realpath(source) != os.path.realpath(folder.path):
+        folder.check_holds_no_run()
+    for name in RUN_FILES:
+        remove_temporaries(folder.file(name))
+    history = ()
+    if source is not None and os.path.exists(os.path.join(source, "metrics.jsonl")):
+        history = read_metrics(os.path.join(source, "metrics.jsonl"), until_step=step)
+    with atomic_write(folder.file("config.json"), "w") as file:
+        json.dump(config, file, indent=2)
+    return MetricsLog(folder.file("metrics.jsonl"), history)
+
+
+class _Silent:
+    """A stream that shows nothing: the lines of ranks other than 0."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+class _NoFolder:
+    """What ranks other than 0 have instead of the run's folder: nothing is written."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        pass
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+
+class _NoLog:
+    """What ranks other than 0 have instead of metrics.jsonl."""
+
+    def write(self, **record):
+        pass
+
+    def close(self):
+        pass

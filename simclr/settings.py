@@ -60,6 +60,10 @@ def parse_args(argv=None):
     parser.add_argument("--knn-every", type=int, default=None, metavar="N",
                         help="every N epochs, k-NN accuracy (cosine, k=200) on the held-out split "
                              "(default 0: never)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="one rank of a data-parallel run started by mpiexec (needs the mpi "
+                             "extra); --batch-size is then the global batch; not saved with the "
+                             "run, which may resume on another number of ranks")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the array work (default: $OMP_NUM_THREADS, else "
                              "every core); not saved with the run. A run repeats bit for bit "
@@ -102,7 +106,8 @@ def resolve_config(args, given=None):
         defaults = vars(parse_args([]))
         given = {key for key, value in values.items() if value != defaults.get(key)}
     if not args.resume:
-        config = {key: value for key, value in values.items() if key not in ("resume", "threads")}
+        config = {key: value for key, value in values.items()
+                  if key not in ("resume", "threads", "distributed")}
         for key, default in RESUMABLE_OVERRIDES.items():
             config[key] = default if config[key] is None else config[key]
         return config, None
@@ -110,7 +115,8 @@ def resolve_config(args, given=None):
     model_state, optimizer_state, meta = load_checkpoint(path, flag="--resume")
     source = os.path.dirname(os.path.abspath(path))
     config = dict(meta["config"])
-    changed = sorted(key for key in given - CHANGEABLE_ON_RESUME - {"resume", "threads"}
+    changed = sorted(key for key in given - CHANGEABLE_ON_RESUME
+                     - {"resume", "threads", "distributed"}
                      if key in values and values[key] != config.get(key))
     if changed:
         flags = ", ".join(f"--{key.replace('_', '-')} {values[key]} (saved: {config.get(key)})"

@@ -8,9 +8,7 @@ Everything random is derived from --seed and the position in training (the epoch
 from (seed, epoch), a step's augmentations from (seed, step)), so a run resumed from its
 checkpoint continues exactly as if it had never stopped.
 """
-import json
 import math
-import os
 import signal
 import sys
 import time
@@ -19,25 +17,22 @@ import numpy
 
 from autograd import Tensor
 from autograd.backend import array_module, to_numpy
+from nn.distributed import average_gradients, same_on_every_rank, synchronize_batch_norm
 from nn.functional import cpu
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr
-from simclr import cli
+from simclr import cli, distributed
 from simclr.augment import SimCLRAugment
-from simclr.checkpoint import NonFiniteState, save_checkpoint
+from simclr.checkpoint import TrainingDiverged
 from simclr.cli import UsageError
 from simclr.data import load_from_arguments
 from simclr.evaluate import encode, knn_accuracy
-from simclr.files import atomic_write, remove_temporaries
 from simclr.interrupts import Interrupted, StopRequest
 from simclr.loss import nt_xent
 from simclr.model import SimCLR
-from simclr.report import MetricsLog, ProgressLine, format_duration, plot_loss_curve, read_metrics
-from simclr.runfolder import RunFolder
+from simclr.report import ProgressLine, format_duration, plot_loss_curve, read_metrics
+from simclr.runfolder import (Checkpoints, RunFolder, _NoFolder, _NoLog, _Silent,
+                              prepare_folder)
 from simclr.settings import ARCHITECTURES, given_flags, parse_args, resolve_config, validate
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 def scaled_lr(config):
@@ -64,7 +59,7 @@ def build_optimizer(config, model):
     return SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=config["weight_decay"])
 
 
-def train(config, resumed=None, stream=sys.stderr):
+def train(config, resumed=None, stream=sys.stderr, group=None):
     """Run (or continue) pre-training; returns the last step's metrics record.
 
         for each epoch, from the step the run has reached:
@@ -72,25 +67,32 @@ def train(config, resumed=None, stream=sys.stderr):
             checkpoints.save   the whole state, after the epoch's last step
             monitor_knn        every --knn-every epochs, where there is a held-out split
     A stop request (Ctrl-C, SIGTERM: simclr/interrupts.py) ends the epoch when its step is
-    done, and that step is saved before the program stops."""
-    run = Run(config, resumed)
-    with RunFolder(config["out"]) as folder:
-        metrics = prepare_folder(folder, config, run.source, run.step)
+    done, and that step is saved before the program stops. In a data-parallel run (group:
+    its communicator, simclr/distributed.py) every rank runs this alike, and rank 0 alone
+    writes the folder, the metrics and the lines shown."""
+    if group is None:
+        run = Run(config, resumed)
+    else:
+        run = distributed.agree(group, lambda: Run(config, resumed, group))
+        stream = stream if group.rank == 0 else _Silent()
+    with (RunFolder(config["out"]) if run.writes else _NoFolder(config["out"])) as folder:
+        metrics = prepare_folder(folder, config, run.source, run.step) if run.writes \
+            else _NoLog()
         progress = ProgressLine(config["epochs"], run.steps_per_epoch, stream)
         with StopRequest(stream, lambda: f"when step {run.step + 1} is done") as stop:
             checkpoints = Checkpoints(folder.file("checkpoint.npz"), run, stop)
             first_step, record = run.step, {}
             try:
-                while run.step < run.max_steps and stop.signum is None:
+                while run.step < run.max_steps and not run.stopping(stop):
                     record = train_epoch(run, metrics, progress, stop) or record
                     checkpoints.save()
-                    if run.knn_due() and stop.signum is None:
+                    if run.knn_due() and not run.stopping(stop) and run.writes:
                         name, held_out = run.splits.held_out()
                         accuracy = monitor_knn(run.model, run.splits.train, held_out)
                         metrics.write(step=run.step, epoch=run.epoch() - 1,
                                       knn_accuracy=accuracy, split=name)
                         stream.write(f"  k-NN accuracy on {name}: {accuracy:.4f}\n")
-                if stop.signum is not None:
+                if run.stop_agreed:
                     checkpoints.save_on_stop(folder.path, stream)
             except Interrupted as interrupted:
                 if not interrupted.saved:
@@ -99,7 +101,8 @@ def train(config, resumed=None, stream=sys.stderr):
                 raise
             finally:
                 metrics.close()
-        plot_loss_curve(read_metrics(metrics.path), folder.file("loss.png"))
+        if run.writes:
+            plot_loss_curve(read_metrics(metrics.path), folder.file("loss.png"))
     stream.write(f"trained steps {first_step}..{run.step} of {run.total_steps} in "
                  f"{format_duration(time.perf_counter() - run.started)}; checkpoint: "
                  f"{folder.file('checkpoint.npz')}\n")
@@ -111,21 +114,30 @@ class Run:
     augmentation, and `step`, the number of steps done (0, or the resumed checkpoint's).
 
     Everything random comes from --seed and the position: the epoch's batch order from
-    (seed, 1, epoch), a step's augmentation from (seed, 2, step)."""
+    (seed, 1, epoch), a step's augmentation from (seed, 2, step). In a data-parallel run
+    (group), this rank's share of a step's batch is its rows rank * B .. (rank + 1) * B - 1."""
 
-    def __init__(self, config, resumed=None):
+    def __init__(self, config, resumed=None, group=None):
         validate(config)
-        self.config = config
+        self.config, self.group = config, group
+        self.rank, self.size = (0, 1) if group is None else (group.rank, group.size)
+        self.writes, self.stop_agreed = self.rank == 0, False
         self.xp = cli.require_backend(config["backend"])
         self.splits = load_from_arguments(config)
         self.images = self.splits.train.images
         self.batch_size = config["batch_size"]
+        if self.batch_size % self.size:
+            raise UsageError(f"--batch-size {self.batch_size} is not a multiple of the "
+                             f"{self.size} ranks: each rank takes an equal share of every batch")
+        self.local_batch = self.batch_size // self.size
         self.steps_per_epoch = len(self.images) // self.batch_size
         check_data(config, self.splits, self.steps_per_epoch)
         self.total_steps = config["epochs"] * self.steps_per_epoch
         self.max_steps = min(config["max_steps"] or self.total_steps, self.total_steps)
         self.device = "cpu" if self.xp is numpy else "cuda"
         self.model = build_model(config, self.images.shape[1]).to(device=self.device)
+        if group is not None:
+            synchronize_batch_norm(self.model, group)
         self.optimizer = build_optimizer(config, self.model)
         self.schedule = WarmupCosine(scaled_lr(config),
                                      round(config["warmup_epochs"] * self.steps_per_epoch),
@@ -135,6 +147,10 @@ class Run:
         self.step, self.source, self._order = 0, None, (None, None)
         if resumed is not None:
             self.resume(*resumed)
+        if group is not None and not same_on_every_rank(
+                [p.data for p in self.model.parameters()], distributed.host(group)):
+            raise UsageError(f"rank {self.rank}: the model's weights differ between the ranks; "
+                             f"every rank must run the same code and settings")
         self.started = time.perf_counter()
 
     def resume(self, model_state, optimizer_state, meta, source):
@@ -159,17 +175,29 @@ class Run:
         if self._order[0] != epoch:
             rng = numpy.random.default_rng([self.config["seed"], 1, epoch])
             self._order = (epoch, rng.permutation(len(self.images)))
-        indices = self._order[1][batch * self.batch_size:(batch + 1) * self.batch_size]
+        start = batch * self.batch_size + self.rank * self.local_batch    # this rank's share
+        indices = self._order[1][start:start + self.local_batch]
         return self.xp.asarray(self.images[indices])
 
     def train_step(self):
         """One training step at `step`, then step + 1; returns (step + 1, the loss as a 0-d
         array on the run's device)."""
         rng = numpy.random.default_rng([self.config["seed"], 2, self.step])
+        rows = None if self.group is None else (self.rank * self.local_batch, self.batch_size)
         loss = training_step(self.model, self.optimizer, self.augment, self.batch_images(), rng,
-                             self.schedule(self.step), self.config["temperature"])
+                             self.schedule(self.step), self.config["temperature"], self.group,
+                             rows)
         self.step += 1
         return self.step, loss
+
+    def stopping(self, stop):
+        """Whether to stop after the step just done: a signal asked for it (on any rank: the
+        ranks agree at every step, so that all stop after the same one)."""
+        asked = stop.signum is not None
+        if self.group is not None:
+            asked = distributed.host(self.group).any(asked)
+        self.stop_agreed = asked
+        return asked
 
     def knn_due(self):
         """Whether the epoch just ended is one to measure k-NN accuracy after."""
@@ -207,7 +235,7 @@ def train_epoch(run, metrics, progress, stop):
     epoch = run.epoch()
     end = min(run.max_steps, (epoch + 1) * run.steps_per_epoch)
     clock, first_step, record, waiting = time.perf_counter(), run.step, {}, []
-    while run.step < end and stop.signum is None:
+    while run.step < end and not run.stopping(stop):
         waiting.append(run.train_step())                              # (step, loss array)
         if len(waiting) == LOSS_READ_EVERY[run.device] or run.step == end:
             record, waiting = log_steps(run, waiting, metrics, clock, first_step), []
@@ -222,9 +250,14 @@ def train_epoch(run, metrics, progress, stop):
 def log_steps(run, waiting, metrics, clock, first_step):
     """Read the losses of the steps `waiting` for it ((step, 0-d loss array) pairs) in one
     transfer, stop the run if one is not finite, and log a record per step; returns the
-    last."""
+    last. In a data-parallel run the loss is the mean of the ranks' (one all-reduce): the
+    loss of the global batch, the same on every rank."""
     xp = run.xp
-    losses = to_numpy(xp.stack([loss for _, loss in waiting])).tolist()
+    losses = xp.stack([loss for _, loss in waiting])
+    if run.group is not None:
+        run.group.allreduce(losses)
+        losses /= run.size
+    losses = to_numpy(losses).tolist()
     images_per_s = run.batch_size * (run.step - first_step) / max(time.perf_counter() - clock,
                                                                   1e-9)
     for (step, _), loss in zip(waiting, losses):
@@ -239,69 +272,23 @@ def log_steps(run, waiting, metrics, clock, first_step):
     return record
 
 
-class Checkpoints:
-    """The run's checkpoint.npz: written whole (simclr/files.py) after every epoch and on a
-    stop, never while a signal could cut the write short, never with an inf or a NaN in it."""
-
-    def __init__(self, path, run, stop):
-        self.path, self.run, self.stop = path, run, stop
-        self.saved_step = run.step if run.source is not None else None  # the step on disk
-
-    def kept(self):
-        return ("no checkpoint was written" if self.saved_step is None else
-                f"the checkpoint of step {self.saved_step} is kept")
-
-    def save(self):
-        run = self.run
-        with self.stop.saving():
-            try:
-                save_checkpoint(self.path, run.model, run.optimizer,
-                                {"step": run.step, "epoch": run.step // run.steps_per_epoch,
-                                 "config": run.config})
-            except NonFiniteState as error:
-                raise TrainingDiverged(f"the model became non-finite by step {run.step}: "
-                                       f"{error}; {self.kept()}. Try a lower --lr") from None
-        self.saved_step = run.step
-
-    def save_on_stop(self, folder, stream):
-        """After a stop request: save the step reached (unless it is saved), say how to
-        continue, and end the run (Interrupted, saved)."""
-        if self.saved_step != self.run.step:
-            self.save()
-        stream.write(f"stopped: checkpoint saved at step {self.run.step} in {folder}; "
-                     f"continue with --resume {folder}\n")
-        raise Interrupted(self.stop.signum, saved=True)
-
-
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.npz", "loss.png")
-
-
-def prepare_folder(folder, config, source, step):
-    """Make the --out folder (held by this process) ready for a run that starts at `step`, and
-    return its metrics log. A new run, or a resumed one that writes to another folder, needs a
-    folder that holds no run. The temporaries of writes that a kill cut short are removed; the
-    settings are written to config.json; the log starts with the history of the resumed run up
-    to its checkpoint's step (the steps after it are done again)."""
-    if source is None or os.path.realpath(source) != os.path.realpath(folder.path):
-        folder.check_holds_no_run()
-    for name in RUN_FILES:
-        remove_temporaries(folder.file(name))
-    history = ()
-    if source is not None and os.path.exists(os.path.join(source, "metrics.jsonl")):
-        history = read_metrics(os.path.join(source, "metrics.jsonl"), until_step=step)
-    with atomic_write(folder.file("config.json"), "w") as file:
-        json.dump(config, file, indent=2)
-    return MetricsLog(folder.file("metrics.jsonl"), history)
-
-
-def training_step(model, optimizer, augment, images, rng, lr, temperature):
+def training_step(model, optimizer, augment, images, rng, lr, temperature, group=None,
+                  rows=None):
     """One SimCLR step on a batch of uint8 images (N, H, W, 3); returns the loss, a 0-d array
-    on the images' device (float(loss) reads it: on a GPU, after the step is done)."""
+    on the images' device (float(loss) reads it: on a GPU, after the step is done).
+
+    In a data-parallel run (group: its communicator) the images are rows=(start, total) of the
+    global batch: their views are those the whole batch would get, NT-Xent compares them with
+    every rank's, batch norm takes the global batch's statistics (synchronize_batch_norm),
+    and the gradients are averaged over the ranks before the update, which every rank then
+    makes alike (nn/distributed/collectives.py)."""
     xp = array_module(images)
-    views = xp.concatenate(augment.pair(images, rng))  # the two views of each image: (2N, 3, H, W)
-    loss = nt_xent(model(Tensor(views)), temperature)
+    views = xp.concatenate(augment.pair(images, rng, rows))  # both views of each: (2N, 3, H, W)
+    loss = nt_xent(model(Tensor(views)), temperature, group)
     optimizer.zero_grad()
     loss.backward()
+    if group is not None and group.size > 1:
+        average_gradients(optimizer.params, group)
     optimizer.lr = lr
     optimizer.step()
     return loss.data
@@ -325,22 +312,55 @@ def main(argv=None):
 
 
 def _main(argv):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--distributed" in argv:  # MPI first: the ranks then agree on every mistake (one line)
+        return _main_of_a_rank(argv, distributed.start())
     args = parse_args(argv)
+    _set_up_process(args)
+    config, resumed = resolve_config(args, given_flags(argv))
+    return _train(config, resumed)
+
+
+def _set_up_process(args):
     cpu.reuse_freed_memory()  # reuse last step's pages instead of faulting in new ones
     if args.threads is not None:
         cli.at_least("--threads", args.threads, 1)
         cpu.set_num_threads(args.threads)
-    config, resumed = resolve_config(args, given_flags(sys.argv[1:] if argv is None else argv))
     # SIGTERM (a polite kill) ends the run as Ctrl-C does: before training starts as a
     # KeyboardInterrupt, during training as a request to stop (simclr/interrupts.py)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _main_of_a_rank(argv, mpi):
+    """One rank of a data-parallel run (simclr/distributed.py): the flags checked on every
+    rank alike, the settings (and a checkpoint to resume) from rank 0, training together; a
+    failure during training ends every rank."""
     try:
-        train(config, resumed)
+        args = distributed.agree(mpi, lambda: parse_args(argv))
+        distributed.agree(mpi, lambda: _set_up_process(args))
+        config, resumed = distributed.broadcast(
+            mpi, lambda: resolve_config(args, given_flags(argv)))
+        group = distributed.agree(mpi, lambda: distributed.for_backend(mpi, config["backend"]))
+    except distributed.ElsewhereFailed:
+        return cli.EXIT_USAGE  # the rank that failed said why
+    return _train(config, resumed, group)
+
+
+def _train(config, resumed, group=None):
+    try:
+        train(config, resumed, group=group)
     except Interrupted as interrupted:
         return 128 + interrupted.signum
     except TrainingDiverged as error:
-        print(f"python -m simclr.train: error: {error}", file=sys.stderr)
+        if group is None or group.rank == 0:
+            print(f"python -m simclr.train: error: {error}", file=sys.stderr)
         return 1
+    except distributed.ElsewhereFailed:
+        return cli.EXIT_USAGE
+    except BaseException as error:
+        if group is None or getattr(error, "agreed", False):
+            raise
+        distributed.fail_together(group, "python -m simclr.train", error)
     return 0
 
 

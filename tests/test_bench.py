@@ -113,3 +113,23 @@ def test_pair_summary_sums_medians_and_averages_ratios_geometrically():
     assert geometric == pytest.approx(1.0)  # sqrt(0.5 * 2)
     timed = pair.paired_ratios(lambda side: {"old": 2.0, "new": 1.0}[side], 3)
     assert timed["ratios"] == [0.5, 0.5, 0.5] and len(timed["old"]) == 3
+
+
+def test_scaling_harness_measures_one_and_two_ranks_and_projects(tmp_path, capsys):
+    import importlib.util
+    import shutil
+    import sys
+    import os
+    from bench import scaling
+    mpiexec = shutil.which("mpiexec") or os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if importlib.util.find_spec("mpi4py") is None or not os.path.exists(mpiexec):
+        pytest.skip("mpiexec or mpi4py is not installed (the mpi extra)")
+    path = tmp_path / "scaling.json"
+    assert scaling.main(["--arch", "resnet18", "--batch-size", "4", "--warmup", "1",
+                         "--steps", "1", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())["results"]
+    assert [r["ranks"] for r in results] == [1, 2]
+    assert results[0]["collectives"] == {}
+    two = results[1]["collectives"]
+    assert two["gradients: all-reduce"]["bytes"] == results[1]["gradient_bytes"]
+    assert "Projection" in capsys.readouterr().out

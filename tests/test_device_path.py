@@ -18,8 +18,7 @@ import subprocess
 import numpy
 import pytest
 
-import nn
-from autograd import Tensor, to_numpy
+from autograd import Tensor
 from device_rehearsal import HostTouched, rehearsal
 from helpers import randn, relative_error
 

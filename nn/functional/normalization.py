@@ -69,7 +69,7 @@ def _reference(x, weight, bias, residual, running_mean, running_var, use_batch_s
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, residual=None, relu=False):
+               momentum=0.1, eps=1e-5, residual=None, relu=False, group=None):
     """Batch normalisation, as torch.nn.functional.batch_norm.
 
     y = weight * (x - mean) / sqrt(var + eps) + bias, per channel, for x of shape (N, C) or
@@ -85,6 +85,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     residual, relu: not in PyTorch's batch_norm; they fuse what follows batch norm in a ResNet:
     the result is relu(y + residual) (relu=True, residual a Tensor of x's shape), relu(y) or
     y + residual, computed in the same passes over memory as y itself.
+    group: a communicator (nn/distributed/comm.py) of a data-parallel run: in training, mean
+    and variance are the global batch's, over every rank's x (one collective forward, one
+    backward), as every rank's running statistics; weight's and bias's gradients are this
+    rank's share, which nn.distributed.average_gradients adds up.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"batch_norm: x is a {type(x).__name__}, expected a Tensor")
@@ -132,7 +136,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     settings = dict(running_mean=running_mean, running_var=running_var,
                     use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, relu=bool(relu))
     if reference_chosen():
+        if group is not None and group.size > 1:
+            raise ValueError("batch_norm: the reference implementation (use_reference()) "
+                             "takes one process's batch; it has no global statistics (group)")
         return _reference(x, affine[0], affine[1], residual, **settings)
+    settings["group"] = group if group is not None and group.size > 1 else None
     kernel = BatchNormCuda if device_of(x.data) == "cuda" else BatchNormBlocked
     return kernel.apply(x, *affine, **settings)
 

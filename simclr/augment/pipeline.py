@@ -51,21 +51,37 @@ class SimCLRAugment:
             settings["size"] = size
         return cls(**settings)
 
-    def __call__(self, images, rng):
+    def __call__(self, images, rng, rows=None):
         """One random view of each image: (N, H, W, 3) uint8 or float -> float32 (N, 3, H', W').
 
         Every random number is drawn first, on the host, in the order of the steps (the
         random_* functions draw the same): so a seed gives the same view on either device.
         On the CPU the steps are the NumPy ops of crop.py, color.py and blur.py; on a GPU,
-        augment/cuda.py's kernels, four launches for the lot."""
+        augment/cuda.py's kernels, four launches for the lot.
+
+        rows=(start, total): the images are rows start.. of a batch of `total` (one rank's
+        shard in a data-parallel run): the draws are made for the whole batch and these rows'
+        taken, so that each image gets the view it would get in one process."""
         check_rng(rng)
         check_stored_images(images)
         count, height, width = images.shape[:3]
-        boxes = sample_crop_boxes(rng, count, height, width)      # random_resized_crop's draws
-        flips = draw_flips(rng, count)                            # random_horizontal_flip's
-        jitter = draw_jitter(rng, count, self.color_strength)     # color_jitter's
-        grayscale = draw_grayscale(rng, count)                    # random_grayscale's
-        blur = draw_blur(rng, count) if self.blur else None       # random_gaussian_blur's
+        start, total = (0, count) if rows is None else rows
+        draws = self.draw(rng, total, height, width)
+        if rows is not None:
+            draws = _rows(draws, start, start + count)
+        return self.apply(images, *draws)
+
+    def draw(self, rng, count, height, width):
+        """The random parameters of `count` views of images of height x width, in the order
+        of the steps: (crop boxes, flips, colour jitter, grayscale, blur or None)."""
+        return (sample_crop_boxes(rng, count, height, width),   # random_resized_crop's draws
+                draw_flips(rng, count),                         # random_horizontal_flip's
+                draw_jitter(rng, count, self.color_strength),   # color_jitter's
+                draw_grayscale(rng, count),                     # random_grayscale's
+                draw_blur(rng, count) if self.blur else None)   # random_gaussian_blur's
+
+    def apply(self, images, boxes, flips, jitter, grayscale, blur):
+        """The views of `images` for draws of `draw`."""
         if device_of(images) == "cuda":
             views = cuda.crop_resize_flip(images, boxes, flips, self.size)
             views = cuda.distort_colors(views, *jitter, grayscale)
@@ -75,14 +91,22 @@ class SimCLRAugment:
         views = apply_to_chosen(apply_jitter(views, *jitter), grayscale, rgb_to_grayscale)
         return views if blur is None else apply_blur(views, *blur)
 
-    def pair(self, images, rng):
+    def pair(self, images, rng, rows=None):
         """Two independent views of each image (the positive pair): a tuple of two
-        float32 (N, 3, H', W') arrays."""
-        return self(images, rng), self(images, rng)
+        float32 (N, 3, H', W') arrays. rows: as for __call__."""
+        return self(images, rng, rows), self(images, rng, rows)
 
     def __repr__(self):
         return (f"SimCLRAugment(size={self.size}, color_strength={self.color_strength}, "
                 f"blur={self.blur})")
+
+
+def _rows(draws, start, stop):
+    """The part of SimCLRAugment.draw's draws that belongs to images start..stop-1."""
+    boxes, flips, (jittered, params, order), grayscale, blur = draws
+    part = slice(start, stop)
+    return (boxes[part], flips[part], (jittered[part], params[:, part], order[part]),
+            grayscale[part], None if blur is None else tuple(b[part] for b in blur))
 
 
 class LinearEvalAugment:

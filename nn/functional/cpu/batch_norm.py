@@ -7,6 +7,7 @@ batch_norm_blocks.py.
 """
 from autograd import Function, array_module
 
+from nn.distributed.collectives import global_moments
 from . import passes
 from .batch_norm_blocks import Blocks, Centring, batch_moments, total
 
@@ -94,17 +95,20 @@ class BatchNormBlocked(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, *residual, running_mean, running_var, use_batch_stats,
-                momentum, eps, relu=False):
+                momentum, eps, relu=False, group=None):
         xp = array_module(x)
         rows = channel_rows(x)                                 # (n, C)
         n, C = rows.shape
         blocks = Blocks(rows)
         residual_rows = channel_rows(residual[0]) if residual else None
         f64 = xp.float64
+        ctx.count, ctx.group = n, group
         if use_batch_stats:
             mean, var = batch_moments(rows, blocks)           # (C,) float64
+            if group is not None:                             # the global batch's, every rank's
+                mean, var, ctx.count = global_moments(mean, var, n, group)
             if running_mean is not None:
-                update_running_stats(running_mean, running_var, mean, var, n, momentum)
+                update_running_stats(running_mean, running_var, mean, var, ctx.count, momentum)
         else:
             mean, var = running_mean.astype(f64), running_var.astype(f64)
         # the per-channel constants in float64, each rounded once to x's precision: x is
@@ -154,7 +158,7 @@ class BatchNormBlocked(Function):
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         needs_residual = len(ctx.needs_input_grad) == 4 and ctx.needs_input_grad[3]
         g = channel_rows(grad)                                 # (n, C)
-        n, C = g.shape
+        n = ctx.count                                          # values per channel, all ranks
         blocks = Blocks(g)
         # the ReLU's derivative: 1 where the output is positive, else 0
         g_masked = xp.empty_like(g) if ctx.relu else g
@@ -179,6 +183,11 @@ class BatchNormBlocked(Function):
         sum_g, sum_g_centered = total(blocks.map(masked_sums), xp)       # (C,) float64 each
         sum_g_centered += (centring.centres - mean) * sum_g
         sum_g_x_hat = sum_g_centered * inv_std                         # sum(g x_hat)
+        grad_gamma, grad_beta = sum_g_x_hat, sum_g   # this rank's share (average_gradients)
+        if ctx.group is not None and ctx.use_batch_stats:  # dx needs the global batch's sums
+            sums = xp.stack([sum_g, sum_g_x_hat])
+            ctx.group.allreduce(sums)
+            sum_g, sum_g_x_hat = sums
         grad_x = None
         if needs_x:
             a = gamma.astype(xp.float64) * inv_std
@@ -200,8 +209,8 @@ class BatchNormBlocked(Function):
                     block += c[:t]
             blocks.map(input_grad_block)
             grad_x = from_channel_rows(grad_rows, ctx.shape)
-        sum_g_x_hat, sum_g = sum_g_x_hat.astype(g.dtype), sum_g.astype(g.dtype)
-        grads = (grad_x, sum_g_x_hat if needs_weight else None, sum_g if needs_bias else None)
+        grads = (grad_x, grad_gamma.astype(g.dtype) if needs_weight else None,
+                 grad_beta.astype(g.dtype) if needs_bias else None)
         if len(ctx.needs_input_grad) == 4:
             grads += (from_channel_rows(g_masked, ctx.shape) if needs_residual else None,)
         return grads

@@ -303,7 +303,7 @@ class BatchNormCuda(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, *residual, running_mean, running_var, use_batch_stats,
-                momentum, eps, relu=False):
+                momentum, eps, relu=False, group=None):
         xp = array_module(x)
         rows = channel_rows(x)                                       # (M, C)
         M, C = rows.shape
@@ -315,6 +315,11 @@ class BatchNormCuda(Function):
                         (CHANNELS_PER_BLOCK, ROW_THREADS),
                         (rows, partials, i64(M), i64(C), i64(rows_per_block)),
                         {"data_t": x.dtype})
+        ctx.count, ctx.group = M, group
+        if use_batch_stats and group is not None:  # the global batch's sums, every rank's
+            partials = partials.sum(axis=0)[None]
+            group.allreduce(partials)
+            blocks, ctx.count = 1, M * group.size
         has_running = running_mean is not None
         stats = (running_mean, running_var) if has_running else (xp.zeros(C, f64),) * 2
         mean, inv_std = xp.empty(C, f64), xp.empty(C, f64)
@@ -322,7 +327,7 @@ class BatchNormCuda(Function):
         per_channel = (blocks_for(C, THREADS),), (THREADS,)
         FORWARD_CONSTANTS.run(xp, *per_channel,
                               (partials, weight, bias, *stats, mean, inv_std, centre, scale,
-                               shift, i64(blocks), i64(C), numpy.float64(M),
+                               shift, i64(blocks), i64(C), numpy.float64(ctx.count),
                                numpy.float64(eps), numpy.float64(momentum),
                                numpy.int32(use_batch_stats), numpy.int32(has_running)),
                               {"data_t": x.dtype, "stat_t": stats[0].dtype})
@@ -352,10 +357,18 @@ class BatchNormCuda(Function):
                           (g, rows, y, centre, partials, i64(M), i64(C), i64(rows_per_block),
                            int32(ctx.relu)), {"data_t": g.dtype})
         grad_gamma, grad_beta, a, b, k = (xp.empty(C, g.dtype) for _ in range(5))
-        BACKWARD_CONSTANTS.run(xp, (blocks_for(C, THREADS),), (THREADS,),
-                               (partials, gamma, mean, inv_std, centre, grad_gamma, grad_beta,
-                                a, b, k, i64(blocks), i64(C), numpy.float64(M),
-                                int32(ctx.use_batch_stats)), {"data_t": g.dtype})
+
+        def constants(partials, gamma_out, beta_out):
+            BACKWARD_CONSTANTS.run(xp, (blocks_for(C, THREADS),), (THREADS,),
+                                   (partials, gamma, mean, inv_std, centre, gamma_out, beta_out,
+                                    a, b, k, i64(partials.shape[0]), i64(C),
+                                    numpy.float64(ctx.count), int32(ctx.use_batch_stats)),
+                                   {"data_t": g.dtype})
+        constants(partials, grad_gamma, grad_beta)   # dgamma, dbeta: this rank's share
+        if ctx.group is not None and ctx.use_batch_stats:  # dx: the global batch's sums
+            partials = partials.sum(axis=0)[None]
+            ctx.group.allreduce(partials)
+            constants(partials, xp.empty(C, g.dtype), xp.empty(C, g.dtype))
         grad_x = grad_masked = None
         if needs_x or needs_residual:
             grad_rows = xp.empty_like(g) if needs_x else g
