@@ -15,6 +15,8 @@ stage that hangs costs only its own time and a call cut short still brings back 
     linear-eval   linear evaluation of its checkpoint
     step-*        python -m bench.step against PyTorch: ResNet-50 at batch 256 with TF32 on and
                   off, ResNet-18 at batch 512
+    nccl          mpiexec -n 1 python -m simclr.train --distributed --backend cupy: a world of
+                  one NCCL rank, 3 steps
     profile       python -m bench.profile: ResNet-50 at batch 256, op by op
 
 The clock: the whole check has --deadline seconds (default 9 minutes), of which the last
@@ -105,8 +107,12 @@ def plan(work, python, plugins):
     if "pytest_timeout" in plugins:
         pytest += ["--timeout", "120"]
 
+    # a world of one NCCL rank, started by MPI (the GPU machine has mpi4py and NCCL): its
+    # loss all-reduced by NCCL every step; as root, Open MPI asks for leave (as in a container)
+    mpiexec = shutil.which("mpiexec") or "mpiexec"
+
     def step(name, arch, batch, tf32):
-        return Stage(name, 60 if arch == "resnet50" else 45, [[
+        return Stage(name, 60 if arch == "resnet50" else 40, [[
             python, "-m", "bench.step", "--arch", arch, "--cifar-stem", "--batch-size",
             str(batch), "--backend", "cupy", "--compare", "torch", "--tf32", tf32,
             "--warmup", "3", "--steps", "10", "--json", os.path.join(folder(name), "step.json")]])
@@ -117,19 +123,23 @@ def plan(work, python, plugins):
                             [python, "-c", "import cupy; cupy.show_config()"],
                             ["nvidia-smi"]], keep_going=True),
         Stage("selfcheck", 45, [[python, "-m", "nn.selfcheck", "--backend", "cupy"]]),
-        Stage("tests", 115, [pytest]),
+        Stage("tests", 105, [pytest]),
         Stage("train", 60, [[python, "-m", "simclr.train", *data, "--arch", "resnet50",
                              "--batch-size", "64", "--epochs", "1", "--max-steps", "6",
                              "--knn-every", "1", "--backend", "cupy", "--out", run]]),
         Stage("resume", 35, [[python, "-m", "simclr.train", "--resume", run, "--epochs", "2",
                               "--max-steps", "12", "--backend", "cupy"]], needs="train"),
-        Stage("linear-eval", 35, [[python, "-m", "simclr.linear_eval", "--checkpoint", run,
+        Stage("linear-eval", 30, [[python, "-m", "simclr.linear_eval", "--checkpoint", run,
                                    *data, "--backend", "cupy", "--epochs", "1"]],
               needs="train"),
         step("step-resnet50-tf32-on", "resnet50", 256, "on"),
         step("step-resnet50-tf32-off", "resnet50", 256, "off"),
         step("step-resnet18", "resnet18", 512, "off"),
-        Stage("profile", 40, [[python, "-m", "bench.profile", "--arch", "resnet50", "--cifar-stem",
+        Stage("nccl", 25, [[mpiexec, "--oversubscribe", "-n", "1", python, "-m",
+                            "simclr.train", *data, "--arch", "resnet18", "--width", "0.25",
+                            "--batch-size", "64", "--epochs", "1", "--max-steps", "3",
+                            "--distributed", "--backend", "cupy", "--out", folder("nccl-run")]]),
+        Stage("profile", 35, [[python, "-m", "bench.profile", "--arch", "resnet50", "--cifar-stem",
                                "--batch-size", "256", "--backend", "cupy", "--warmup", "2",
                                "--steps", "3", "--json",
                                os.path.join(folder("profile"), "profile.json")]]),
@@ -176,6 +186,8 @@ def child_environment():
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     env["CUPY_CACHE_DIR"] = KERNEL_CACHE_DIR
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")            # the nccl stage's mpiexec, as root
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     return env
 
 

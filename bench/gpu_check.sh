@@ -4,7 +4,8 @@
 # Every GPU check of this project in one command, for the few lent minutes of a GPU machine:
 # the environment probe, nn.selfcheck on CuPy, the tests marked gpu, a short ResNet-50 training
 # run (resumed, with k-NN, then linear evaluation), bench.step against PyTorch (ResNet-50 at
-# batch 256 with TF32 on and off, ResNet-18 at batch 512) and bench.profile. Each stage runs
+# batch 256 with TF32 on and off, ResNet-18 at batch 512), a world of one NCCL rank
+# (mpiexec -n 1 ... --distributed) and bench.profile. Each stage runs
 # under its own timeout inside a 9-minute deadline (--deadline), and OUT is rewritten after
 # every stage: a stage that hangs costs only its own time, and a call cut short still brings
 # back what was done. bench/gpu_check.py (the driver this calls) describes every stage.
