@@ -1,4 +1,8 @@
-"""The fully connected layer: y = x W^T + b."""
+"""The fully connected layer: y = x W^T + b.
+
+One implementation, the op below, which is its own reference: its products are NumPy's (or
+CuPy's) matmul, on the CPU cut into pieces for the threads by cpu/passes.py, which changes no
+arithmetic but where BLAS rounds the rows at a piece's edge."""
 from autograd import Function, Tensor, array_module
 from autograd.ops.arithmetic import check_same_float_dtype
 
