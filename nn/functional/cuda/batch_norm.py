@@ -43,22 +43,12 @@ def moments_twin(x, partials, M, C, rows_per_block):
     _sums_twin(x, x * x, partials, rows_per_block)
 
 
-MOMENTS = Kernel("bn_moments", r"""
-extern "C" __global__ void bn_moments(const data_t* x, double* partials, long long M,
-                                      long long C, long long rows_per_block) {
-    // block (32, 8): threadIdx.x picks one of 32 neighbouring channels, threadIdx.y a row
+_COLUMN_SUMS = r"""
+// In a block (32, 8) whose threads hold partial sums a, b of channel c: the 8 threads of each
+// channel add theirs, in order, and write the block's two sums into its row of `partials`.
+__device__ void write_column_sums(double a, double b, double* partials, long long C,
+                                  long long c) {
     __shared__ double s1[8][32], s2[8][32];
-    long long c = blockIdx.x * 32LL + threadIdx.x;
-    long long start = blockIdx.y * rows_per_block;
-    long long stop = min(start + rows_per_block, M);
-    double a = 0.0, b = 0.0;
-    if (c < C) {
-        for (long long r = start + threadIdx.y; r < stop; r += 8) {
-            double v = (double)x[r * C + c];
-            a += v;
-            b += v * v;
-        }
-    }
     s1[threadIdx.y][threadIdx.x] = a;
     s2[threadIdx.y][threadIdx.x] = b;
     __syncthreads();
@@ -71,6 +61,25 @@ extern "C" __global__ void bn_moments(const data_t* x, double* partials, long lo
         partials[(blockIdx.y * C + c) * 2 + 1] = b;
     }
 }
+"""
+
+MOMENTS = Kernel("bn_moments", _COLUMN_SUMS + r"""
+extern "C" __global__ void bn_moments(const data_t* x, double* partials, long long M,
+                                      long long C, long long rows_per_block) {
+    // block (32, 8): threadIdx.x picks one of 32 neighbouring channels, threadIdx.y a row
+    long long c = blockIdx.x * 32LL + threadIdx.x;
+    long long start = blockIdx.y * rows_per_block;
+    long long stop = min(start + rows_per_block, M);
+    double a = 0.0, b = 0.0;
+    if (c < C) {
+        for (long long r = start + threadIdx.y; r < stop; r += 8) {
+            double v = (double)x[r * C + c];
+            a += v;
+            b += v * v;
+        }
+    }
+    write_column_sums(a, b, partials, C, c);
+}
 """, moments_twin)
 
 
@@ -80,13 +89,12 @@ def backward_sums_twin(g, x, y, centre, partials, M, C, rows_per_block, relu):
     _sums_twin(g, g * (x - centre), partials, rows_per_block)
 
 
-BACKWARD_SUMS = Kernel("bn_backward_sums", r"""
+BACKWARD_SUMS = Kernel("bn_backward_sums", _COLUMN_SUMS + r"""
 extern "C" __global__ void bn_backward_sums(const data_t* g, const data_t* x, const data_t* y,
                                             const data_t* centre, double* partials,
                                             long long M, long long C, long long rows_per_block,
                                             int relu) {
     // as bn_moments: sum(g) and sum(g (x - c)), g masked where the ReLU's output is 0
-    __shared__ double s1[8][32], s2[8][32];
     long long c = blockIdx.x * 32LL + threadIdx.x;
     long long start = blockIdx.y * rows_per_block;
     long long stop = min(start + rows_per_block, M);
@@ -100,17 +108,7 @@ extern "C" __global__ void bn_backward_sums(const data_t* g, const data_t* x, co
             b += (double)gi * (double)(x[i] - centre_c);
         }
     }
-    s1[threadIdx.y][threadIdx.x] = a;
-    s2[threadIdx.y][threadIdx.x] = b;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        for (int k = 1; k < 8; k++) {
-            a += s1[k][threadIdx.x];
-            b += s2[k][threadIdx.x];
-        }
-        partials[(blockIdx.y * C + c) * 2] = a;
-        partials[(blockIdx.y * C + c) * 2 + 1] = b;
-    }
+    write_column_sums(a, b, partials, C, c);
 }
 """, backward_sums_twin)
 

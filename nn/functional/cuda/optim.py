@@ -52,7 +52,7 @@ def lars_update_twin(weights, grads, velocities, excluded, chunk_norms, lr, mome
         w -= v
 
 
-_TABLE_READ = r"""
+_SHARED = r"""
 // table: 3 rows of `parameters` int64s (weight, grad, velocity addresses), then a row of
 // their sizes and one of excluded flags; then 2 rows of `chunks` (parameter, first element)
 __device__ void chunk_of(const long long* table, long long parameters, long long chunks,
@@ -61,13 +61,29 @@ __device__ void chunk_of(const long long* table, long long parameters, long long
     *start = table[5 * parameters + chunks + k];
     *size = table[3 * parameters + *index];
 }
+
+// The sums of every thread's a and b in the block (256 threads), added in a fixed tree
+__device__ void block_sums(double* a, double* b) {
+    __shared__ double s1[256], s2[256];
+    s1[threadIdx.x] = *a;
+    s2[threadIdx.x] = *b;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+            s1[threadIdx.x] += s1[threadIdx.x + half];
+            s2[threadIdx.x] += s2[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    *a = s1[0];
+    *b = s2[0];
+}
 """
 
-LARS_NORMS = Kernel("lars_norms", _TABLE_READ + r"""
+LARS_NORMS = Kernel("lars_norms", _SHARED + r"""
 extern "C" __global__ void lars_norms(const long long* table, double* chunk_norms,
                                       long long parameters, long long chunks, long long chunk,
                                       double weight_decay) {
-    __shared__ double s1[256], s2[256];
     long long index, start, size;
     chunk_of(table, parameters, chunks, blockIdx.x, &index, &start, &size);
     const data_t* w = (const data_t*)table[index];
@@ -82,29 +98,19 @@ extern "C" __global__ void lars_norms(const long long* table, double* chunk_norm
         a += wi * wi;
         b += gi * gi;
     }
-    s1[threadIdx.x] = a;
-    s2[threadIdx.x] = b;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) {
-            s1[threadIdx.x] += s1[threadIdx.x + half];
-            s2[threadIdx.x] += s2[threadIdx.x + half];
-        }
-        __syncthreads();
-    }
+    block_sums(&a, &b);
     if (threadIdx.x == 0) {
-        chunk_norms[2 * blockIdx.x] = s1[0];
-        chunk_norms[2 * blockIdx.x + 1] = s2[0];
+        chunk_norms[2 * blockIdx.x] = a;
+        chunk_norms[2 * blockIdx.x + 1] = b;
     }
 }
 """, lars_norms_twin)
 
-LARS_UPDATE = Kernel("lars_update", _TABLE_READ + r"""
+LARS_UPDATE = Kernel("lars_update", _SHARED + r"""
 extern "C" __global__ void lars_update(const long long* table, const double* chunk_norms,
                                        long long parameters, long long chunks, long long chunk,
                                        double lr, double momentum, double weight_decay,
                                        double eta) {
-    __shared__ double s1[256], s2[256];
     long long index, start, size;
     chunk_of(table, parameters, chunks, blockIdx.x, &index, &start, &size);
     data_t* w = (data_t*)table[index];
@@ -119,17 +125,8 @@ extern "C" __global__ void lars_update(const long long* table, const double* chu
         a += chunk_norms[2 * (k0 + k)];
         b += chunk_norms[2 * (k0 + k) + 1];
     }
-    s1[threadIdx.x] = a;
-    s2[threadIdx.x] = b;
-    __syncthreads();
-    for (int half = blockDim.x / 2; half > 0; half /= 2) {
-        if (threadIdx.x < half) {
-            s1[threadIdx.x] += s1[threadIdx.x + half];
-            s2[threadIdx.x] += s2[threadIdx.x + half];
-        }
-        __syncthreads();
-    }
-    double w_norm = sqrt(s1[0]), g_norm = sqrt(s2[0]);
+    block_sums(&a, &b);
+    double w_norm = sqrt(a), g_norm = sqrt(b);
     double trust = (!excluded && w_norm > 0 && g_norm > 0) ? eta * w_norm / g_norm : 1.0;
     data_t scaled_lr = (data_t)(lr * trust);
     data_t decay = excluded ? (data_t)0 : (data_t)weight_decay;
