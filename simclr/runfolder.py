@@ -144,7 +144,7 @@ def prepare_folder(folder, config, source, step):
     return MetricsLog(folder.file("metrics.jsonl"), history)
 
 
-class _Silent:
+class SilentStream:
     """A stream that shows nothing: the lines of ranks other than 0."""
 
     def write(self, text):
@@ -157,7 +157,7 @@ class _Silent:
         return False
 
 
-class _NoFolder:
+class NoFolder:
     """What ranks other than 0 have instead of the run's folder: nothing is written."""
 
     def __init__(self, path):
@@ -173,7 +173,7 @@ class _NoFolder:
         return os.path.join(self.path, name)
 
 
-class _NoLog:
+class NoLog:
     """What ranks other than 0 have instead of metrics.jsonl."""
 
     def write(self, **record):

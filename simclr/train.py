@@ -30,7 +30,7 @@ from simclr.interrupts import Interrupted, StopRequest
 from simclr.loss import nt_xent
 from simclr.model import SimCLR
 from simclr.report import ProgressLine, format_duration, plot_loss_curve, read_metrics
-from simclr.runfolder import (Checkpoints, RunFolder, _NoFolder, _NoLog, _Silent,
+from simclr.runfolder import (Checkpoints, NoFolder, NoLog, RunFolder, SilentStream,
                               prepare_folder)
 from simclr.settings import ARCHITECTURES, given_flags, parse_args, resolve_config, validate
 
@@ -74,10 +74,10 @@ def train(config, resumed=None, stream=sys.stderr, group=None):
         run = Run(config, resumed)
     else:
         run = distributed.agree(group, lambda: Run(config, resumed, group))
-        stream = stream if group.rank == 0 else _Silent()
-    with (RunFolder(config["out"]) if run.writes else _NoFolder(config["out"])) as folder:
+        stream = stream if group.rank == 0 else SilentStream()
+    with (RunFolder(config["out"]) if run.writes else NoFolder(config["out"])) as folder:
         metrics = prepare_folder(folder, config, run.source, run.step) if run.writes \
-            else _NoLog()
+            else NoLog()
         progress = ProgressLine(config["epochs"], run.steps_per_epoch, stream)
         with StopRequest(stream, lambda: f"when step {run.step + 1} is done") as stop:
             checkpoints = Checkpoints(folder.file("checkpoint.npz"), run, stop)
