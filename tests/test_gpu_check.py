@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import common, gpu_check, gpu_out
-from bench.gpu_check import Stage
+from bench.gpu_stages import Stage
 
 SCRIPT = os.path.join(gpu_check.REPO_ROOT, "bench", "gpu_check.sh")
 STAGE_NAMES = [stage.name for stage in gpu_check.plan("", "python", set())]
