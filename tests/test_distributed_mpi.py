@@ -74,7 +74,8 @@ def _losses(folder):
 def test_simclr_train_on_two_ranks_trains_resumes_and_writes_from_rank_0(tmp_path):
     """Two ranks of 8 images against one process of 16: the same losses (float32, other sums),
     one folder written by rank 0, a k-NN record per epoch, and a resume on two ranks that
-    continues where the run stopped."""
+    continues where the run stopped; the same run resumed by one process (another number of
+    ranks) continues it as well."""
     one = subprocess.run([sys.executable, "-m", "simclr.train", *TINY, "--threads", "1",
                           "--out", str(tmp_path / "one")], cwd=REPO, capture_output=True,
                          text=True, timeout=300)
@@ -82,6 +83,13 @@ def test_simclr_train_on_two_ranks_trains_resumes_and_writes_from_rank_0(tmp_pat
     two = mpiexec(2, "-m", "simclr.train", *TINY, "--distributed", "--max-steps", "3",
                   "--out", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
+    alone = subprocess.run([sys.executable, "-m", "simclr.train", "--resume",
+                            str(tmp_path / "two"), "--out", str(tmp_path / "alone"),
+                            "--threads", "1"], cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert relative_error(numpy.array(_losses(tmp_path / "alone")),
+                          numpy.array(_losses(tmp_path / "one"))) < 1e-4
     assert sorted(os.listdir(tmp_path / "two")) == [".lock", "checkpoint.npz", "config.json",
                                                     "loss.png", "metrics.jsonl"]
     assert "distributed" not in json.load(open(tmp_path / "two" / "config.json"))
