@@ -4,9 +4,8 @@ import math
 import sys
 import time
 
-from PIL import Image, ImageDraw
-
 from simclr.files import atomic_write
+from simclr.plot import PALETTE, line_chart, save_png
 
 
 def format_duration(seconds):
@@ -82,32 +81,18 @@ def read_metrics(path, until_step=None):
 
 
 def plot_loss_curve(records, path, size=(640, 400)):
-    """Draw loss against step (a light line per step, a bold running mean) into a PNG."""
+    """Draw loss against step into a PNG: a light line per step and a bold running mean (over
+    a fiftieth of the steps), with the step and loss axes labelled (simclr/plot.py)."""
     points = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    left, top, right, bottom = 60, 20, size[0] - 20, size[1] - 40
-    draw.rectangle([left, top, right, bottom], outline="black")
-    if len(points) >= 2:
-        steps = [s for s, _ in points]
-        losses = [v for _, v in points]
-        low, high = min(losses), max(losses)
-        high = high if high > low else low + 1.0
-        first, last = steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1
-
-        def xy(step, value):
-            return (left + (right - left) * (step - first) / (last - first),
-                    bottom - (bottom - top) * (value - low) / (high - low))
-
-        draw.line([xy(s, v) for s, v in points], fill=(170, 190, 230), width=1)
-        window = max(1, len(points) // 50)
-        smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-                  for i in range(len(losses))]
-        draw.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(20, 60, 160), width=2)
-        for value in (low, (low + high) / 2, high):
-            draw.text((5, xy(first, value)[1] - 6), f"{value:.3f}", fill="black")
-        draw.text((left, bottom + 8), f"step {first}", fill="black")
-        draw.text((right - 80, bottom + 8), f"step {last}", fill="black")
-    draw.text((left + 5, top + 5), "NT-Xent loss", fill="black")
-    with atomic_write(path) as file:
-        image.save(file, format="PNG")
+    steps, losses = [s for s, _ in points], [v for _, v in points]
+    window = max(1, len(points) // 50)
+    mean = [sum(losses[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
+            for i in range(len(losses))]
+    bold = {"colour": PALETTE[0], "width": 2}
+    series = [("loss per step", steps, losses, bold)]  # few steps: no mean to draw
+    if window > 1:
+        series = [("loss per step", steps, losses, {"colour": (160, 195, 230), "width": 1}),
+                  (f"running mean of {window} steps", steps, mean, bold)]
+    image = line_chart(series, title="NT-Xent loss", x_label="step", y_label="loss", size=size,
+                       markers=False)
+    save_png(image, path)
