@@ -13,6 +13,7 @@ from simclr import cli
 from simclr.checkpoint import checkpoint_path, load_checkpoint
 from simclr.cli import UsageError
 from simclr.data import add_data_arguments, check_data_flags
+from simclr.augment import TRANSFORMATIONS
 from simclr.model import HEADS
 
 ARCHITECTURES = {"resnet18": nn.resnet18, "resnet34": nn.resnet34, "resnet50": nn.resnet50}
@@ -46,6 +47,10 @@ def parse_args(argv=None):
                              "of the run when it is shorter than 100 epochs)")
     parser.add_argument("--color-strength", type=float, default=0.5)
     parser.add_argument("--blur", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--augmentations", default=None, metavar="LIST",
+                        help="for ablations: the steps of a view, a comma list of "
+                             f"{','.join(TRANSFORMATIONS)} (default: all but blur, and blur "
+                             "with --blur); 'none' for no augmentation at all")
     parser.add_argument("--head", choices=HEADS, default="nonlinear")
     parser.add_argument("--proj-dim", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -159,4 +164,22 @@ def validate(config):
     warmup = config["warmup_epochs"]
     if not (math.isfinite(warmup) and 0 <= warmup <= config["epochs"]):
         raise UsageError(f"--warmup-epochs must lie in [0, --epochs {config['epochs']}], got {warmup}")
+    transformations(config)
     cli.require_backend(config["backend"])
+
+
+def transformations(config):
+    """The steps of a view that the run's --augmentations names (None: the default steps, as
+    --blur says), checked: a tuple of names from simclr.augment.TRANSFORMATIONS."""
+    given = config.get("augmentations")
+    if given is None:
+        return None
+    names = () if given.strip() == "none" else tuple(n.strip() for n in given.split(","))
+    unknown = [n for n in names if n not in TRANSFORMATIONS]
+    if unknown or len(set(names)) != len(names):
+        raise UsageError(f"--augmentations {given}: expected 'none' or a comma list of distinct "
+                         f"names from {', '.join(TRANSFORMATIONS)}")
+    if config["blur"] and "blur" not in names:
+        raise UsageError(f"--blur with --augmentations {given}, which has no blur: add blur to "
+                         f"the list, or leave out --blur")
+    return names

@@ -32,7 +32,8 @@ from simclr.model import SimCLR
 from simclr.report import ProgressLine, format_duration, plot_loss_curve, read_metrics
 from simclr.runfolder import (Checkpoints, NoFolder, NoLog, RunFolder, SilentStream,
                               prepare_folder)
-from simclr.settings import ARCHITECTURES, given_flags, parse_args, resolve_config, validate
+from simclr.settings import (ARCHITECTURES, given_flags, parse_args, resolve_config,
+                             transformations, validate)
 
 
 def scaled_lr(config):
@@ -143,7 +144,8 @@ class Run:
                                      round(config["warmup_epochs"] * self.steps_per_epoch),
                                      self.total_steps)
         self.augment = SimCLRAugment(size=self.images.shape[1],
-                                     color_strength=config["color_strength"], blur=config["blur"])
+                                     color_strength=config["color_strength"], blur=config["blur"],
+                                     transformations=transformations(config))
         self.step, self.source, self._order = 0, None, (None, None)
         if resumed is not None:
             self.resume(*resumed)

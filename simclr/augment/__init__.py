@@ -10,10 +10,11 @@ from .color import (LUMA_WEIGHTS, adjust_brightness, adjust_contrast, adjust_hue
                     rgb_to_hsv, sample_jitter)
 from .crop import (bicubic_weights, cubic_kernel, horizontal_flip, random_horizontal_flip,
                    random_resized_crop, resized_crop, sample_crop_boxes)
-from .pipeline import PRESETS, LinearEvalAugment, SimCLRAugment, to_float_nchw
+from .pipeline import (PRESETS, TRANSFORMATIONS, LinearEvalAugment, SimCLRAugment,
+                       to_float_nchw)
 
 __all__ = [
-    "SimCLRAugment", "LinearEvalAugment", "PRESETS", "to_float_nchw",
+    "SimCLRAugment", "LinearEvalAugment", "PRESETS", "TRANSFORMATIONS", "to_float_nchw",
     "sample_crop_boxes", "bicubic_weights", "cubic_kernel", "resized_crop", "random_resized_crop",
     "horizontal_flip", "random_horizontal_flip",
     "rgb_to_hsv", "hsv_to_rgb", "adjust_brightness", "adjust_contrast", "adjust_saturation",

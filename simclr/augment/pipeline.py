@@ -18,6 +18,10 @@ from .color import apply_jitter, draw_grayscale, draw_jitter, rgb_to_grayscale
 from .crop import (check_stored_images, draw_flips, horizontal_flip, random_horizontal_flip,
                    random_resized_crop, resized_crop, sample_crop_boxes, to_float_nchw)
 
+# The steps of a view, in order. The augmentation ablations (python -m simclr.experiments
+# augmentations) switch them on and off one by one.
+TRANSFORMATIONS = ("crop", "flip", "jitter", "grayscale", "blur")
+
 PRESETS = {
     "cifar": dict(size=32, color_strength=0.5, blur=False),
     "imagenet": dict(size=224, color_strength=1.0, blur=True),
@@ -30,14 +34,26 @@ class SimCLRAugment:
     size: output side (int) or (height, width); color_strength: the colour jitter strength s;
     blur: whether to Gaussian-blur (p 0.5). SimCLRAugment.preset("cifar") is s = 0.5 without
     blur at 32x32, SimCLRAugment.preset("imagenet") is s = 1 with blur at 224x224.
+    transformations: for ablations, the steps that run, any of TRANSFORMATIONS (it then
+    decides the blur too). A step switched off leaves the images as they are: no crop is the
+    whole image resized to `size` (unchanged when the sizes agree), no jitter and no grayscale
+    leave the colours. Every random number is still drawn, so the steps that do run see the
+    same draws as in the full pipeline.
     """
 
-    def __init__(self, size, color_strength=1.0, blur=True):
+    def __init__(self, size, color_strength=1.0, blur=True, transformations=None):
         self.size = pair(size, f"{type(self).__name__}: size", 1)
         self.color_strength = float(color_strength)
         if not (math.isfinite(self.color_strength) and self.color_strength >= 0):
             raise ValueError(f"color_strength must be a finite number >= 0, got {color_strength!r}")
-        self.blur = bool(blur)
+        if transformations is None:
+            transformations = TRANSFORMATIONS if blur else TRANSFORMATIONS[:-1]
+        unknown = set(transformations) - set(TRANSFORMATIONS)
+        if unknown:
+            raise ValueError(f"unknown transformations {sorted(unknown)}: expected some of "
+                             f"{', '.join(TRANSFORMATIONS)}")
+        self.transformations = tuple(t for t in TRANSFORMATIONS if t in transformations)
+        self.blur = "blur" in self.transformations
 
     @classmethod
     def preset(cls, name, size=None):
@@ -73,12 +89,20 @@ class SimCLRAugment:
 
     def draw(self, rng, count, height, width):
         """The random parameters of `count` views of images of height x width, in the order
-        of the steps: (crop boxes, flips, colour jitter, grayscale, blur or None)."""
-        return (sample_crop_boxes(rng, count, height, width),   # random_resized_crop's draws
-                draw_flips(rng, count),                         # random_horizontal_flip's
-                draw_jitter(rng, count, self.color_strength),   # color_jitter's
-                draw_grayscale(rng, count),                     # random_grayscale's
-                draw_blur(rng, count) if self.blur else None)   # random_gaussian_blur's
+        of the steps: (crop boxes, flips, colour jitter, grayscale, blur or None); a step
+        that is switched off draws as it would, then chooses no image (no crop: whole boxes)."""
+        boxes = sample_crop_boxes(rng, count, height, width)    # random_resized_crop's draws
+        flips = draw_flips(rng, count)                          # random_horizontal_flip's
+        jitter = draw_jitter(rng, count, self.color_strength)   # color_jitter's
+        grayscale = draw_grayscale(rng, count)                  # random_grayscale's
+        blur = draw_blur(rng, count) if self.blur else None     # random_gaussian_blur's
+        on = set(self.transformations)
+        if "crop" not in on:
+            boxes[:] = (0, 0, height, width)
+        for step, chosen in (("flip", flips), ("jitter", jitter[0]), ("grayscale", grayscale)):
+            if step not in on:
+                chosen[:] = False
+        return boxes, flips, jitter, grayscale, blur
 
     def apply(self, images, boxes, flips, jitter, grayscale, blur):
         """The views of `images` for draws of `draw`."""
@@ -97,8 +121,10 @@ class SimCLRAugment:
         return self(images, rng, rows), self(images, rng, rows)
 
     def __repr__(self):
+        steps = "" if self.transformations in (TRANSFORMATIONS, TRANSFORMATIONS[:-1]) \
+            else f", transformations={self.transformations}"
         return (f"SimCLRAugment(size={self.size}, color_strength={self.color_strength}, "
-                f"blur={self.blur})")
+                f"blur={self.blur}{steps})")
 
 
 def _rows(draws, start, stop):
