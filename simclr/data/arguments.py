@@ -1,4 +1,7 @@
 """The data flags shared by `python -m simclr.train` and `python -m simclr.linear_eval`."""
+import numpy
+
+from simclr.data.dataset import balanced_subset
 from simclr.data.errors import DataError
 from simclr.data.load import DATASETS, load_dataset
 
@@ -21,6 +24,9 @@ def add_data_arguments(parser):
                        help="hold out the last N images of each class of train as the evaluation split")
     group.add_argument("--image-size", type=int, default=None,
                        help="folder: resize every image to this size (needed if sizes differ)")
+    group.add_argument("--train-per-class", type=int, default=None, metavar="N",
+                       help="use a class-balanced random N images of each class of the training "
+                            "split (drawn with --seed; after the held-out split is carved)")
     group.add_argument("--limit", type=int, default=None,
                        help="use only the first N training images (smoke runs)")
     group.add_argument("--synthetic-size", type=int, default=None,
@@ -41,7 +47,8 @@ def check_data_flags(args):
 def check_data_values(config):
     """Refuse a data flag's value that no data set can satisfy; load_dataset checks the rest
     (--val-fraction, --val-per-class, --image-size, --data-dir), naming the flag too."""
-    for flag, key in (("--limit", "limit"), ("--synthetic-size", "synthetic_size")):
+    for flag, key in (("--limit", "limit"), ("--synthetic-size", "synthetic_size"),
+                      ("--train-per-class", "train_per_class")):
         if config.get(key) is not None and config[key] < 1:
             raise DataError(f"{flag} must be at least 1, got {config[key]}")
 
@@ -58,7 +65,22 @@ def load_from_arguments(config):
                           val_fraction=config.get("val_fraction"),
                           val_per_class=config.get("val_per_class"), seed=config.get("seed", 0),
                           **options)
+    if config.get("train_per_class") is not None:
+        splits.train = splits.train.subset(train_subset(splits.train, config))
     if config.get("limit") is not None:
         limit = config["limit"]
         splits.train = splits.train.subset(range(min(limit, len(splits.train))))
     return splits
+
+
+def train_subset(train, config):
+    """The indices of --train-per-class's subset of the training split `train`."""
+    per_class = config["train_per_class"]
+    if train.labels is None:
+        raise DataError(f"--train-per-class {per_class} needs labelled images; these have none "
+                        f"(they lie directly in the folder)")
+    smallest = numpy.bincount(train.labels, minlength=len(train.classes)).min()
+    if per_class > smallest:
+        raise DataError(f"--train-per-class {per_class} is more than the {smallest} training "
+                        f"images of the smallest class: give at most {smallest}")
+    return balanced_subset(train.labels, per_class=per_class, seed=config.get("seed", 0))

@@ -129,3 +129,29 @@ def split_validation(dataset, val_fraction=None, val_per_class=None, seed=0):
         raise DataError(f"--val-fraction {val_fraction} (val_fraction={val_fraction}) holds out no "
                         f"image: {val_fraction} of each class rounds to 0 of {len(dataset)} images")
     return dataset.subset(numpy.flatnonzero(~is_val)), dataset.subset(numpy.flatnonzero(is_val))
+
+
+def balanced_subset(labels, fraction=None, per_class=None, seed=0):
+    """Indices of a class-balanced random subset of a labelled set, sorted: `per_class` images
+    of every class, or round(fraction * N / classes) of each (at least 1), drawn without
+    replacement with `seed` (the same seed, labels and size give the same subset). A class
+    smaller than its share is an error. Used for the label subsets of fine-tuning and the
+    training subsets of the experiments; exactly one of fraction and per_class."""
+    if (fraction is None) == (per_class is None):
+        raise DataError(f"give exactly one of fraction and per_class; got fraction={fraction!r}, "
+                        f"per_class={per_class!r}")
+    labels = numpy.asarray(labels)
+    classes = numpy.unique(labels)
+    if per_class is None:
+        if not 0 < fraction <= 1:
+            raise DataError(f"the fraction of the labels must lie in (0, 1], got {fraction!r}")
+        per_class = max(1, int(round(fraction * len(labels) / len(classes))))
+    rng = numpy.random.default_rng(seed)
+    chosen = []
+    for k in classes:
+        members = numpy.flatnonzero(labels == k)
+        if per_class > len(members):
+            raise DataError(f"a subset of {per_class} images per class needs more than class "
+                            f"{k}'s {len(members)} images")
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return numpy.sort(numpy.concatenate(chosen))
