@@ -1,0 +1,170 @@
+"""python -m simclr.experiments NAME --out DIR: re-run one of the SimCLR paper's findings.
+
+NAME is augmentations, head, batch-epochs or temperature (simclr/experiments/studies.py says
+what each varies and which figure of the paper it re-runs). Every run of the grid pre-trains with
+simclr.train on the same class-balanced subset of the training images, then is evaluated alike
+on the held-out split: a linear probe (100 epochs) and k-NN (k = 200) on its frozen features.
+The grid writes DIR/results.jsonl, DIR/table.md and its figures (PNG); run the same command
+again after an interruption and it goes on where it stopped (simclr/experiments/grid.py).
+
+--scale picks the budget: `cpu` (default) is about 30 minutes for each experiment on two CPU
+cores (a ResNet-18 at width 1/8, 500 images of each class, a few epochs); `gpu` the whole
+training split and a full-width ResNet-18 for 100 epochs; `tiny` a smoke test on synthetic
+images. The model, data and budget flags below override the scale's values.
+"""
+import signal
+import sys
+
+from nn.functional import cpu
+from simclr import cli, plot
+from simclr.data import add_data_arguments, check_data_flags
+from simclr.experiments.grid import Grid
+from simclr.experiments.studies import STUDIES
+from simclr.files import atomic_write
+from simclr.interrupts import Interrupted
+from simclr.settings import ARCHITECTURES, given_flags
+
+SCALES = {
+    "cpu": {"shared": dict(arch="resnet18", width=0.125, train_per_class=500, batch_size=128,
+                           epochs=4),
+            "epochs": {"augmentations": 3, "head": 6, "temperature": 6},
+            "axes": {}},
+    "gpu": {"shared": dict(arch="resnet18", width=1.0, batch_size=512, epochs=100,
+                           backend="cupy"),
+            "epochs": {},
+            "axes": {"batches": (128, 256, 512, 1024), "epochs": (100, 200, 400)}},
+    "tiny": {"shared": dict(dataset="synthetic", synthetic_size=48, val_fraction=0.25,
+                            arch="resnet18", width=0.0625, batch_size=12, epochs=1),
+             "epochs": {},
+             "axes": {"strengths": (0.0, 1.0), "dims": (8,), "batches": (6, 12),
+                      "epochs": (1, 2), "temperatures": (0.1, 1.0)}},
+}
+SHARED_FLAGS = ("arch", "width", "batch_size", "epochs", "lr", "backend", "seed")
+DATA_KEYS = ("dataset", "data_dir", "download", "val_fraction", "val_per_class", "image_size",
+             "limit", "synthetic_size", "train_per_class")
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(prog="python -m simclr.experiments",
+                                description=__doc__.split("\n")[0])
+    parser.add_argument("name", choices=sorted(STUDIES), metavar="NAME",
+                        help=f"the experiment: {', '.join(sorted(STUDIES))}")
+    parser.add_argument("--out", required=True, help="the experiment's folder (runs, results)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    add_data_arguments(parser)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None)
+    parser.add_argument("--width", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="every run's batch (batch-epochs: see --batches)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="every run's epochs (batch-epochs: see --epoch-counts)")
+    parser.add_argument("--lr", type=float, default=None, help="simclr.train's --lr")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    for flag, axis, what in (("--strengths", "strengths", "colour strengths (augmentations)"),
+                             ("--dims", "dims", "head output dimensions (head)"),
+                             ("--batches", "batches", "batch sizes (batch-epochs)"),
+                             ("--epoch-counts", "epochs", "epoch counts (batch-epochs)"),
+                             ("--temperatures", "temperatures", "temperatures (temperature)")):
+        parser.add_argument(flag, dest="axis_" + axis, default=None, metavar="LIST",
+                            help=f"comma list of the {what}")
+    args = parser.parse_args(argv)
+    check_data_flags(args)
+    return args
+
+
+def shared_settings(args, given):
+    """simclr.train's settings that every run of the grid shares: the scale's, then those of
+    the flags `given` on the command line (a data set given replaces the scale's data flags)."""
+    scale = SCALES[args.scale]
+    shared = dict(scale["shared"])
+    if args.name in scale["epochs"]:
+        shared["epochs"] = scale["epochs"][args.name]
+    if given & set(DATA_KEYS):
+        shared = {key: value for key, value in shared.items() if key not in DATA_KEYS}
+    for key in DATA_KEYS + SHARED_FLAGS:
+        if key in given:
+            shared[key] = getattr(args, key)
+    return shared
+
+
+def axes(args):
+    """The grid's axes: the study's defaults, the scale's, then --strengths etc."""
+    study = STUDIES[args.name]
+    values = {**study.axes, **{k: v for k, v in SCALES[args.scale]["axes"].items()
+                               if k in study.axes}}
+    for axis in study.axes:
+        given = getattr(args, "axis_" + axis)
+        if given is not None:
+            values[axis] = parse_list(given, "--" + ("epoch-counts" if axis == "epochs" else axis),
+                                      float if axis in ("strengths", "temperatures") else int)
+    return values
+
+
+def parse_list(text, flag, kind):
+    try:
+        values = tuple(kind(item) for item in text.split(","))
+    except ValueError:
+        raise cli.UsageError(f"{flag} {text}: expected a comma list of "
+                             f"{'numbers' if kind is float else 'whole numbers'}") from None
+    if kind is int and min(values) < 1 or kind is float and min(values) < 0:
+        raise cli.UsageError(f"{flag} {text}: every value must be positive")
+    return values
+
+
+def describe(shared, results):
+    """One line of what every run was: the budget that the table and figures print."""
+    data = shared.get("dataset", "cifar10")
+    images = results[0]["train_images"] if results else "?"
+    per_class = shared.get("train_per_class")
+    subset = f"{images} images" + (f" ({per_class} per class)" if per_class else "")
+    held_out = (f"{results[0]['test_images']} {results[0]['split']} images" if results
+                else "the held-out split")
+    return (f"{data}: {subset}; {shared['arch']} width {shared['width']:g}, "
+            f"batch {shared['batch_size']}, {shared['epochs']} epochs (unless varied); "
+            f"evaluated on {held_out}")
+
+
+def write_report(study, grid, results):
+    """table.md and the figures, from the results so far."""
+    title = describe(grid.shared, results)
+    seconds = sum(result["seconds"] for result in results)
+    text = (f"# {study.name}\n\n{title}. {len(results)} runs, "
+            f"{seconds / 60:.1f} minutes of training and evaluation in all.\n\n"
+            f"{study.table(results)}\n")
+    with atomic_write(f"{grid.out}/table.md", "w") as file:
+        file.write(text)
+    for name, image in study.figures(results, title).items():
+        plot.save_png(image, f"{grid.out}/{name}")
+    return text
+
+
+def main(argv=None):
+    """Exit status 0 when every run is done, 2 for a user's mistake, 130 after Ctrl-C (the
+    same command continues)."""
+    return cli.run(_main, argv, prog="python -m simclr.experiments")
+
+
+def _main(argv):
+    args = parse_args(argv)
+    if args.threads is not None:
+        cli.at_least("--threads", args.threads, 1)
+        cpu.set_num_threads(args.threads)
+    cpu.reuse_freed_memory()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    study = STUDIES[args.name]
+    shared = shared_settings(args, given_flags(sys.argv[1:] if argv is None else argv))
+    grid = Grid(study.name, args.out, shared, study.points(axes(args)))
+    try:
+        results = grid.run()
+    except Interrupted as interrupted:
+        print(f"python -m simclr.experiments: stopped; the finished runs are kept: run the same "
+              f"command again to continue", file=sys.stderr)
+        return 128 + interrupted.signum
+    print(write_report(study, grid, results))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.exit_program(main())
