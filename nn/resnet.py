@@ -156,10 +156,13 @@ class ResNet(Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"ResNet: expected images of shape (N, 3, H, W), "
                              f"got shape {tuple(x.shape)}")
-        x = self.maxpool(self.bn1(self.conv1(x), relu=True))       # relu(bn1(conv1(x))), fused
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
         h = self.avgpool(x).reshape(x.shape[0], self.num_features)  # (N, C, 1, 1) -> (N, C)
         return self.fc(h) if "fc" in self._modules else h
+
+    def stem(self, x):
+        """The layers before the first stage: relu(bn1(conv1(x))) (fused), then the max-pool."""
+        return self.maxpool(self.bn1(self.conv1(x), relu=True))
 
     def extra_repr(self):
         return f"cifar_stem={self.cifar_stem}, num_features={self.num_features}"

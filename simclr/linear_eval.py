@@ -80,6 +80,22 @@ def check_fits_data(args, train):
                              f"give at most {len(train)}")
 
 
+def labelled_held_out(config, splits, what):
+    """(name, split) of the held-out split to report on, refusing data with none or with
+    unlabelled images (one line naming the data flags). `what` says what needs them."""
+    held_out = splits.held_out()
+    where = f"--dataset {config['dataset']}" + \
+        (f" --data-dir {config['data_dir']}" if config.get("data_dir") else "")
+    if held_out is None:
+        raise UsageError(f"{where} has no test split: carve one from the training images with "
+                         f"--val-fraction or --val-per-class")
+    if splits.train.labels is None:
+        raise UsageError(f"{what} needs labelled images, and {where} has none (its "
+                         f"images lie directly in the folder): put them in class folders, "
+                         f"DIR/<class>/* or DIR/train/<class>/*")
+    return held_out
+
+
 STEMS = {3: "the CIFAR stem (a 3x3 first convolution, no max-pool)",
          7: "the ImageNet stem (a 7x7 stride-2 first convolution and a max-pool)"}
 
@@ -121,17 +137,8 @@ def _main(argv):
         model_state, _, meta = load_checkpoint(path, flag="--checkpoint")  # whole and finite
         meta_config = meta["config"]
     splits = load_from_arguments(data_config)
-    held_out = splits.held_out()
-    where = f"--dataset {args.dataset}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
-    if held_out is None:
-        raise UsageError(f"{where} has no test split: carve one from the training images with "
-                         f"--val-fraction or --val-per-class")
-    if splits.train.labels is None:
-        raise UsageError(f"linear evaluation needs labelled images, and {where} has none (its "
-                         f"images lie directly in the folder): put them in class folders, "
-                         f"DIR/<class>/* or DIR/train/<class>/*")
+    split_name, test = labelled_held_out(data_config, splits, "linear evaluation")
     check_fits_data(args, splits.train)
-    split_name, test = held_out
 
     start = time.perf_counter()
     if args.raw_pixels:

@@ -10,24 +10,27 @@ from nn import init
 HEADS = ("nonlinear", "linear", "none")
 
 
+def dense(in_features, out_features, rng=None):
+    """A Linear layer as the official code starts its dense layers: weights N(0, 0.01^2), biases
+    0 (the projection head's, and fine-tuning's new classifier)."""
+    rng = init.as_generator(rng)
+    layer = nn.Linear(in_features, out_features, rng=rng)
+    init.normal_(layer.weight, 0.0, 0.01, rng)
+    init.zeros_(layer.bias)
+    return layer
+
+
 def projection_head(kind, in_features, proj_dim=128, rng=None):
     """The paper's head variants (section 4.2): "nonlinear" (v1: Linear -> BN -> ReLU -> Linear),
     "linear" (one Linear) or "none" (z = h). Dense weights start as N(0, 0.01^2) and biases at
     0, as in the official code. (The official v1 code also ends with a BN without beta; we follow
     the paper's figure and omit it.)"""
     rng = init.as_generator(rng)
-
-    def dense(n_in, n_out):
-        layer = nn.Linear(n_in, n_out, rng=rng)
-        init.normal_(layer.weight, 0.0, 0.01, rng)
-        init.zeros_(layer.bias)
-        return layer
-
     if kind == "nonlinear":
-        return nn.Sequential(dense(in_features, in_features), nn.BatchNorm1d(in_features), nn.ReLU(),
-                             dense(in_features, proj_dim))
+        return nn.Sequential(dense(in_features, in_features, rng), nn.BatchNorm1d(in_features),
+                             nn.ReLU(), dense(in_features, proj_dim, rng))
     if kind == "linear":
-        return dense(in_features, proj_dim)
+        return dense(in_features, proj_dim, rng)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"unknown projection head {kind!r}: expected one of {', '.join(HEADS)}")
