@@ -96,12 +96,13 @@ def title_width(title):
     return max(text_width(first, LARGE), text_width("\n".join(rest))) + 2 * PAD
 
 
-def nice_ticks(low, high, count=5):
-    """About `count` tick values at multiples of a step of 1, 2 or 5 times 10^k, covering
-    [low, high]; returns (ticks, step). The first and last tick lie at or outside the range."""
+def nice_ticks(low, high, count=5, min_step=0.0):
+    """About `count` tick values at multiples of a step of 1, 2 or 5 times 10^k (at least
+    min_step: 1 for whole numbers such as steps), covering [low, high]; returns (ticks, step).
+    The first and last tick lie at or outside the range."""
     if not high > low:
         low, high = low - (abs(low) or 1) * 0.5, high + (abs(high) or 1) * 0.5
-    raw = (high - low) / count
+    raw = max((high - low) / count, min_step)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * 0.999)
     first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
@@ -236,9 +237,12 @@ def finite_points(xs, ys, x_log=False):
 
 
 def value_ticks(values, count=5, include_zero=False):
-    """Nice [(value, label)] ticks covering `values` (and 0 if include_zero)."""
-    values = list(values) + ([0.0] if include_zero else [])
-    ticks, step = nice_ticks(min(values, default=0.0), max(values, default=1.0), count)
+    """Nice [(value, label)] ticks covering `values` (and 0 if include_zero); whole numbers
+    only, when the values are all whole."""
+    values = [float(v) for v in values] + ([0.0] if include_zero else [])
+    whole = bool(values) and all(v.is_integer() for v in values)
+    ticks, step = nice_ticks(min(values, default=0.0), max(values, default=1.0), count,
+                             min_step=1.0 if whole else 0.0)
     return [(value, format_tick(value, step)) for value in ticks]
 
 
@@ -264,11 +268,11 @@ def line_chart(series, *, title, x_label, y_label, size=(760, 480), x_log=False,
                        style.get("width", 2), MARKERS[index % len(MARKERS)]))
     every = [point for curve in curves for point in curve[1]]
     xs, ys = [x for x, _ in every], [y for _, y in every]
-    x_ticks = log_ticks(xs) if x_log else value_ticks(xs or [0.0, 1.0])
+    x_ticks = log_ticks(xs) if x_log else value_ticks(xs)
     legend = [(label, colour, shape if markers else None)
               for label, _, colour, _, shape in curves] if len(curves) > 1 else []
     axes = chart_frame(image, draw, title=title, x_label=x_label, y_label=y_label,
-                       x_ticks=x_ticks, y_ticks=value_ticks(ys or [0.0, 1.0]), legend=legend,
+                       x_ticks=x_ticks, y_ticks=value_ticks(ys), legend=legend,
                        x_log=x_log)
     for _, points, colour, width, shape in curves:
         pixels = [(axes.px(x), axes.py(y)) for x, y in points]
@@ -290,7 +294,7 @@ def bar_chart(categories, series, *, title, y_label, size=(760, 480), value_form
     legend = [(label, colour_of(i), "box") for i, (label, _) in enumerate(series)]
     axes = chart_frame(image, draw, title=title, x_label="", y_label=y_label,
                        x_ticks=[(-0.5, ""), (len(categories) - 0.5, "")],
-                       y_ticks=value_ticks(values or [0.0, 1.0], include_zero=True),
+                       y_ticks=value_ticks(values, include_zero=True),
                        legend=legend if len(series) > 1 else [])
     group = axes.px(0.5) - axes.px(-0.5)
     bar = group * 0.8 / max(len(series), 1)
@@ -397,8 +401,8 @@ def scatter(points, classes, class_names, *, title, x_label, y_label, size=(760,
     draw = ImageDraw.Draw(image)
     legend = [(name, colour_of(k), "dot") for k, name in enumerate(class_names)]
     axes = chart_frame(image, draw, title=title, x_label=x_label, y_label=y_label,
-                       x_ticks=value_ticks(points[:, 0] if len(points) else [0.0, 1.0]),
-                       y_ticks=value_ticks(points[:, 1] if len(points) else [0.0, 1.0]),
+                       x_ticks=value_ticks(points[:, 0] if len(points) else []),
+                       y_ticks=value_ticks(points[:, 1] if len(points) else []),
                        legend=legend)
     for i in numpy.random.default_rng(0).permutation(len(points)):
         draw_marker(draw, axes.px(points[i, 0]), axes.py(points[i, 1]), "circle",
@@ -406,14 +410,20 @@ def scatter(points, classes, class_names, *, title, x_label, y_label, size=(760,
     return image
 
 
-def histogram_panel(pixels, *, bins=32, size=(200, 110), y_max=None, label=None):
-    """The R, G and B intensity histograms of one image (uint8 H x W x 3) overlaid, each the
-    fraction of its pixels per bin of intensities 0..255. y_max: the top of the y axis (share
-    it across panels to compare them); default the largest bin."""
+def channel_histograms(pixels, bins=32):
+    """float (3, bins): for R, G and B, the fraction of an image's pixels in each of `bins`
+    equal bins of intensities 0..255. pixels: uint8 (H, W, 3)."""
     pixels = numpy.asarray(pixels).reshape(-1, 3)
-    counts = [numpy.histogram(pixels[:, c], bins=bins, range=(0, 256))[0] / len(pixels)
-              for c in range(3)]
-    y_max = y_max or max(float(count.max()) for count in counts) or 1.0
+    return numpy.stack([numpy.histogram(pixels[:, c], bins=bins, range=(0, 256))[0]
+                        for c in range(3)]) / max(len(pixels), 1)
+
+
+def histogram_panel(pixels, *, bins=32, size=(200, 110), y_max=None, label=None):
+    """The R, G and B intensity histograms of one image (uint8 H x W x 3) overlaid
+    (channel_histograms). y_max: the top of the y axis (share it across panels to compare
+    them); default the largest bin."""
+    counts = channel_histograms(pixels, bins)
+    y_max = y_max or float(counts.max()) or 1.0
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     left, right = 6, size[0] - 6
@@ -450,7 +460,7 @@ def to_image(cell, scale):
     return cell.resize((cell.width * scale, cell.height * scale), Image.NEAREST)
 
 
-def image_grid(images, *, title=None, row_labels=None, col_labels=None, scale=2, gap=8,
+def image_grid(images, *, title=None, row_labels=None, col_labels=None, scale=2, gap=10,
                borders=None):
     """Images in rows and columns: `images` a nested list rows x cols of uint8 (H, W, 3)
     arrays, PIL images (a histogram_panel, say) or None (an empty cell). Row labels go on the
@@ -487,8 +497,8 @@ def image_grid(images, *, title=None, row_labels=None, col_labels=None, scale=2,
             image.paste(cell, (x, int(y)))
             colour = borders[r][c] if borders else None
             if colour:
-                draw.rectangle([x - 3, y - 3, x + cell.width + 2, y + cell.height + 2],
-                               outline=colour, width=3)
+                draw.rectangle([x - 4, y - 4, x + cell.width + 3, y + cell.height + 3],
+                               outline=colour, width=4)
         y += heights[r] + gap
     return image
 
