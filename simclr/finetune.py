@@ -146,7 +146,8 @@ def read_label_indices(path, count):
     lines ignored, no index twice); a UsageError naming the flag, the file and the line."""
     flag = f"--label-indices {path}"
     if not os.path.isfile(path):
-        raise UsageError(f"{flag}: no such file")
+        raise UsageError(f"{flag}: " + ("a folder, not a file" if os.path.isdir(path) else
+                                        "no such file"))
     seen = {}
     with open(path, errors="replace") as file:
         for number, line in enumerate(file, 1):
@@ -244,10 +245,11 @@ def resumed_run(args, given):
         raise UsageError(f"--resume {args.resume} holds a pre-training run (simclr.train), not "
                          f"a fine-tuning run; fine-tune it with --checkpoint {args.resume}")
     values = vars(args)
+    given = {"label_indices_file" if key == "label_indices" else key for key in given}
     changed = sorted(key for key in given - CHANGEABLE_ON_RESUME
                      if key in values and values[key] != config.get(key))
     if changed:
-        flags = ", ".join(f"--{key.replace('_', '-')} {values[key]} (saved: {config.get(key)})"
+        flags = ", ".join(f"{flag_of(key)} {values[key]} (saved: {config.get(key)})"
                           for key in changed)
         raise UsageError(f"--resume {args.resume}: {flags}: a resumed run keeps the settings it "
                          f"was started with; start a new run (another --out) to change them")
@@ -261,6 +263,11 @@ def resumed_run(args, given):
         if key in given:
             config[key] = values[key]
     return config, (model_state, optimizer_state, meta, source)
+
+
+def flag_of(key):
+    """The flag that sets a config key."""
+    return "--label-indices" if key == "label_indices_file" else "--" + key.replace("_", "-")
 
 
 def main(argv=None):

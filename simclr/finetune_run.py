@@ -272,7 +272,8 @@ def evaluate(run, metrics, stream):
     """Top-1 and top-5 accuracy on the held-out split, logged and shown; returns the record."""
     name, held_out = run.held_out
     top1, top5 = top_k_accuracy(run.model, held_out.images, held_out.labels)
-    record = {"step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch, "top1": top1, "top5": top5, "split": name}
+    record = {"step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch, "top1": top1,
+              "top5": top5, "split": name}
     metrics.write(**record)
     stream.write(f"  {name}: top-1 {top1:.4f}, top-5 {top5:.4f}\n")
     return record

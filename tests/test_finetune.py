@@ -261,6 +261,8 @@ def test_other_mistakes_are_one_line(tmp_path, pretrained, capsys):
         (["--checkpoint", str(folder_run)] + DATA + out, ["--resume", "fine-tuning run"]),
         (["--resume", pretrained["nonlinear"]], ["--resume", "--checkpoint"]),
         (["--resume", str(folder_run), "--lr", "0.1"], ["--lr 0.1", "keeps the settings"]),
+        (["--resume", str(folder_run), "--label-indices", "x"],
+         ["--label-indices x (saved: None)", "keeps the settings"]),
         (["--label-fraction", "0.5", "--out", str(tmp_path / "x")] + DATA,
          ["--checkpoint", "--from-scratch"]),
         (["--checkpoint", pretrained["nonlinear"], "--arch", "resnet50"] + DATA + out,
@@ -282,3 +284,19 @@ def one_line_error(capsys, argv):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in lines[0], lines
     return code, lines[0]
+
+
+def test_finetune_and_resume_run_through_backend_cupy_on_the_rehearsal(tmp_path, pretrained,
+                                                                       capsys):
+    """The device path on the CPU's rehearsal of a GPU (tests/device_rehearsal.py): no NumPy
+    function sees a device array, the network and its checkpoint live on the 'device'."""
+    from device_rehearsal import rehearsal
+    argv = ["--checkpoint", pretrained["nonlinear"], "--backend", "cupy", "--freeze-until",
+            "stem", "--from-head-layer", "1", "--eval-every", "1"] + TINY
+    with rehearsal() as device:
+        finetuned(tmp_path, *argv, "--max-steps", "5")
+        assert finetune.main(["--resume", str(tmp_path)]) == 0
+        assert device.launches > 0
+    result = json.load(open(tmp_path / "finetune.json"))
+    assert result["steps"] == 8 and 0 <= result["top1"] <= result["top5"] <= 1
+    capsys.readouterr()
