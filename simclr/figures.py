@@ -307,9 +307,10 @@ def training_figure(args):
                                 [r["lr"] for _, r in steps if "lr" in r])],
                               title="learning rate", y_label="learning rate", **options)]
     knn = [(s, r["knn_accuracy"]) for s, r in steps if "knn_accuracy" in r]
+    ends = [s for s, _ in steps[:1] + steps[-1:]]  # its step axis as the other two's
     panels.append(plot.line_chart([("k-NN", *zip(*knn))] if knn else [("k-NN", [], [])],
                                   title="k-NN top-1 accuracy" if knn else "no k-NN records",
-                                  y_label="top-1", **dict(options, markers=True)))
+                                  y_label="top-1", x_cover=ends, **dict(options, markers=True)))
     return plot.combine(panels, title=f"Training of {args.run}\n{describe_run(config)}")
 
 

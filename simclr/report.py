@@ -4,8 +4,9 @@ import math
 import sys
 import time
 
+from simclr.drawing import PALETTE
 from simclr.files import atomic_write
-from simclr.plot import PALETTE, line_chart, save_png
+from simclr.plot import line_chart, save_png
 
 
 def format_duration(seconds):

@@ -105,3 +105,17 @@ def test_a_mistake_is_one_line_naming_the_flag(argv, fragments, run_folder, tmp_
     for fragment in fragments:
         assert fragment in line, line
     assert not (tmp_path / "figure.png").exists()
+
+
+def test_training_figure_draws_the_k_nn_records_of_a_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"arch": "resnet50", "width": 1, "batch_size": 512, '
+                                     '"epochs": 100}')
+    records = [f'{{"step": {s}, "loss": {6 - s / 100}, "lr": {s / 1000}}}' for s in range(1, 301)]
+    records += [f'{{"step": {s}, "knn_accuracy": {s / 400}, "split": "val"}}'
+                for s in (100, 200, 300)]
+    (run / "metrics.jsonl").write_text("\n".join(records) + "\n")
+    out = tmp_path / "training.png"
+    assert figures.main(["training", "--run", str(run), "--out", str(out)]) == 0
+    drawn_png(out, min_size=(700, 800), min_ink=0.01)

@@ -6,7 +6,7 @@ import numpy
 import pytest
 from PIL import Image
 
-from simclr import plot
+from simclr import drawing, plot
 from simclr.report import plot_loss_curve
 
 
@@ -20,16 +20,16 @@ def drawn(image, min_colours=4, min_ink=0.02):
 
 @pytest.mark.parametrize("low, high", [(0.0, 1.0), (3.2, 7.9), (-0.013, 0.052), (0, 1000), (5, 5)])
 def test_nice_ticks_cover_the_range_with_steps_of_1_2_or_5_times_a_power_of_ten(low, high):
-    ticks, step = plot.nice_ticks(low, high)
+    ticks, step = drawing.nice_ticks(low, high)
     assert ticks[0] <= low and ticks[-1] >= high and 3 <= len(ticks) <= 11
     mantissa = step / 10 ** math.floor(math.log10(step))
     assert any(math.isclose(mantissa, m) for m in (1, 2, 5))
 
 
 def test_tick_labels_have_the_decimals_their_step_needs():
-    assert plot.format_tick(0.25, 0.05) == "0.25"
-    assert plot.format_tick(200.0, 100) == "200"
-    assert plot.format_tick(1e-17, 0.1) == "0"
+    assert drawing.format_tick(0.25, 0.05) == "0.25"
+    assert drawing.format_tick(200.0, 100) == "200"
+    assert drawing.format_tick(1e-17, 0.1) == "0"
 
 
 def test_line_chart_skips_missing_points_and_draws_on_a_log_axis():
@@ -51,7 +51,7 @@ def test_bar_chart_groups_bars_and_marks_a_missing_value():
                            title="t", y_label="top-1", size=(400, 300))
     assert image.size == (400, 300) and drawn(image)
     pixels = numpy.asarray(image)
-    for colour in plot.PALETTE[:2]:
+    for colour in drawing.PALETTE[:2]:
         assert (pixels == colour).all(axis=2).sum() > 100  # a bar of each series
 
 
@@ -82,7 +82,7 @@ def test_scatter_colours_points_by_class():
     assert image.size == (400, 300) and drawn(image)
     pixels = numpy.asarray(image)
     for k in range(3):
-        assert (pixels == plot.colour_of(k)).all(axis=2).any()
+        assert (pixels == drawing.colour_of(k)).all(axis=2).any()
 
 
 def test_histogram_panel_overlays_the_three_channels():
