@@ -16,8 +16,11 @@ The recipe (SimCLR paper, appendix B.5; the official --train_mode=finetune; docs
 Nesterov momentum SGD (momentum 0.9) at lr 0.05 x B/256 (--lr is the 0.05), no warm-up, no
 weight decay, cosine decay to 0 evaluated at every step (the official code's schedule);
 augmentation: random resized crop and flip only; 60 epochs for 1% of the labels or fewer, 30
-otherwise; batch 256, or the whole subset when it is smaller (the last, incomplete batch of
-an epoch is dropped, as in pre-training). Batch norm trains with batch statistics and updates
+otherwise; batch 256, or a smaller power of two that gives an epoch at least MIN_STEPS steps
+on a small subset (the official 1% of ImageNet, 12,811 images in batches of 4,096, takes 3
+steps an epoch; 1% of CIFAR-10's 40,000 training images, 400, would take one step of 256 and
+leave 144 unseen: here it takes six of 64). The last, incomplete batch of an epoch is dropped,
+as in pre-training. Batch norm trains with batch statistics and updates
 its running averages; evaluation uses the running averages. The network and the loop:
 simclr/finetune_run.py.
 
@@ -48,6 +51,7 @@ from simclr.train import _set_up_process, build_model
 PROG = "python -m simclr.finetune"
 PROGRAM = "simclr.finetune"  # config["program"]: what tells a fine-tuning checkpoint apart
 BATCH_SIZE = 256
+MIN_STEPS = 4  # the default batch gives an epoch at least this many steps
 BASE_LR = 0.05
 MODEL_KEYS = ("arch", "width", "cifar_stem", "head", "proj_dim")  # the architecture's settings
 # what --resume may be given anew; everything else comes from the checkpoint
@@ -86,7 +90,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=None,
                         help="default 60 for 1%% of the labels or fewer, else 30")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"default {BATCH_SIZE}, or the labelled subset when it is smaller")
+                        help=f"default {BATCH_SIZE}, or the largest power of two that makes "
+                             f"{MIN_STEPS} steps of the labelled subset")
     parser.add_argument("--lr", type=float, default=BASE_LR,
                         help=f"base learning rate, times B/256 (default {BASE_LR})")
     parser.add_argument("--seed", type=int, default=0,
@@ -221,15 +226,24 @@ def new_run(args):
     return config, pretrained
 
 
+def default_batch(labelled):
+    """256, or the largest power of two (at least 2) that gives MIN_STEPS batches of
+    `labelled` images, when that is smaller."""
+    batch = BATCH_SIZE
+    while batch > 2 and batch * MIN_STEPS > labelled:
+        batch //= 2
+    return min(batch, labelled)
+
+
 def label_settings(config, train):
     """Choose the labelled images (choose_labels) and the settings that follow from their
-    number: the default epochs (60 for 1% or fewer, else 30) and batch size (256, or all)."""
+    number: the default epochs (60 for 1% or fewer, else 30) and batch size (default_batch)."""
     indices = choose_labels(config, train)
     config["label_indices"], config["labels"] = indices.tolist(), len(indices)
     config["train_images"] = len(train)
     fraction = config["label_fraction"] or len(indices) / len(train)   # as asked, else as given
     config["epochs"] = config["epochs"] or (60 if fraction <= 0.01 else 30)
-    config["batch_size"] = config["batch_size"] or min(BATCH_SIZE, len(indices))
+    config["batch_size"] = config["batch_size"] or default_batch(len(indices))
     if config["batch_size"] > len(indices):
         raise UsageError(f"--batch-size {config['batch_size']} is more than the {len(indices)} "
                          f"labelled images: give at most {len(indices)}")

@@ -300,3 +300,10 @@ def test_finetune_and_resume_run_through_backend_cupy_on_the_rehearsal(tmp_path,
     result = json.load(open(tmp_path / "finetune.json"))
     assert result["steps"] == 8 and 0 <= result["top1"] <= result["top5"] <= 1
     capsys.readouterr()
+
+
+def test_the_default_batch_gives_a_small_subset_several_steps_an_epoch():
+    from simclr.finetune import MIN_STEPS, default_batch
+    assert default_batch(40000) == default_batch(4000) == 256
+    assert default_batch(400) == 64 and 400 // 64 >= MIN_STEPS   # 1% of CIFAR-10's 40,000
+    assert default_batch(3) == 2 and default_batch(2) == 2
