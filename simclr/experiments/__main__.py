@@ -7,8 +7,9 @@ on the held-out split: a linear probe (100 epochs) and k-NN (k = 200) on its fro
 The grid writes DIR/results.jsonl, DIR/table.md and its figures (PNG); run the same command
 again after an interruption and it goes on where it stopped (simclr/experiments/grid.py).
 
---scale picks the budget: `cpu` (default) is about 30 minutes for each experiment on two CPU
-cores (a ResNet-18 at width 1/8, 500 images of each class, a few epochs); `gpu` the whole
+--scale picks the budget: `cpu` (default) is 15 to 25 minutes for each experiment on two CPU
+cores (a ResNet-18 at width 1/8, 500 images of each class, batch 128, 12 epochs; 3 for the 20
+runs of augmentations); `gpu` the whole
 training split and a full-width ResNet-18 for 100 epochs; `tiny` a smoke test on synthetic
 images. The model, data and budget flags below override the scale's values.
 """
@@ -21,13 +22,12 @@ from simclr.data import add_data_arguments, check_data_flags
 from simclr.experiments.grid import Grid
 from simclr.experiments.studies import STUDIES
 from simclr.files import atomic_write
-from simclr.interrupts import Interrupted
 from simclr.settings import ARCHITECTURES, given_flags
 
 SCALES = {
     "cpu": {"shared": dict(arch="resnet18", width=0.125, train_per_class=500, batch_size=128,
-                           epochs=4),
-            "epochs": {"augmentations": 3, "head": 6, "temperature": 6},
+                           epochs=12),
+            "epochs": {"augmentations": 3},  # 20 runs: a quarter of the others' epochs each
             "axes": {}},
     "gpu": {"shared": dict(arch="resnet18", width=1.0, batch_size=512, epochs=100,
                            backend="cupy"),
@@ -122,7 +122,8 @@ def describe(shared, results):
     held_out = (f"{results[0]['test_images']} {results[0]['split']} images" if results
                 else "the held-out split")
     return (f"{data}: {subset}; {shared['arch']} width {shared['width']:g}, "
-            f"batch {shared['batch_size']}, {shared['epochs']} epochs (unless varied); "
+            f"batch {shared['batch_size']}, {shared['epochs']} epoch"
+            f"{'s' if shared['epochs'] != 1 else ''} (unless varied); "
             f"evaluated on {held_out}")
 
 
@@ -158,10 +159,10 @@ def _main(argv):
     grid = Grid(study.name, args.out, shared, study.points(axes(args)))
     try:
         results = grid.run()
-    except Interrupted as interrupted:
+    except KeyboardInterrupt as interrupted:  # Ctrl-C, SIGTERM (Interrupted, during training)
         print(f"python -m simclr.experiments: stopped; the finished runs are kept: run the same "
               f"command again to continue", file=sys.stderr)
-        return 128 + interrupted.signum
+        return 128 + getattr(interrupted, "signum", signal.SIGINT)
     print(write_report(study, grid, results))
     return 0
 

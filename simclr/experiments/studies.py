@@ -119,7 +119,7 @@ class Head:
 
 class BatchEpochs:
     name = "batch-epochs"
-    axes = {"batches": (64, 128, 256), "epochs": (2, 4, 8)}
+    axes = {"batches": (64, 128, 256), "epochs": (3, 6, 12)}
 
     def points(self, axes):
         return [Point(f"batch{batch}-epochs{epochs}", {"batch_size": batch, "epochs": epochs},
@@ -148,8 +148,9 @@ class BatchEpochs:
             series.append((f"batch {batch}", [r["epochs"] for r in runs],
                            [100 * r["linear_accuracy"] for r in runs]))
         return {"batch-epochs.png": plot.line_chart(
-            series, title=f"Batch size x training epochs\n{title}", x_label="epochs",
-            y_label="linear top-1 accuracy (%)")}
+            series, title=f"Batch size x training epochs\n{title}",
+            x_label="training epochs (log scale)", y_label="linear top-1 accuracy (%)",
+            x_log=True)}
 
 
 class Temperature:
