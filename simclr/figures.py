@@ -40,6 +40,7 @@ from simclr.data import add_data_arguments, check_data_flags, load_from_argument
 from simclr.evaluate import encode
 from simclr.linear_eval import check_stem
 from simclr.report import loss_series, read_metrics
+from simclr.settings import transformations
 from simclr.train import build_model
 
 PROG = "python -m simclr.figures"
@@ -55,6 +56,8 @@ def parse_args(argv=None):
     views.add_argument("--views", type=int, default=5, help="random views of each image")
     views.add_argument("--color-strength", type=float, default=0.5, help="colour jitter strength s")
     views.add_argument("--blur", action=argparse.BooleanOptionalAction, default=False)
+    views.add_argument("--augmentations", default=None, metavar="LIST",
+                       help="only these steps, as simclr.train's --augmentations (e.g. crop,jitter)")
     views.add_argument("--seed", type=int, default=0)
     histograms = kinds.add_parser("histograms", help="crops share a colour histogram; colour "
                                                      "distortion breaks that")
@@ -178,13 +181,17 @@ def views_figure(args):
     train = load_splits(args).train
     chosen = pick_examples(train, args.images)
     images = train.images[chosen]
-    augment = SimCLRAugment(images.shape[1:3], args.color_strength, args.blur)
+    steps = transformations(vars(args))
+    augment = SimCLRAugment(images.shape[1:3], args.color_strength, args.blur, steps)
     rng = numpy.random.default_rng(args.seed)
     views = [to_uint8(augment(images, rng)) for _ in range(args.views)]
     rows = [[images[i]] + [view[i] for view in views] for i in range(len(chosen))]
-    title = (f"Random views of SimCLR's augmentation, {describe_data(args)}\ncrop and resize, "
-             f"flip, colour jitter of strength s = {args.color_strength:g} (p 0.8), grayscale "
-             f"(p 0.2), {'blur (p 0.5)' if args.blur else 'no blur'}; seed {args.seed}")
+    setting = (f"crop and resize, flip, colour jitter of strength s = {args.color_strength:g} "
+               f"(p 0.8), grayscale (p 0.2), {'blur (p 0.5)' if args.blur else 'no blur'}"
+               if steps is None else "only " + (", ".join(steps) or "no step") +
+               (f"; colour strength s = {args.color_strength:g}" if "jitter" in steps else ""))
+    title = (f"Random views of SimCLR's augmentation, {describe_data(args)}\n{setting}; "
+             f"seed {args.seed}")
     return plot.image_grid(rows, title=title, scale=max(1, CELL // images.shape[1]),
                            row_labels=[class_name(train, i) for i in chosen],
                            col_labels=["image"] + [f"view {v + 1}" for v in range(args.views)])

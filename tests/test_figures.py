@@ -44,8 +44,9 @@ def error_line(capsys):
 
 @pytest.mark.parametrize("argv", [
     ["views", "--images", "3", "--views", "2", "--blur", "--seed", "1"],
+    ["views", "--images", "2", "--views", "2", "--augmentations", "crop,jitter"],
     ["histograms", "--index", "5", "--crops", "3", "--color-strength", "0.5"],
-], ids=["views", "histograms"])
+], ids=["views", "views-of-some-steps", "histograms"])
 def test_augmentation_figures(argv, tmp_path, capsys):
     out = tmp_path / "figure.png"
     assert figures.main(argv + DATA + ["--out", str(out)]) == 0
@@ -87,6 +88,7 @@ def test_neighbours_frames_show_whether_a_neighbour_shares_the_query_class(run_f
     (["embedding", "--checkpoint", "{run}", "--max-points", "-1"] + DATA, ["--max-points"]),
     (["views", "--images", "0"] + DATA, ["--images", "got 0"]),
     (["views", "--color-strength", "nan"] + DATA, ["--color-strength", "nan"]),
+    (["views", "--augmentations", "crop,cut"] + DATA, ["--augmentations crop,cut", "none"]),
     (["histograms", "--index", "48"] + DATA, ["--index 48", "at most 47"]),
     (["histograms", "--crops", "0"] + DATA, ["--crops"]),
     (["training", "--run", "{tmp}"], ["--run", "metrics.jsonl"]),
