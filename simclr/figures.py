@@ -38,7 +38,7 @@ from simclr.checkpoint import checkpoint_path, load_checkpoint
 from simclr.cli import UsageError
 from simclr.data import add_data_arguments, check_data_flags, load_from_arguments
 from simclr.evaluate import encode
-from simclr.linear_eval import check_stem
+from simclr.linear_eval import check_stem, labelled_held_out
 from simclr.report import loss_series, read_metrics
 from simclr.settings import transformations
 from simclr.train import build_model
@@ -132,19 +132,6 @@ def describe_data(args):
     return f"--dataset {args.dataset}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
 
 
-def labelled_held_out(args, splits):
-    """The held-out split, refused (one line) where there is none or it has no labels."""
-    held_out = splits.held_out()
-    if held_out is None:
-        raise UsageError(f"{describe_data(args)} has no test split: carve one from the training "
-                         f"images with --val-fraction or --val-per-class")
-    if splits.train.labels is None:
-        raise UsageError(f"{describe_data(args)} has no labels (its images lie directly in the "
-                         f"folder): put them in class folders, DIR/<class>/* or "
-                         f"DIR/train/<class>/*")
-    return held_out
-
-
 def load_encoder(path, image_size):
     """The encoder of a checkpoint (or run folder) as simclr.linear_eval loads it, for images
     of `image_size` px; and the run's configuration."""
@@ -231,7 +218,7 @@ def histograms_figure(args):
 
 def neighbours_figure(args):
     splits = load_splits(args)
-    split_name, test = labelled_held_out(args, splits)
+    split_name, test = labelled_held_out(vars(args), splits, "this figure")
     train = splits.train
     if args.k > len(train):
         raise UsageError(f"--k {args.k} is more than the {len(train)} training images")
@@ -271,7 +258,7 @@ def unit(features):
 
 def embedding_figure(args):
     splits = load_splits(args)
-    split_name, test = labelled_held_out(args, splits)
+    split_name, test = labelled_held_out(vars(args), splits, "this figure")
     if len(test) > args.max_points:
         test = test.subset(numpy.sort(numpy.random.default_rng(0).choice(
             len(test), args.max_points, replace=False)))
