@@ -57,7 +57,8 @@ def parse_args(argv=None):
     views.add_argument("--color-strength", type=float, default=0.5, help="colour jitter strength s")
     views.add_argument("--blur", action=argparse.BooleanOptionalAction, default=False)
     views.add_argument("--augmentations", default=None, metavar="LIST",
-                       help="only these steps, as simclr.train's --augmentations (e.g. crop,jitter)")
+                       help="only these steps, as simclr.train's --augmentations "
+                            "(e.g. crop,jitter)")
     views.add_argument("--seed", type=int, default=0)
     histograms = kinds.add_parser("histograms", help="crops share a colour histogram; colour "
                                                      "distortion breaks that")
