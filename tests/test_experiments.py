@@ -226,3 +226,13 @@ def test_train_per_class_takes_a_balanced_subset_of_the_training_split_only():
     smallest = numpy.bincount(whole.train.labels).min()
     with pytest.raises(DataError, match=f"--train-per-class 99 is more than the {smallest}"):
         load_from_arguments(dict(config, train_per_class=99))
+
+
+def test_only_runs_the_points_it_names_and_refuses_an_unknown_one(tmp_path, capsys):
+    assert run("augmentations", tmp_path / "some", "--only", "crop,jitter+grayscale") == 0
+    assert [r["name"] for r in lines(tmp_path / "some" / "results.jsonl")] == [
+        "crop", "jitter+grayscale"]
+    capsys.readouterr()
+    assert run("augmentations", tmp_path / "bad", "--only", "crop,cutout") == 2
+    err = capsys.readouterr().err
+    assert "--only crop,cutout: no run named cutout" in err and err.count("\n") == 1

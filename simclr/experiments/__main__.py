@@ -62,6 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument("--only", default=None, metavar="NAMES",
+                        help="run only these points of the grid, a comma list of their names "
+                             "(e.g. crop,crop+jitter: to repeat a few with another --seed)")
     for flag, axis, what in (("--strengths", "strengths", "colour strengths (augmentations)"),
                              ("--dims", "dims", "head output dimensions (head)"),
                              ("--batches", "batches", "batch sizes (batch-epochs)"),
@@ -113,6 +116,18 @@ def parse_list(text, flag, kind):
     return values
 
 
+def chosen(points, only):
+    """The points that --only names (all when it is not given), in the grid's order."""
+    if only is None:
+        return points
+    names = only.split(",")
+    unknown = sorted(set(names) - {point.name for point in points})
+    if unknown:
+        raise cli.UsageError(f"--only {only}: no run named {', '.join(unknown)} in this grid; "
+                             f"its runs are {', '.join(point.name for point in points)}")
+    return [point for point in points if point.name in names]
+
+
 def describe(shared, results):
     """One line of what every run was: the budget that the table and figures print."""
     data = shared.get("dataset", "cifar10")
@@ -156,7 +171,7 @@ def _main(argv):
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     study = STUDIES[args.name]
     shared = shared_settings(args, given_flags(sys.argv[1:] if argv is None else argv))
-    grid = Grid(study.name, args.out, shared, study.points(axes(args)))
+    grid = Grid(study.name, args.out, shared, chosen(study.points(axes(args)), args.only))
     try:
         results = grid.run()
     except KeyboardInterrupt as interrupted:  # Ctrl-C, SIGTERM (Interrupted, during training)
