@@ -46,6 +46,7 @@ def line_chart(series, *, title, x_label, y_label, size=(760, 480), x_log=False,
     "colour" and "width" (a light raw curve under a bold smoothed one, say). Points that are None
     or NaN are skipped; markers are drawn where a series has at most 60 points. x_cover: x
     values the x axis must reach besides the data's (to line up the axes of several charts)."""
+    size = (max(size[0], int(title_width(title))), size[1])  # the title fits
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     curves = []
@@ -74,6 +75,7 @@ def line_chart(series, *, title, x_label, y_label, size=(760, 480), x_log=False,
 def bar_chart(categories, series, *, title, y_label, size=(760, 480), value_format="{:.1f}"):
     """Grouped bars: for each category, one bar per series (label, values) in the series'
     colour, its value printed above it (a None or NaN value: no bar, and "-")."""
+    size = (max(size[0], int(title_width(title))), size[1])  # the title fits
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     values = [v for _, vs in series for v in vs if v is not None and math.isfinite(v)]
@@ -184,6 +186,7 @@ def scatter(points, classes, class_names, *, title, x_label, y_label, size=(760,
     drawn in a shuffled order so that no class hides the others, with a legend of the names."""
     points = numpy.asarray(points, dtype=float)
     classes = numpy.asarray(classes)
+    size = (max(size[0], int(title_width(title))), size[1])  # the title fits
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     legend = [(name, colour_of(k), "dot") for k, name in enumerate(class_names)]

@@ -151,7 +151,7 @@ def write_report(study, grid, results):
             f"{study.table(results)}\n")
     with atomic_write(f"{grid.out}/table.md", "w") as file:
         file.write(text)
-    for name, image in study.figures(results, title).items():
+    for name, image in study.figures(results, title.replace("; evaluated", "\nevaluated")).items():
         plot.save_png(image, f"{grid.out}/{name}")
     return text
 
