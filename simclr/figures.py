@@ -225,12 +225,13 @@ def neighbours_figure(args):
         raise UsageError(f"--k {args.k} is more than the {len(train)} training images")
     encoder, config = load_encoder(args.checkpoint, train.images.shape[1])
     queries = pick_examples(test, args.queries)
+    sample = numpy.sort(numpy.random.default_rng(0).choice(len(test), min(SAMPLE, len(test)),
+                                                           replace=False))
     blocks = []
-    for what, train_features, query_features in (
-            ("the encoder's representation h", encode(encoder, train.images),
-             encode(encoder, test.images[queries])),
-            ("raw pixels", pixel_features(train.images), pixel_features(test.images[queries]))):
-        similarity = unit(query_features) @ unit(train_features).T  # (queries, train)
+    for what, features in (("the encoder's representation h", lambda x: encode(encoder, x)),
+                           ("raw pixels", pixel_features)):
+        train_unit = unit(features(train.images))
+        similarity = unit(features(test.images[queries])) @ train_unit.T  # (queries, train)
         nearest = numpy.argsort(-similarity, axis=1)[:, :args.k]
         rows, borders, labels = [], [], []
         for q, neighbours in zip(queries, nearest):
@@ -238,9 +239,13 @@ def neighbours_figure(args):
             rows.append([test.images[q]] + list(train.images[neighbours]))
             borders.append([None] + [SAME_CLASS if s else OTHER_CLASS for s in same])
             labels.append(f"{test.classes[test.labels[q]]}\n{int(same.sum())}/{args.k} same class")
+        share = same_class_share(train_unit, train.labels, unit(features(test.images[sample])),
+                                 test.labels[sample], args.k)
         blocks.append(plot.image_grid(
-            rows, title=f"by cosine similarity of {what}", row_labels=labels, borders=borders,
-            scale=max(1, CELL // train.images.shape[1]),
+            rows, title=f"by cosine similarity of {what}\nover {len(sample)} random "
+                        f"{split_name} queries, {100 * share:.1f}% of the {args.k} nearest "
+                        f"share the query's class",
+            row_labels=labels, borders=borders, scale=max(1, CELL // train.images.shape[1]),
             col_labels=["query"] + [f"{n + 1}" for n in range(args.k)]))
     title = (f"Nearest of {len(train)} training images to {split_name} images "
              f"({describe_data(args)})\n"
@@ -248,12 +253,26 @@ def neighbours_figure(args):
     return plot.combine(blocks, title=title, columns=2)
 
 
+SAMPLE = 1000  # random held-out queries behind the share of same-class neighbours
+
+
+def same_class_share(train_unit, train_labels, query_unit, query_labels, k, chunk=250):
+    """The fraction of the k nearest training images (cosine) of each query that share its
+    class, over all queries: how well the few rows drawn stand for the whole split."""
+    hits = 0
+    for start in range(0, len(query_unit), chunk):
+        similarity = query_unit[start:start + chunk] @ train_unit.T
+        nearest = numpy.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        hits += int((train_labels[nearest] == query_labels[start:start + chunk, None]).sum())
+    return hits / (len(query_unit) * k)
+
+
 def pixel_features(images):
     return images.reshape(len(images), -1).astype(numpy.float32) / 255
 
 
 def unit(features):
-    features = numpy.asarray(features, dtype=numpy.float64)
+    features = numpy.asarray(features, dtype=numpy.float32)
     return features / numpy.maximum(numpy.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
