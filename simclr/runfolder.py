@@ -112,6 +112,13 @@ class Checkpoints:
                                    f"{diverged}. Try a lower --lr")
         self.saved_step = run.step
 
+    def say_if_unsaved(self, interrupted, stream):
+        """After a second signal stopped the run at once (Interrupted, not saved): say that the
+        step in progress was lost and which checkpoint is kept."""
+        if not interrupted.saved:
+            stream.write(f"stopped at once: step {self.run.step + 1} was not finished; "
+                         f"{self.kept()}\n")
+
     def save_on_stop(self, folder, stream):
         """After a stop request: save the step reached (unless it is saved), say how to
         continue, and end the run (Interrupted, saved)."""

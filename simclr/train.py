@@ -96,9 +96,7 @@ def train(config, resumed=None, stream=sys.stderr, group=None):
                 if run.stop_agreed:
                     checkpoints.save_on_stop(folder.path, stream)
             except Interrupted as interrupted:
-                if not interrupted.saved:
-                    stream.write(f"stopped at once: step {run.step + 1} was not finished; "
-                                 f"{checkpoints.kept()}\n")
+                checkpoints.say_if_unsaved(interrupted, stream)
                 raise
             finally:
                 metrics.close()

@@ -151,3 +151,18 @@ def test_a_kill_at_a_random_moment_leaves_the_last_checkpoint_and_no_temporaries
               f"{len([name for name in os.listdir(out) if name.endswith('.part')])} temporaries")
         resume_to_end(out, 1)
         assert_bitwise_equal(final_state(out), uninterrupted(1))
+
+
+def test_a_run_stopped_at_once_says_its_step_was_lost_and_which_checkpoint_is_kept():
+    import io
+    import types
+
+    from simclr.interrupts import Interrupted
+    from simclr.runfolder import Checkpoints
+    run = types.SimpleNamespace(step=7, source="somewhere")   # resumed at step 7, none since
+    checkpoints, stream = Checkpoints("unused.npz", run, stop=None), io.StringIO()
+    checkpoints.say_if_unsaved(Interrupted(2, saved=True), stream)
+    assert stream.getvalue() == ""
+    checkpoints.say_if_unsaved(Interrupted(2, saved=False), stream)
+    assert stream.getvalue() == ("stopped at once: step 8 was not finished; the checkpoint of "
+                                 "step 7 is kept\n")
