@@ -152,7 +152,7 @@ def test_the_scale_and_the_flags_make_the_shared_settings():
     args = experiments.parse_args(["augmentations", "--out", "x"])
     shared = experiments.shared_settings(args, set())
     assert shared["epochs"] == experiments.SCALES["cpu"]["epochs"]["augmentations"]
-    assert shared["train_per_class"] == 500 and "dataset" not in shared
+    assert shared["train_per_class"] == 500 and shared["dataset"] == "cifar10"
     argv = ["head", "--out", "x", "--scale", "tiny", "--dataset", "folder", "--data-dir", "d",
             "--val-per-class", "3", "--width", "0.5"]
     shared = experiments.shared_settings(experiments.parse_args(argv),

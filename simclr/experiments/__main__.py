@@ -89,6 +89,7 @@ def shared_settings(args, given):
     for key in DATA_KEYS + SHARED_FLAGS:
         if key in given:
             shared[key] = getattr(args, key)
+    shared.setdefault("dataset", args.dataset)  # the evaluation loads the data from these too
     return shared
 
 
