@@ -236,3 +236,15 @@ def test_only_runs_the_points_it_names_and_refuses_an_unknown_one(tmp_path, caps
     assert run("augmentations", tmp_path / "bad", "--only", "crop,cutout") == 2
     err = capsys.readouterr().err
     assert "--only crop,cutout: no run named cutout" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--width", "-1"], "--width must be a positive finite number, got -1.0"),
+    (["--backend", "cupy"], "--backend cupy"),
+    (["--dataset", "folder", "--data-dir", "/nonexistent"], "/nonexistent")])
+def test_a_mistake_is_refused_before_the_folder_becomes_the_grids(tmp_path, capsys, extra, says):
+    assert run("temperature", tmp_path / "grid", *extra) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+    assert not (tmp_path / "grid" / "experiment.json").exists()
+    assert run("temperature", tmp_path / "grid") == 0     # the right flags then take the folder

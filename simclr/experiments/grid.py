@@ -27,7 +27,7 @@ from simclr.data import load_from_arguments
 from simclr.evaluate import encode, knn_accuracy, linear_probe
 from simclr.files import atomic_write
 from simclr.report import format_duration
-from simclr.settings import parse_args, resolve_config
+from simclr.settings import parse_args, resolve_config, validate
 from simclr.train import build_model, train
 
 PROBE_EPOCHS = 100  # epochs of the linear probe on frozen features (simclr.linear_eval's default)
@@ -104,15 +104,15 @@ class Grid:
 
     def run(self):
         """Train and evaluate every run not yet done; returns the results, in grid order."""
+        splits = self.check()
         self.claim_folder()
-        started, results, splits = time.perf_counter(), [], None
+        started, results = time.perf_counter(), []
         for number, point in enumerate(self.points, 1):
             result = self.finished(point)
             if result is None:
                 self.stream.write(f"[{number}/{len(self.points)}] {point.name}\n")
                 seconds = time.perf_counter()
                 self.train(point)
-                splits = splits or load_from_arguments(self.shared)
                 result = self.evaluate(point, splits)
                 result["seconds"] = time.perf_counter() - seconds
                 with atomic_write(os.path.join(self.run_folder(point), "result.json"), "w") as f:
@@ -125,6 +125,15 @@ class Grid:
         self.stream.write(f"{self.experiment}: {len(results)} runs in {self.out} "
                           f"({format_duration(time.perf_counter() - started)} this time)\n")
         return results
+
+    def check(self):
+        """Refuse (one line, naming the flag) a setting that no run of the grid can use, and
+        load the data (the held-out split for the evaluations), before the folder is made the
+        grid's: a mistake leaves no folder that only the mistaken flags could continue."""
+        for point in self.points:
+            argv = train_flags({**self.shared, **point.settings, "out": self.run_folder(point)})
+            validate(resolve_config(parse_args(argv))[0])
+        return load_from_arguments(self.shared)
 
     def finished(self, point):
         """The result of `point` if it is done, else None."""
