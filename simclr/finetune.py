@@ -45,7 +45,7 @@ from simclr.files import atomic_write
 from simclr.finetune_run import STAGES, Run, finetune
 from simclr.interrupts import Interrupted
 from simclr.linear_eval import check_stem, labelled_held_out
-from simclr.settings import ARCHITECTURES, given_flags
+from simclr.settings import ARCHITECTURES, flag_name, given_flags, refuse_changed
 from simclr.train import _set_up_process, build_model
 
 PROG = "python -m simclr.finetune"
@@ -260,13 +260,7 @@ def resumed_run(args, given):
                          f"a fine-tuning run; fine-tune it with --checkpoint {args.resume}")
     values = vars(args)
     given = {"label_indices_file" if key == "label_indices" else key for key in given}
-    changed = sorted(key for key in given - CHANGEABLE_ON_RESUME
-                     if key in values and values[key] != config.get(key))
-    if changed:
-        flags = ", ".join(f"{flag_of(key)} {values[key]} (saved: {config.get(key)})"
-                          for key in changed)
-        raise UsageError(f"--resume {args.resume}: {flags}: a resumed run keeps the settings it "
-                         f"was started with; start a new run (another --out) to change them")
+    refuse_changed(args.resume, values, config, given - CHANGEABLE_ON_RESUME, flag_of)
     if args.max_steps is not None and args.max_steps < meta["step"]:
         raise UsageError(f"--max-steps {args.max_steps}: the run in {args.resume} is at step "
                          f"{meta['step']} already; give at least --max-steps {meta['step']}")
@@ -281,7 +275,7 @@ def resumed_run(args, given):
 
 def flag_of(key):
     """The flag that sets a config key."""
-    return "--label-indices" if key == "label_indices_file" else "--" + key.replace("_", "-")
+    return "--label-indices" if key == "label_indices_file" else flag_name(key)
 
 
 def main(argv=None):

@@ -120,14 +120,8 @@ def resolve_config(args, given=None):
     model_state, optimizer_state, meta = load_checkpoint(path, flag="--resume")
     source = os.path.dirname(os.path.abspath(path))
     config = dict(meta["config"])
-    changed = sorted(key for key in given - CHANGEABLE_ON_RESUME
-                     - {"resume", "threads", "distributed"}
-                     if key in values and values[key] != config.get(key))
-    if changed:
-        flags = ", ".join(f"--{key.replace('_', '-')} {values[key]} (saved: {config.get(key)})"
-                          for key in changed)
-        raise UsageError(f"--resume {args.resume}: {flags}: a resumed run keeps the settings it "
-                         f"was started with; start a new run (another --out) to change them")
+    refuse_changed(args.resume, values, config,
+                   given - CHANGEABLE_ON_RESUME - {"resume", "threads", "distributed"})
     config["out"] = values["out"] if "out" in given else source
     config["max_steps"] = values["max_steps"]
     for key in ("data_dir", "download", "epochs"):
@@ -137,6 +131,23 @@ def resolve_config(args, given=None):
         if values[key] is not None:
             config[key] = values[key]
     return config, (model_state, optimizer_state, meta, source)
+
+
+def flag_name(key):
+    """The flag of a setting: "batch_size" -> "--batch-size"."""
+    return "--" + key.replace("_", "-")
+
+
+def refuse_changed(resume, values, saved, keys, flag_of=flag_name):
+    """Refuse, naming them, the settings among `keys` that the command line (`values`) gives
+    with another value than the resumed run's `saved` ones: they would be ignored, or make
+    another run. Shared by simclr.train and simclr.finetune."""
+    changed = sorted(key for key in keys if key in values and values[key] != saved.get(key))
+    if changed:
+        flags = ", ".join(f"{flag_of(key)} {values[key]} (saved: {saved.get(key)})"
+                          for key in changed)
+        raise UsageError(f"--resume {resume}: {flags}: a resumed run keeps the settings it "
+                         f"was started with; start a new run (another --out) to change them")
 
 
 def validate(config):
