@@ -10,6 +10,7 @@ import pytest
 from simclr import finetune, finetune_run, linear_eval, train
 from simclr.checkpoint import load_checkpoint
 from simclr.data import load_from_arguments
+from simclr.train import build_model as linear_eval_build_model
 from test_cli_errors import write_images
 
 DATA = ["--dataset", "synthetic", "--synthetic-size", "80", "--val-fraction", "0.25"]
@@ -98,12 +99,20 @@ def test_label_indices_file_is_honoured(tmp_path, pretrained):
     assert meta["config"]["label_indices"] == [0, 1, 2, 4, 7, 9]
 
 
-def test_finetuning_changes_the_encoder_while_linear_eval_does_not(tmp_path, pretrained):
+def test_finetuning_changes_the_encoder_while_linear_eval_does_not(tmp_path, pretrained,
+                                                                   monkeypatch):
     before, _, _ = load_checkpoint(os.path.join(pretrained["nonlinear"], "checkpoint.npz"))
+    built = []   # the model linear_eval evaluates, to read its weights after the evaluation
+
+    def build_and_keep(*args):
+        built.append(linear_eval_build_model(*args))
+        return built[-1]
+
+    monkeypatch.setattr(linear_eval, "build_model", build_and_keep)
     assert linear_eval.main(["--checkpoint", pretrained["nonlinear"], "--epochs", "1",
                              "--output", str(tmp_path / "eval.json")] + DATA) == 0
-    after, _, _ = load_checkpoint(os.path.join(pretrained["nonlinear"], "checkpoint.npz"))
-    assert_same_state(before, after)
+    after = built[0].state_dict()
+    assert_same_state(encoder_state(before), encoder_state(after))
     model, _, _ = finetuned(tmp_path / "ft", "--checkpoint", pretrained["nonlinear"], *TINY)
     weights = [name for name in encoder_state(before) if name.endswith("weight")]
     changed = [name for name in weights if not numpy.array_equal(before[name], model[name])]
