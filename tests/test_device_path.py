@@ -1,6 +1,6 @@
 """The GPU path, as far as a machine without a GPU can know it (the rest is in the gpu tests).
 
-- The rehearsal (tests/device_rehearsal.py) catches what it claims to: NumPy functions on
+- The rehearsal (bench/rehearsal.py) catches what it claims to: NumPy functions on
   device arrays, host arrays mixed in, reads on the host (counted as synchronisations).
 - A SimCLR training step takes the device path end to end within a launch budget, with no
   synchronisation inside it; training, a checkpoint, resuming and linear evaluation run
@@ -19,7 +19,7 @@ import numpy
 import pytest
 
 from autograd import Tensor
-from device_rehearsal import HostTouched, rehearsal
+from bench.rehearsal import HostTouched, rehearsal
 from helpers import randn, relative_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

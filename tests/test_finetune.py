@@ -299,7 +299,7 @@ def test_finetune_and_resume_run_through_backend_cupy_on_the_rehearsal(tmp_path,
                                                                        capsys):
     """The device path on the CPU's rehearsal of a GPU (tests/device_rehearsal.py): no NumPy
     function sees a device array, the network and its checkpoint live on the 'device'."""
-    from device_rehearsal import rehearsal
+    from bench.rehearsal import rehearsal
     argv = ["--checkpoint", pretrained["nonlinear"], "--backend", "cupy", "--freeze-until",
             "stem", "--from-head-layer", "1", "--eval-every", "1"] + TINY
     with rehearsal() as device:
