@@ -165,10 +165,11 @@ def test_probe_keeps_class_indices_when_a_class_has_no_training_image(xp):
 
 
 def logistic_regression_by_torch(train, train_labels, test, classes):
-    """The predictions on the training and the test points of the multinomial logistic regression that minimises the
-    mean cross-entropy on (train, train_labels), no penalty, found by PyTorch's L-BFGS in
-    float64 (the classes overlap, so the minimum is finite). Standardising the features first,
-    as the probe does, changes the parametrisation and not the minimiser's predictions."""
+    """The predictions on the training and the test points of the multinomial logistic
+    regression that minimises the mean cross-entropy on (train, train_labels), no penalty,
+    found by PyTorch's L-BFGS in float64 (the classes overlap, so the minimum is finite).
+    Standardising the features first, as the probe does, changes the parametrisation and not
+    the minimiser's predictions."""
     torch = import_torch()
     mean, std = train.mean(axis=0), train.std(axis=0)
     x, y = torch.from_numpy((train - mean) / std), torch.from_numpy(train_labels)
