@@ -1,27 +1,34 @@
 """The device path, rehearsed on the CPU: arrays that say they live on a GPU, and a module that
-answers for CuPy, both backed by NumPy.
+answers for CuPy (bench/rehearsal_cupy.py), both backed by NumPy.
 
 What it checks: that code takes the device path everywhere (every operation on a device array
-goes through `xp` = this module, cupyx, or the array's own methods and operators, never through
-a NumPy function), that nothing crosses to the host except where the code asks for it (`get`,
-`float`, `bool`, `item`, ...: each a host synchronisation on a GPU, counted), and roughly how
-much a GPU would be asked to do: kernel launches, counted per operation by LAUNCHES below.
-What it does not check: anything about CuPy's numerics, speed or memory, or whether a CUDA
-kernel is right. Every value here is NumPy's; a GPU test is the only proof of those. Nor can it
-see numpy.asarray(device_array): NumPy hands an ndarray subclass through without asking it
-(CuPy would raise); test_device_path's scan of the names the code asks of `xp` covers the
-other half of that risk.
+goes through `xp` = that module, cupyx, or the array's own methods and operators, never through
+a NumPy function); that nothing crosses to the host except where the code asks for it, each
+such read counted as a host synchronisation (CuPy waits for the device there): `get`,
+`asnumpy`, `tolist`, `item`, `float`, `int`, `bool` (an `if` on a device value), a format, an
+index taken from the device, `synchronize`, and what sizes its result by the data (a boolean
+mask, read or assigned through; `nonzero`, `flatnonzero`, `argwhere`, `where` of a condition
+alone, `unique`); and roughly how much a GPU would be asked to do: kernel launches, counted per
+operation by LAUNCHES below. What it does not check: anything about CuPy's numerics, speed or
+memory, or whether a CUDA kernel is right. Every value here is NumPy's; a GPU test is the only
+proof of those. Nor can it see numpy.asarray(device_array): NumPy hands an ndarray subclass
+through without asking it (CuPy would raise); test_device_path's scan of the names the code asks
+of `xp` covers the other half of that risk.
 
     with rehearsal() as device:        # autograd's backend now hands out this module as cupy
         x = Tensor(device.xp.asarray(images))
         ...
-        device.launches, device.syncs, device.transfers
+        device.launches, device.syncs, device.transfers, device.sync_sites
 
 Our own CUDA kernels (nn/functional/cuda/) run here as their NumPy twins, one launch each
-(the rehearsal stands in for nn.functional.cuda.kernels.launch).
+(the rehearsal stands in for nn.functional.cuda.kernels.launch). `python -m bench.rehearse`
+runs a whole program on the rehearsal (bench/gpu_check.sh --rehearse runs every stage so).
 """
 import contextlib
+import operator
+import os
 import threading
+import traceback
 import types
 
 import numpy
@@ -39,7 +46,10 @@ LAUNCHES = {
     "tensordot": 3, "einsum": 2, "argpartition": 3, "flatnonzero": 3, "nonzero": 3, "pad": 2,
     "kron": 2, "eye": 2, "var": 2, "std": 3, "norm": 2, "add.at": 1,
 }
-HOST_TYPES = (numpy.ndarray,)
+# Functions whose result's size is what they find in the data: CuPy counts it on the device and
+# reads the count on the host to allocate the result, so each waits for the device (a sync).
+# `where` with one argument is `nonzero`; indexing with a boolean device array is one too.
+SIZED_BY_DATA = {"nonzero", "flatnonzero", "argwhere", "unique", "extract", "compress"}
 
 
 class HostTouched(AssertionError):
@@ -47,13 +57,34 @@ class HostTouched(AssertionError):
     device array, a host array mixed into a device operation, an implicit conversion."""
 
 
+class NotRehearsed(Exception):
+    """The code asked for something of CuPy's own that the rehearsal cannot stand in for
+    (NCCL, CuPy's kernel classes, its memory pool, the device's properties): a run that meets
+    it says so, rather than passing on NumPy's namesake or failing as if the code were wrong."""
+
+
+class MissingName(NotRehearsed, AttributeError):
+    """A name the rehearsal's cupy lacks: still an AttributeError, so hasattr() answers False."""
+
+
 class Counts:
     """What a rehearsal saw: launches (kernels), syncs (device-to-host reads that wait for
-    the device), transfers (host-to-device copies), and the launches by operation name."""
+    the device), transfers (host-to-device copies), the launches by operation name, and each
+    sync by what caused it and the line of code that asked (sync_sites)."""
 
     def __init__(self):
         self.launches = self.syncs = self.transfers = 0
         self.by_name = {}
+        self.sync_sites = {}
+
+    def sync(self, what):
+        """One host synchronisation, charged to `what` and to the first caller outside this
+        file (the line to look at when a step that should never wait does)."""
+        self.syncs += 1
+        caller = next((frame for frame in reversed(traceback.extract_stack()[:-1])
+                       if not _is_rehearsal(frame.filename)), None)
+        site = f"{what} at {caller.filename}:{caller.lineno}" if caller else what
+        self.sync_sites[site] = self.sync_sites.get(site, 0) + 1
 
     def launch(self, name, count=None):
         count = LAUNCHES.get(name, 1) if count is None else count
@@ -63,6 +94,13 @@ class Counts:
 
     def snapshot(self):
         return self.launches, self.syncs, self.transfers
+
+
+def _is_rehearsal(path):
+    """Whether `path` is a file of the rehearsal itself (this one or rehearsal_cupy.py)."""
+    path = os.path.abspath(path)
+    return (os.path.dirname(path) == os.path.dirname(os.path.abspath(__file__))
+            and os.path.basename(path).startswith("rehearsal"))
 
 
 _state = threading.local()  # .depth: this thread's nesting of device calls
@@ -137,6 +175,9 @@ def _device_call(name, function, launches=None, allow_host=False):
     def call(*args, **kwargs):
         if not allow_host:
             _refuse_host_arrays(name, args, kwargs)
+        if getattr(_state, "depth", 0) == 0 and (
+                name in SIZED_BY_DATA or (name == "where" and len(args) + len(kwargs) == 1)):
+            _counts().sync(name)
         with _inside(name, launches):
             return _device(function(*_host(args), **_host(kwargs)))
     call.__name__ = name
@@ -167,47 +208,29 @@ class DeviceArray(numpy.ndarray):
         array = _plain(self)
         return array if dtype is None else array.astype(dtype)
 
-    # ----- reading on the host: each a synchronisation ---------------------------------------
-    def _sync(self):
-        _counts().syncs += 1
-        return _plain(self)
-
+    # ----- reading on the host: each a synchronisation (the readers are set after the class)
     def get(self, stream=None, order="C", out=None):
-        return numpy.array(self._sync(), order=order)
-
-    def item(self, *args):
-        return self._sync().item(*args)
-
-    def tolist(self):
-        return self._sync().tolist()
-
-    def __float__(self):
-        return float(self._sync())
-
-    def __int__(self):
-        return int(self._sync())
-
-    def __bool__(self):
-        return bool(self._sync())
-
-    def __index__(self):
-        return self._sync().__index__()
+        _counts().sync("get")
+        return numpy.array(_plain(self), order=order)
 
     @property
     def data(self):
         """The device pointer, as CuPy's `a.data.ptr` (here the host address)."""
-        return _Namespace(ptr=_plain(self).ctypes.data)
+        return types.SimpleNamespace(ptr=_plain(self).ctypes.data)
 
     def __repr__(self):
+        if _active[0] is not None:   # CuPy copies the array to the host to print it
+            _active[0].sync("repr")
         return f"device_array({_plain(self)!r})"
 
     __str__ = __repr__
 
-    # ----- indexing: a view is free, a gather or a scatter is a kernel ----------------------
+    # ----- indexing: a view is free, a gather or a scatter is a kernel; a boolean mask sizes
+    # its result by its count of True, which CuPy reads on the host: a sync ------------------
     def __getitem__(self, index):
         host = _plain(self)
-        _refuse_host_arrays("__getitem__", [index] if not isinstance(index, tuple) else index,
-                            {})
+        _refuse_host_arrays("__getitem__", _index_parts(index), {})
+        _sync_on_mask("getitem", index)
         result = host[_host(index)]
         if isinstance(result, numpy.ndarray) and numpy.shares_memory(result, host):
             return _as_device(result)
@@ -215,15 +238,28 @@ class DeviceArray(numpy.ndarray):
             return _device(result)
 
     def __setitem__(self, index, value):
+        _sync_on_mask("setitem", index)
         if type(value) is numpy.ndarray and value.ndim > 0:
             _counts().transfers += 1   # CuPy copies a host array over first
         with _inside("setitem"):
             _plain(self)[_host(index)] = _host(value)
 
 
+def _index_parts(index):
+    return list(index) if isinstance(index, tuple) else [index]
+
+
+def _sync_on_mask(what, index):
+    """Count a sync when `index` holds a boolean device array (a mask)."""
+    if any(isinstance(part, DeviceArray) and part.dtype == bool for part in _index_parts(index)):
+        _counts().sync(f"{what} with a boolean mask")
+
+
 def _method(name, launches=None):
     def method(self, *args, **kwargs):
         _refuse_host_arrays(name, args, kwargs)
+        if name in SIZED_BY_DATA and getattr(_state, "depth", 0) == 0:
+            _counts().sync(name)
         host = _plain(self)
         result = getattr(numpy.ndarray, name)(host, *_host(args), **_host(kwargs))
         if name in ("reshape", "ravel", "astype", "copy", "flatten", "view"):
@@ -246,91 +282,28 @@ _OPERATORS = ["__add__", "__radd__", "__iadd__", "__sub__", "__rsub__", "__isub_
 _METHODS = ["sum", "mean", "max", "min", "argmax", "argmin", "prod", "any", "all", "cumsum",
             "var", "std", "dot", "clip", "round", "fill", "sort", "argsort", "nonzero",
             "repeat", "take", "reshape", "ravel", "astype", "copy", "flatten", "view",
-            "squeeze", "swapaxes", "transpose", "conj"]
+            "squeeze", "swapaxes", "transpose", "conj", "compress"]
 for _name in _OPERATORS + _METHODS:
     setattr(DeviceArray, _name, _method(_name, 0 if _name in ("squeeze", "swapaxes",
                                                                 "transpose") else None))
+
+
+def _reader(name, convert):
+    def read(self, *args):
+        _counts().sync(name.strip("_"))
+        return convert(_plain(self), *args)
+    read.__name__ = name
+    return read
+
+
+# Reading a device array on the host waits for the device: each of these is a counted sync.
+for _name, _convert in {"item": numpy.ndarray.item, "tolist": numpy.ndarray.tolist,
+                        "__float__": float, "__int__": int, "__complex__": complex,
+                        "__bool__": bool, "__index__": operator.index,
+                        "__format__": format}.items():
+    setattr(DeviceArray, _name, _reader(_name, _convert))
 DeviceArray.__module__ = "cupy._core.core"  # what autograd.backend.is_cupy_array reads
 DeviceArray.__hash__ = None
-
-
-# ----- the module -------------------------------------------------------------------------
-
-class _Namespace(types.SimpleNamespace):
-    pass
-
-
-class RehearsalModule(types.ModuleType):
-    """Answers for the cupy module: NumPy's functions as device calls, plus the few names of
-    CuPy's own that the code uses (cuda.Device, asnumpy, RawKernel, ...)."""
-
-    def __init__(self):
-        super().__init__("cupy")
-        self.cuda = _Namespace(
-            Device=lambda index=None: _Namespace(id=0 if index is None else index,
-                                                 synchronize=_count_sync,
-                                                 __enter__=lambda: None),
-            runtime=_Namespace(getDeviceCount=lambda: 1),
-            get_current_stream=lambda: _Namespace(synchronize=_count_sync))
-        self.linalg = _Namespace(norm=_device_call("norm", numpy.linalg.norm))
-        self.lib = _Namespace(stride_tricks=_Namespace(
-            as_strided=_device_call("as_strided", numpy.lib.stride_tricks.as_strided)))
-        self.ndarray = DeviceArray
-
-    def __getattr__(self, name):
-        value = getattr(numpy, name)
-        if isinstance(value, type) or not callable(value):
-            return value                         # dtypes, constants: the same as NumPy's
-        return _device_call(name, value)
-
-    # host -> device and back
-    def asarray(self, a, dtype=None, order=None):
-        if isinstance(a, DeviceArray):
-            return self.__getattr__("asarray")(a, dtype=dtype, order=order)
-        _counts().transfers += 1
-        with _inside("asarray", 0):
-            return numpy.array(a, dtype=dtype, order=order or "K").view(DeviceArray)
-
-    array = asarray
-
-    def asnumpy(self, a):
-        return a.get() if isinstance(a, DeviceArray) else numpy.asarray(a)
-
-    def get_array_module(self, *arrays):
-        return self
-
-    def ascontiguousarray(self, a, dtype=None):
-        host = _host(a)
-        result = numpy.ascontiguousarray(host, dtype=dtype)
-        with _inside("ascontiguousarray", 0 if numpy.shares_memory(result, host) else 1):
-            return _device(result)
-
-    def copyto(self, dst, src, casting="same_kind", where=True):
-        _refuse_host_arrays("copyto", [src, where], {})
-        with _inside("copyto"):
-            numpy.copyto(_host(dst), _host(src), casting=casting, where=_host(where))
-
-
-def _launch_twin(kernel, xp, grid, block, args, types, shared_mem=0, twin_args=None):
-    """One of our CUDA kernels, run as its NumPy twin: one launch, whatever the twin does."""
-    _refuse_host_arrays(kernel.name, args, {})
-    with _inside("kernel " + kernel.name, 1):
-        kernel.twin(*_host(args if twin_args is None else twin_args))
-
-
-def _count_sync():
-    _counts().syncs += 1
-
-
-def _scatter_add(target, index, values):
-    _refuse_host_arrays("scatter_add", [index, values], {})
-    with _inside("scatter_add"):
-        numpy.add.at(_host(target), _host(index), _host(values))
-
-
-MODULE = RehearsalModule()
-CUPYX = types.ModuleType("cupyx")
-CUPYX.scatter_add = _scatter_add
 
 
 @contextlib.contextmanager
@@ -341,12 +314,13 @@ def rehearsal():
     import sys
 
     from autograd import backend
+    from bench.rehearsal_cupy import CUPYX, MODULE, launch_twin
     from nn.functional.cuda import kernels
     counts = Counts()
     counts.xp = MODULE
     saved = backend._cupy, sys.modules.get("cupyx"), _active[0], kernels.launch
     backend._cupy, sys.modules["cupyx"], _active[0] = MODULE, CUPYX, counts
-    kernels.launch = _launch_twin
+    kernels.launch = launch_twin
     try:
         yield counts
     finally:

@@ -49,6 +49,47 @@ def test_the_rehearsal_refuses_numpy_functions_and_host_arrays_and_counts_reads(
         assert (2.0 * x).tolist() == [[2.0] * 3] * 2 and device.syncs == 2
 
 
+def _mask_assign(xp, x):
+    x[x > 2] = 0
+
+
+# Each reads the device on the host (CuPy waits for the device): one sync each.
+HOST_READS = {
+    "a boolean mask": lambda xp, x: x[x > 2], "an assignment through a mask": _mask_assign,
+    "xp.nonzero": lambda xp, x: xp.nonzero(x), "the nonzero method": lambda xp, x: x.nonzero(),
+    "xp.flatnonzero": lambda xp, x: xp.flatnonzero(x),
+    "xp.argwhere": lambda xp, x: xp.argwhere(x),
+    "xp.where of a condition alone": lambda xp, x: xp.where(x > 2),
+    "xp.unique": lambda xp, x: xp.unique(x), ".item()": lambda xp, x: x.sum().item(),
+    "float()": lambda xp, x: float(x.sum()), "int()": lambda xp, x: int(x.sum()),
+    "bool()": lambda xp, x: bool(x.any()), "an if": lambda xp, x: 1 if x.all() else 0,
+    "a format": lambda xp, x: f"{x.sum():.1f}", ".get()": lambda xp, x: x.get(),
+    "xp.asnumpy": lambda xp, x: xp.asnumpy(x), ".tolist()": lambda xp, x: x.tolist(),
+    "an index taken from the device": lambda xp, x: "abcdef"[x.argmax()],
+    "synchronize": lambda xp, x: xp.cuda.Device().synchronize(),
+}
+# Each stays on the device: no sync.
+DEVICE_ONLY = {
+    "an integer gather": lambda xp, x: x[xp.asarray([0, 1])],
+    "xp.where of three": lambda xp, x: xp.where(x > 2, x, 0.0),
+    "a reduction": lambda xp, x: x.sum(), "a view": lambda xp, x: x.T[1:],
+    "a comparison": lambda xp, x: x == 2,
+}
+
+
+@pytest.mark.parametrize("what", sorted(HOST_READS) + sorted(DEVICE_ONLY))
+def test_the_rehearsal_counts_every_read_on_the_host_as_a_sync_and_nothing_else(what):
+    """CuPy waits for the device wherever the host needs a value: a scalar, a copy, or the
+    size of a result that depends on the data (a mask, nonzero). The rehearsal counts each
+    and names the line that asked."""
+    with rehearsal() as device:
+        x = device.xp.asarray(numpy.arange(6.0).reshape(2, 3))
+        before = device.syncs
+        (HOST_READS.get(what) or DEVICE_ONLY[what])(device.xp, x)
+        assert device.syncs - before == (what in HOST_READS), device.sync_sites
+        assert all(__file__ in site for site in device.sync_sites), device.sync_sites
+
+
 def test_the_rehearsal_counts_a_launch_per_operation_and_none_for_views():
     with rehearsal() as device:
         x = device.xp.zeros((4, 4))                              # a fill: one launch
@@ -82,7 +123,7 @@ def test_a_resnet50_step_takes_the_device_path_within_its_launch_budget_without_
             loss = training_step(model, optimizer, augment, images,
                                  numpy.random.default_rng(step), 0.1, 0.5)
         launches, syncs, _ = (now - then for now, then in zip(device.snapshot(), before))
-        assert syncs == 0, "the step waited for the device"
+        assert syncs == 0, f"the step waited for the device: {device.sync_sites}"
         assert launches <= RESNET50_STEP_LAUNCH_BUDGET, sorted(device.by_name.items(),
                                                               key=lambda kv: -kv[1])[:20]
         assert numpy.isfinite(float(loss))
