@@ -42,3 +42,21 @@ def force_every_split(monkeypatch):
     monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
     monkeypatch.setattr(winograd, "TILE_BUFFER_BYTES", 1)
     monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)
+
+
+def knn_vote(train, train_labels, test, k, temperature, classes):
+    """simclr.evaluate's k-NN vote written out plainly in float64, as an oracle: each test point
+    takes its k most similar training points by cosine similarity, each adding
+    exp(similarity / temperature) to its class. Returns the winning classes (N,) and whether
+    each win is clear, its sum above the runner-up's by more than 1e-4 of it (float32 features
+    could not move such a vote)."""
+    train, test = (numpy.asarray(a, "float64") for a in (train, test))
+    train = train / numpy.linalg.norm(train, axis=1, keepdims=True)
+    test = test / numpy.linalg.norm(test, axis=1, keepdims=True)
+    similarity = test @ train.T                                       # (N_test, N_train)
+    votes = numpy.zeros((len(test), classes))
+    for row, nearest in enumerate(numpy.argsort(-similarity, axis=1, kind="stable")[:, :k]):
+        for index in nearest:
+            votes[row, train_labels[index]] += numpy.exp(similarity[row, index] / temperature)
+    best, runner_up = numpy.sort(votes, axis=1)[:, -1], numpy.sort(votes, axis=1)[:, -2]
+    return votes.argmax(axis=1), best - runner_up > 1e-4 * best

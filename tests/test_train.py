@@ -6,8 +6,10 @@ import signal
 import numpy
 import pytest
 
+from helpers import knn_vote
 from simclr import linear_eval, train
 from simclr.checkpoint import load_checkpoint
+from simclr.evaluate import knn_accuracy, linear_probe
 from simclr.interrupts import Interrupted
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "48", "--arch", "resnet18", "--width", "0.0625",
@@ -109,17 +111,44 @@ def test_cupy_backend_without_cupy_says_how_to_install(tmp_path, monkeypatch):
         run(tmp_path, "--backend", "cupy")
 
 
-def test_linear_eval_leaves_the_encoder_unchanged_and_writes_json(tmp_path):
+def recording(calls, measure):
+    """`measure`, appending (its arguments, its result) to `calls` at every call."""
+    def recorded(*args, **options):
+        calls.append((args, options, measure(*args, **options)))
+        return calls[-1][2]
+    return recorded
+
+
+def test_linear_eval_leaves_the_encoder_unchanged_and_writes_json(tmp_path, monkeypatch):
+    """The encoder linear_eval evaluated (the model its build_model made, read after the
+    evaluation) holds the checkpoint's weights and running statistics; the JSON holds the
+    k-NN vote on the held-out split (against a vote written out here) and the probe's (train,
+    held-out) top-1 as linear_train_accuracy and linear_accuracy."""
     run(tmp_path)
     before, _, _ = parameters(tmp_path)
+    built, knn_calls, probe_calls = [], [], []
+    monkeypatch.setattr(linear_eval, "build_model",
+                        lambda *args: built.append(train.build_model(*args)) or built[-1])
+    monkeypatch.setattr(linear_eval, "knn_accuracy", recording(knn_calls, knn_accuracy))
+    monkeypatch.setattr(linear_eval, "linear_probe", recording(probe_calls, linear_probe))
     data = ["--dataset", "synthetic", "--synthetic-size", "48", "--epochs", "3"]
     assert linear_eval.main(["--checkpoint", str(tmp_path)] + data) == 0
-    result = json.load(open(tmp_path / "linear_eval.json"))
-    assert 0 <= result["linear_accuracy"] <= 1 and 0 <= result["knn_accuracy"] <= 1
-    assert result["feature_dim"] == 32  # 512 * 1/16
-    after, _, _ = parameters(tmp_path)
+    after = built[0].state_dict()
     for name in before:
-        numpy.testing.assert_array_equal(before[name], after[name])
+        if name.startswith("encoder."):
+            numpy.testing.assert_array_equal(before[name], after[name], err_msg=name)
+    result = json.load(open(tmp_path / "linear_eval.json"))
+    assert result["feature_dim"] == 32  # 512 * 1/16
+    (train_features, train_labels, test_features, test_labels), options, _ = knn_calls[0]
+    assert len(test_labels) == result["test_images"] and len(train_labels) == result["train_images"]
+    winners, clear = knn_vote(train_features, train_labels, test_features, result["knn_k"], 0.1,
+                              options["num_classes"])
+    assert abs(result["knn_accuracy"] - (winners == test_labels).mean()) <= (~clear).mean()
+    args, _, (train_top1, test_top1) = probe_calls[0]
+    assert all(a is b for a, b in zip(args, knn_calls[0][0]))  # the same features and labels
+    assert (result["linear_train_accuracy"], result["linear_accuracy"]) == (train_top1, test_top1)
+    for accuracy, count in ((train_top1, len(train_labels)), (test_top1, len(test_labels))):
+        assert accuracy * count == pytest.approx(round(accuracy * count))  # a share of images
 
 
 def test_knn_monitor_draws_its_memory_bank_from_every_class(monkeypatch):
