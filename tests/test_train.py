@@ -140,7 +140,8 @@ def test_linear_eval_leaves_the_encoder_unchanged_and_writes_json(tmp_path, monk
     result = json.load(open(tmp_path / "linear_eval.json"))
     assert result["feature_dim"] == 32  # 512 * 1/16
     (train_features, train_labels, test_features, test_labels), options, _ = knn_calls[0]
-    assert len(test_labels) == result["test_images"] and len(train_labels) == result["train_images"]
+    assert (len(train_labels), len(test_labels)) == (result["train_images"],
+                                                     result["test_images"])
     winners, clear = knn_vote(train_features, train_labels, test_features, result["knn_k"], 0.1,
                               options["num_classes"])
     assert abs(result["knn_accuracy"] - (winners == test_labels).mean()) <= (~clear).mean()
