@@ -44,6 +44,15 @@ def force_every_split(monkeypatch):
     monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)
 
 
+def recording(calls, function):
+    """`function`, appending (its arguments, its options, its result) to the list `calls` at
+    every call: to check what a program measured, and on what."""
+    def recorded(*args, **options):
+        calls.append((args, options, function(*args, **options)))
+        return calls[-1][2]
+    return recorded
+
+
 def knn_vote(train, train_labels, test, k, temperature, classes):
     """simclr.evaluate's k-NN vote written out plainly in float64, as an oracle: each test point
     takes its k most similar training points by cosine similarity, each adding

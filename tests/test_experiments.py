@@ -9,6 +9,7 @@ import numpy
 import pytest
 from PIL import Image
 
+from helpers import knn_vote, recording
 from simclr import train
 from simclr.augment import TRANSFORMATIONS, SimCLRAugment
 from simclr.augment.crop import to_float_nchw
@@ -41,22 +42,43 @@ def assert_figure(path, min_size=(300, 200)):
     assert len(numpy.unique(pixels, axis=0)) > 20
 
 
+def assert_measured(result, prefix, knn_call, probe_call):
+    """The result's accuracies (of h, or of z with prefix "z_") are what the evaluation
+    measured on the 12 held-out images: the k-NN vote (against one written out in
+    tests/helpers.py) and the probe's held-out top-1 (the second of its (train, test) pair)."""
+    (train_features, train_labels, test_features, test_labels), options, knn = knn_call
+    args, _, (_, test_top1) = probe_call
+    assert len(test_labels) == 12 and all(a is b for a, b in zip(args, knn_call[0]))
+    winners, clear = knn_vote(train_features, train_labels, test_features, options["k"], 0.1,
+                              options["num_classes"])
+    assert abs(knn - (winners == test_labels).mean()) <= (~clear).mean()
+    assert result[prefix + "knn_accuracy"] == knn
+    assert result[prefix + "linear_accuracy"] == test_top1
+
+
 @pytest.mark.parametrize("name, runs, figures", [
     ("augmentations", 15 + 2, ["augmentations.png", "color-strength.png"]),
     ("head", 3, ["head.png"]),
     ("batch-epochs", 4, ["batch-epochs.png"]),
     ("temperature", 2, ["temperature.png"])])
 def test_each_tiny_grid_writes_one_line_per_run_a_table_and_its_figures(
-        tmp_path, capsys, name, runs, figures):
+        tmp_path, capsys, monkeypatch, name, runs, figures):
+    knn_calls, probe_calls = [], []
+    monkeypatch.setattr(grid_module, "knn_accuracy",
+                        recording(knn_calls, grid_module.knn_accuracy))
+    monkeypatch.setattr(grid_module, "linear_probe",
+                        recording(probe_calls, grid_module.linear_probe))
     assert run(name, tmp_path / name) == 0
     results = lines(tmp_path / name / "results.jsonl")
     assert len(results) == runs == len(os.listdir(tmp_path / name / "runs"))
     for result in results:
-        assert 0 <= result["linear_accuracy"] <= 1 and 0 <= result["knn_accuracy"] <= 1
+        for prefix in ("", "z_") if "z_linear_accuracy" in result else ("",):
+            assert_measured(result, prefix, knn_calls.pop(0), probe_calls.pop(0))
         assert result["split"] == "val" and result["test_images"] == 12
         folder = tmp_path / name / "runs" / result["name"]
         assert {"checkpoint.npz", "config.json", "metrics.jsonl", "result.json"} <= set(
             os.listdir(folder))
+    assert knn_calls == probe_calls == []  # one evaluation for each result, no other
     table = (tmp_path / name / "table.md").read_text()
     assert table.startswith(f"# {name}\n") and "synthetic: 36 images" in table
     assert table in capsys.readouterr().out

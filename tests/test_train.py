@@ -6,7 +6,7 @@ import signal
 import numpy
 import pytest
 
-from helpers import knn_vote
+from helpers import knn_vote, recording
 from simclr import linear_eval, train
 from simclr.checkpoint import load_checkpoint
 from simclr.evaluate import knn_accuracy, linear_probe
@@ -109,14 +109,6 @@ def test_cupy_backend_without_cupy_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(backend, "_cupy", False)
     with pytest.raises(RuntimeError, match=r"cuda12"):
         run(tmp_path, "--backend", "cupy")
-
-
-def recording(calls, measure):
-    """`measure`, appending (its arguments, its result) to `calls` at every call."""
-    def recorded(*args, **options):
-        calls.append((args, options, measure(*args, **options)))
-        return calls[-1][2]
-    return recorded
 
 
 def test_linear_eval_leaves_the_encoder_unchanged_and_writes_json(tmp_path, monkeypatch):
