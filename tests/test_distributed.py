@@ -3,9 +3,13 @@
 In a world of threads (nn.distributed.LocalWorld), so that a test can see every rank at once:
 the collectives, the all-gather's gradient, global batch norm, NT-Xent over gathered keys, and
 whole training steps (loss, gradients, running statistics, weights after three LARS steps) in
-float64 to 1e-10 relative. Each of the three bugs that the most used SimCLR implementations
-shipped is a test here that fails with the bug in place. tests/test_distributed_mpi.py runs
-the same equivalence over real MPI processes.
+float64 to 1e-10 relative. tests/test_distributed_mpi.py runs the same equivalence over real
+MPI processes.
+
+The three bugs that the most used SimCLR implementations shipped are written into the
+sensitivity checks here (test_sensitivity_*): each runs one of them, in the test, and shows
+that the check holding the library to the right answer fails on it. They test the tests, not
+the library: a regression of the library fails the equivalence and gradient tests themselves.
 """
 import numpy
 import pytest
@@ -85,9 +89,10 @@ def test_all_gather_sends_every_ranks_use_of_its_keys_back_to_them():
     assert relative_error(grad, numeric) < 1e-7
 
 
-def test_an_all_gather_that_returns_only_the_local_slice_is_caught():
-    """The bug lightly and Spijkervet/SimCLR shipped: backward = the output gradient's own
-    slice, without the other ranks' contributions."""
+def test_sensitivity_the_all_gathers_gradient_check_fails_on_a_local_slice_backward():
+    """The bug lightly and Spijkervet/SimCLR shipped, written here: backward = the output
+    gradient's own slice, without the other ranks' contributions. The expected gradient of
+    test_all_gather_sends_every_ranks_use_of_its_keys_back_to_them is then far off."""
     class LocalSliceAllGather(AllGather):
         @staticmethod
         def backward(ctx, grad):
@@ -216,19 +221,25 @@ def test_a_data_parallel_step_equals_one_process_with_the_global_batch(size):
     _compare(ranks, whole)
 
 
-def test_positives_without_the_rank_offset_are_caught():
-    """solo-learn's and lightly's bug: every rank's positives at i +- N of the gathered keys,
-    which are rank 0's rows: the loss of the global batch is then another."""
+def test_sensitivity_the_equivalence_fails_on_positives_without_the_rank_offset():
+    """solo-learn's and lightly's bug, written here: every rank's positives at i +- N of the
+    gathered keys, which are rank 0's rows. The loss of the global batch is then another, and
+    the comparison of test_a_data_parallel_step_equals_one_process_with_the_global_batch
+    fails."""
     views = _views(2)
     whole = _steps(views, steps=1)
     ranks = LocalWorld(2).run(lambda comm: _steps(_rank_views(views, 2, comm.rank), comm,
                                                   steps=1, offset_positives=False))
     assert abs(numpy.mean([r[0][0] for r in ranks]) - whole[0][0]) > 1e-3
+    with pytest.raises(AssertionError):
+        _compare(ranks, whole)
 
 
-def test_gradients_summed_or_left_alone_instead_of_averaged_are_caught(monkeypatch):
-    """Without the division by the number of ranks the gradients are W times the global
-    batch's (and left alone, each rank's own): the equivalence then fails."""
+@pytest.mark.parametrize("bug", ["summed", "left alone"])
+def test_sensitivity_the_equivalence_fails_on_gradients_summed_or_left_alone(monkeypatch, bug):
+    """Gradients not averaged over the ranks, written here: summed (without the division by
+    the number of ranks, W times the global batch's) or left alone (each rank's own). The
+    comparison of test_a_data_parallel_step_equals_one_process_with_the_global_batch fails."""
     from nn.distributed import collectives
     views = _views(2)
     whole = _steps(views, steps=1)
@@ -239,10 +250,17 @@ def test_gradients_summed_or_left_alone_instead_of_averaged_are_caught(monkeypat
         for param in parameters:
             if param.grad is not None:
                 param.grad = param.grad * group.size
-    monkeypatch.setitem(globals(), "average_gradients", summed)
+
+    def left_alone(parameters, group, bucket_bytes=collectives.BUCKET_BYTES):
+        pass
+    monkeypatch.setitem(globals(), "average_gradients",
+                        summed if bug == "summed" else left_alone)
     ranks = LocalWorld(2).run(lambda comm: _steps(_rank_views(views, 2, comm.rank), comm,
                                                   steps=1))
-    assert relative_error(ranks[0][1][0], whole[1][0]) > 0.5  # twice the first gradient
+    error = relative_error(ranks[0][1][0], whole[1][0])
+    assert error > (0.5 if bug == "summed" else 0.1)   # summed: twice the gradient
+    with pytest.raises(AssertionError):
+        _compare(ranks, whole)
 
 
 def test_average_gradients_packs_buckets_and_hands_back_views_of_them():
