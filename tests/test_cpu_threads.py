@@ -331,9 +331,16 @@ def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch):
     assert queue.get(timeout=5) == (2, [0, 1], (a @ a.T).tolist())
 
 
-def test_blas_description_names_openblas_or_is_none():
+def test_blas_description_is_openblas_own_account_exactly_when_numpy_uses_openblas():
+    """NumPy's build names its BLAS; where that is OpenBLAS, blas_description is what the
+    library loaded says of itself (its version first), and None where it is another BLAS."""
+    blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
     description = threads.blas_description()
-    assert description is None or "OpenBLAS" in description
+    if "openblas" in blas["name"].lower():
+        assert description is not None and description.startswith("OpenBLAS "), description
+        assert blas["version"] in description, (blas["version"], description)
+    else:
+        assert description is None
 
 
 def test_set_num_threads_rejects_nonsense():
@@ -342,6 +349,52 @@ def test_set_num_threads_rejects_nonsense():
             threads.set_num_threads(bad)
 
 
-def test_reuse_freed_memory_is_idempotent():
-    first = reuse_freed_memory()
-    assert isinstance(first, bool) and reuse_freed_memory() == first
+# Run in a fresh process: what glibc's malloc serves by mmap (mallinfo2's hblkhd) for a 64 MiB
+# array, then whether its heap (arena) keeps 64 MiB after that array is freed; before
+# reuse_freed_memory(), which it calls twice, and after.
+MALLOC_PROBE = """
+import ctypes
+import importlib.util
+import sys
+import numpy
+
+spec = importlib.util.spec_from_file_location("memory", sys.argv[1])  # not the whole of nn
+memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(memory)
+reuse_freed_memory = memory.reuse_freed_memory
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Mallinfo2
+
+def probe():
+    mapped = libc.mallinfo2().hblkhd
+    block = numpy.ones(2**23)  # 64 MiB
+    mapped = libc.mallinfo2().hblkhd - mapped
+    del block
+    return [mapped >= 2**26, libc.mallinfo2().arena >= 2**26]
+
+before = probe()
+print(before, [reuse_freed_memory(), reuse_freed_memory()], probe())
+"""
+
+
+def test_reuse_freed_memory_serves_big_arrays_from_the_heap_and_keeps_them():
+    """On glibc: before the call a 64 MiB array is mmapped and its memory goes back to the
+    kernel when freed; after it (True, twice), the array comes from the heap and the heap
+    keeps its pages. Elsewhere the call is a no-op that says False."""
+    import platform
+    import subprocess
+    import sys
+    if platform.libc_ver()[0] != "glibc":
+        assert reuse_freed_memory() is False
+        return
+    from nn.functional.cpu import memory
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", MALLOC_PROBE, memory.__file__], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "[True, False] [True, True] [False, True]"
