@@ -97,6 +97,10 @@ def test_the_reference_is_what_use_reference_runs_and_it_is_gradient_checked():
         assert implementation(x, weight, stride, padding) is Conv2dReference
     gradcheck(lambda x, w: Conv2dReference.apply(x, w, stride=stride, padding=padding),
               [x, weight])
+    # with a bias: its gradient checked directly, not only through the kernels' agreement
+    x, weight, bias = _inputs(numpy, CONFIGS["2x3_kernel_stride_2x1_pad_1x0"])
+    gradcheck(lambda x, w, b: Conv2dReference.apply(x, w, b, stride=(2, 1), padding=(1, 0)),
+              [x, weight, bias])
 
 
 @pytest.mark.parametrize("name", CONFIGS)
