@@ -247,31 +247,6 @@ def test_augmentation_on_the_device_path_is_four_launches_a_view():
 
 # ----- the CUDA sources and CuPy's names ----------------------------------------------------
 
-def _all_kernels():
-    import nn.functional.cuda.batch_norm  # noqa: F401  (each module registers its kernels)
-    import nn.functional.cuda.optim  # noqa: F401
-    import simclr.augment.cuda  # noqa: F401
-    from nn.functional.cuda.kernels import KERNELS
-    return KERNELS
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-def test_every_cuda_kernel_compiles_for_sm_90_in_every_variant(tmp_path):
-    """Each kernel's source as CuPy compiles it (the typedefs, then the source), for each set
-    of types it runs with, through nvcc: a syntax or type error shows here, not on the first
-    GPU run."""
-    sources = []
-    for name, kernel in sorted(_all_kernels().items()):
-        for number, types in enumerate(kernel.variants):
-            sources.append(tmp_path / f"{name}_{number}.cu")
-            sources[-1].write_text(f"// {types}\n" + kernel.code(types))
-    compiled = subprocess.run(["nvcc", "-arch=sm_90", "--fmad=false", "-c"]
-                              + [str(source) for source in sources],
-                              cwd=tmp_path, capture_output=True, text=True)
-    assert compiled.returncode == 0, compiled.stderr
-    assert len(sources) >= 2 * len(_all_kernels())
-
-
 def _names_called_on(module_name, paths):
     """Every dotted name `module_name.a.b` the code under `paths` uses (xp.zeros,
     xp.linalg.norm, xp.cuda.Device, ...)."""

@@ -33,7 +33,8 @@ extern "C" __global__ void ce_rows(const data_t* logits, const long long* target
                                    data_t* losses, double* lse, long long N, long long C) {
     __shared__ double shared[256];
     const data_t* row = logits + blockIdx.x * C;
-    double peak = -INFINITY;
+    // every thread's maximum starts at an element of the row (no -INFINITY: see kernels.py)
+    double peak = (double)row[0];
     for (long long k = threadIdx.x; k < C; k += blockDim.x) peak = fmax(peak, (double)row[k]);
     shared[threadIdx.x] = peak;
     __syncthreads();
@@ -103,7 +104,8 @@ class CrossEntropyCuda(Function):
         xp = array_module(logits)
         N, C = logits.shape
         grad_logits = xp.empty_like(logits)
+        grad = xp.ascontiguousarray(grad, dtype=logits.dtype)   # NumPy gives a scalar: an array
         BACKWARD.run(xp, (min(blocks_for(N * C, THREADS), 65535 * 16),), (THREADS,),
-                     (logits, target, lse, grad.astype(logits.dtype, copy=False), grad_logits,
+                     (logits, target, lse, grad, grad_logits,
                       numpy.int64(N), numpy.int64(C)), {"data_t": logits.dtype})
         return grad_logits
