@@ -143,7 +143,7 @@ def distort_colors(images, jittered, params, order, grayscale):
     W), as a new array: one launch (and one transfer of the draws)."""
     xp = array_module(images)
     images = xp.ascontiguousarray(images)
-    out = xp.empty_like(images)
+    out = xp.empty(images.shape, images.dtype)          # C-contiguous: the kernel writes it flat
     table = xp.asarray(distortion_table(jittered, params, order, grayscale))
     count, pixels = images.shape[0], images.shape[2] * images.shape[3]
     DISTORT.run(xp, (count,), (THREADS,),
@@ -295,14 +295,15 @@ def blur(images, chosen, sigma):
     """apply_blur's effect (blur.py) on a GPU batch (N, 3, H, W), as a new array: two
     launches, down the rows then along them."""
     xp = array_module(images)
+    images = xp.ascontiguousarray(images)     # the kernels read and write flat (N, 3, H, W)
     count, _, height, width = images.shape
     table = xp.asarray(numpy.stack([numpy.asarray(chosen, numpy.float64),
                                     numpy.asarray(sigma, numpy.float64)], axis=1))
     scalars = tuple(numpy.int64(v) for v in (count, height, width,
                                              blur_kernel_size(height) // 2))
     grid, types = (blocks_for(images.size, THREADS),), {"data_t": images.dtype}
-    middle, out = xp.empty_like(images), xp.empty_like(images)
-    BLUR_ROWS.run(xp, grid, (THREADS,), (xp.ascontiguousarray(images), middle, table)
+    middle, out = xp.empty(images.shape, images.dtype), xp.empty(images.shape, images.dtype)
+    BLUR_ROWS.run(xp, grid, (THREADS,), (images, middle, table)
                   + scalars + (numpy.int64(0),), types)
     BLUR_COLUMNS.run(xp, grid, (THREADS,), (middle, out, table) + scalars + (numpy.int64(1),),
                      types)

@@ -155,9 +155,15 @@ def lars_step(weights, grads, velocities, excluded, lr, momentum, weight_decay, 
     """One LARS step of every parameter in `weights` (arrays of one dtype and device, updated
     in place, as `velocities`), from `grads`; excluded[i]: no weight decay, trust 1."""
     xp = array_module(*weights)
+    # The kernels reach these arrays through their addresses, which no launch check sees:
+    # each is read as one run of memory of data_t, the weights' dtype.
+    dtype = weights[0].dtype
     for kind, arrays in (("weight", weights), ("gradient", grads), ("velocity", velocities)):
         for index, array in enumerate(arrays):
-            if not array.flags.c_contiguous:  # the kernels read each as one run of memory
+            if array.dtype != dtype:
+                raise TypeError(f"lars_step: {kind} {index} (shape {array.shape}) is "
+                                f"{array.dtype}; expected {dtype}, the weights' dtype")
+            if not array.flags.c_contiguous:
                 raise ValueError(f"lars_step: {kind} {index} (shape {array.shape}) is not "
                                  f"C-contiguous")
     sizes = [w.size for w in weights]
@@ -171,6 +177,8 @@ def lars_step(weights, grads, velocities, excluded, lr, momentum, weight_decay, 
         lars_norms_twin(*norms_twin)
         lars_update_twin(*update_twin)
         return
+    # the table is the kernels' `const long long*`: the addresses (unsigned) kept bit for bit
+    # as int64, beside the sizes, flags and chunks, in one int64 array
     addresses = [[a.data.ptr for a in arrays] for arrays in (weights, grads, velocities)]
     table = xp.asarray(numpy.concatenate(
         [numpy.array(addresses, dtype=numpy.uint64).view(numpy.int64).reshape(-1),
