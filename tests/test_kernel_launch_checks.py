@@ -181,3 +181,37 @@ def test_the_augmentation_kernels_take_a_batch_of_any_layout():
     jitter = draw_jitter(rng, 4, 0.5, p=1.0) + (numpy.array([False, True, False, False]),)
     assert numpy.array_equal(cuda.distort_colors(images, *jitter),
                              cuda.distort_colors(copy, *jitter))
+
+
+def test_lars_refuses_a_gradient_of_another_dtype_than_its_weights():
+    """The LARS kernels reach the parameters through a table of addresses, which no launch
+    check sees: lars_step checks each array itself (a float64 gradient of float32 weights
+    would be read as float32s)."""
+    from nn.functional.cuda.optim import lars_step
+    weights = [numpy.ones((3, 4), numpy.float32), numpy.ones(5, numpy.float32)]
+    velocities = [numpy.zeros_like(w) for w in weights]
+    grads = [numpy.ones((3, 4), numpy.float32), numpy.ones(5)]
+    with pytest.raises(TypeError, match=r"lars_step: gradient 1 \(shape \(5,\)\) is float64; "
+                                        r"expected float32, the weights' dtype"):
+        lars_step(weights, grads, velocities, [False, True], 0.1, 0.9, 1e-6, 0.001)
+    grads[1] = numpy.ones(5, numpy.float32)
+    lars_step(weights, grads, velocities, [False, True], 0.1, 0.9, 1e-6, 0.001)
+    assert (velocities[1] > 0).all()
+
+
+@pytest.mark.parametrize("stats_dtype", ["float32", "float64", None])
+def test_batch_norm_of_float32_data_launches_compiled_variants_whatever_its_statistics(
+        stats_dtype):
+    """The running statistics keep their own dtype (float64 zeros where there are none):
+    each pairing with the data's is among the variants the tests compile."""
+    from autograd import Tensor
+    from nn.functional.cuda.batch_norm import BatchNormCuda
+    rng = numpy.random.default_rng(0)
+    x = Tensor(rng.standard_normal((4, 3, 2, 2)).astype(numpy.float32), requires_grad=True)
+    gamma, beta = (Tensor(numpy.ones(3, numpy.float32), requires_grad=True) for _ in range(2))
+    stats = [None, None] if stats_dtype is None else [numpy.zeros(3, stats_dtype),
+                                                      numpy.ones(3, stats_dtype)]
+    out = BatchNormCuda.apply(x, gamma, beta, running_mean=stats[0], running_var=stats[1],
+                              use_batch_stats=True, momentum=0.1, eps=1e-5)
+    out.backward(numpy.ones(out.shape, numpy.float32))
+    assert x.grad.dtype == numpy.float32 and numpy.isfinite(x.grad).all()

@@ -169,7 +169,12 @@ extern "C" __global__ void bn_forward_constants(
     scale_out[c] = (data_t)scale;
     shift_out[c] = (data_t)((double)beta[c] - (mean - (double)centre) * scale);
 }
-""", forward_constants_twin, type_names=("data_t", "stat_t"))
+""", forward_constants_twin, type_names=("data_t", "stat_t"),
+                          # the running statistics keep their dtype, whatever the data's
+                          # (float64 zeros stand in where there are none)
+                          variants=[{"data_t": data, "stat_t": stat}
+                                    for data in ("float32", "float64")
+                                    for stat in ("float32", "float64")])
 
 
 def normalize_twin(x, residual, y, centre, scale, shift, total, C, has_residual, relu):
