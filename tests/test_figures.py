@@ -13,7 +13,7 @@ from PIL import Image
 from helpers import recording
 from simclr import figures, plot
 from simclr.checkpoint import load_checkpoint
-from simclr.drawing import PALETTE
+from simclr.drawing import PAD, PALETTE
 from simclr.evaluate import encode
 from simclr.train import build_model, main as train_main
 
@@ -216,9 +216,10 @@ def assert_training_charts(charts, records, figure):
 
 
 def shows(figure, part):
-    """Whether the image `part` (H, W, 3) is pasted whole into `figure`, at its left margin."""
+    """Whether the image `part` (H, W, 3) is pasted whole into `figure` at its left margin,
+    where plot.combine stacks charts."""
     height, width = part.shape[:2]
-    left = (figure.shape[1] - width) // 2 if figure.shape[1] - width < 20 else 10
+    left = PAD
     rows = numpy.flatnonzero((figure[:, left:left + width] == part[0]).all(axis=(1, 2)))
     return any(numpy.array_equal(figure[top:top + height, left:left + width], part)
                for top in rows if top + height <= len(figure))
