@@ -353,15 +353,10 @@ def test_set_num_threads_rejects_nonsense():
 # array, then whether its heap (arena) keeps 64 MiB after that array is freed; before
 # reuse_freed_memory(), which it calls twice, and after.
 MALLOC_PROBE = """
-import ctypes
-import importlib.util
-import sys
+import ctypes, runpy, sys
 import numpy
 
-spec = importlib.util.spec_from_file_location("memory", sys.argv[1])  # not the whole of nn
-memory = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(memory)
-reuse_freed_memory = memory.reuse_freed_memory
+reuse_freed_memory = runpy.run_path(sys.argv[1])["reuse_freed_memory"]  # not the whole of nn
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
@@ -377,8 +372,7 @@ def probe():
     del block
     return [mapped >= 2**26, libc.mallinfo2().arena >= 2**26]
 
-before = probe()
-print(before, [reuse_freed_memory(), reuse_freed_memory()], probe())
+print(probe(), [reuse_freed_memory(), reuse_freed_memory()], probe())
 """
 
 
