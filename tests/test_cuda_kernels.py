@@ -121,8 +121,13 @@ def test_a_resnet_training_step_on_the_gpu_equals_the_same_step_on_the_cpu_float
             loss.backward()
             optimizer.step()
         results.append([float(loss.data)] + [to_numpy(p.data) for p in model.parameters()])
+    # The head's first bias feeds batch norm, which subtracts the batch mean: its gradient is
+    # zero in exact arithmetic, so it stays at zero up to rounding noise (about 1e-17) that
+    # differs between the devices. Relative to its own size that noise is everything; each
+    # parameter's error is measured against max(its largest magnitude, 1e-3) instead.
     for gpu, cpu in zip(*results):
-        assert relative_error(numpy.asarray(gpu), numpy.asarray(cpu)) <= 1e-9
+        gpu, cpu = numpy.asarray(gpu, "float64"), numpy.asarray(cpu, "float64")
+        assert numpy.abs(gpu - cpu).max() <= 1e-9 * max(numpy.abs(cpu).max(), 1e-3)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
