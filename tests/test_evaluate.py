@@ -8,7 +8,6 @@ logistic regression on standardised features, returning (train, test) top-1.
 import numpy
 import pytest
 
-from autograd import to_numpy
 from helpers import import_torch
 from simclr.evaluate import knn_accuracy, linear_probe
 
