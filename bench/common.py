@@ -4,8 +4,11 @@ the GPU, medians, peak memory, the machine's GEMM rate and a description of the 
 Each measured side (ours, PyTorch in one layout) runs in its own child process, started with
 the same thread settings, and reports a JSON dict back through a file. One process per side
 matters on a CPU: OpenBLAS's worker threads keep spinning after a NumPy call and would steal
-a core from PyTorch's threads (and the other way round) if both ran in one process.
+a core from PyTorch's threads (and the other way round) if both ran in one process. A side
+whose child fails is recorded as failed, with the last lines of its stderr, and the other
+sides are still measured (run_sides): one broken side never hides the other's numbers.
 """
+import collections
 import datetime
 import importlib.metadata
 import importlib.util
@@ -18,20 +21,34 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Set by `python -m bench.rehearse` for its process and every child: a program on the CPU's
+# rehearsal of the device path starts its own children through that wrapper too.
+REHEARSAL_VARIABLE = "BENCH_REHEARSAL"
+# A file that bench.gpu_check names for each stage: lines appended to it (note()) join the
+# stage's status in the summary (a side that failed, something not rehearsed).
+NOTES_VARIABLE = "GPU_CHECK_NOTES"
+NOT_REHEARSED = 97    # bench.rehearse's exit status when the rehearsal cannot stand in
+CHILD_TAIL_LINES = 3  # the last lines of a failed child's stderr that its failure quotes
 
 
 SIDES = {"ours": "ours", "torch-nchw": "PyTorch NCHW",
          "torch-channels-last": "PyTorch channels_last"}
 
 
-def run_sides(module, args, argv):
+def run_sides(module, args, argv, failures=None):
     """Measure every side in its own child process, alternating them round after round
     (ours, torch, torch channels_last, ours, ...) so that all see the same noise.
-    Returns {side: [one result per round]}."""
+    Returns ({side: [one result per round]}, the children's argv).
+
+    With a dict `failures`, each side fails alone: a side whose child fails is recorded there
+    ({side: "failed: exit status 1: its last lines"}, or "not rehearsed: ..."), dropped from
+    the results and not run again, and the other sides are still measured. Without it, the
+    first failure raises ChildFailed."""
     sides = ["ours"]
     if args.compare == "torch":
         if torch_available():
@@ -42,10 +59,21 @@ def run_sides(module, args, argv):
     results = {side: [] for side in sides}
     for round_index in range(args.rounds):
         for side in sides:
+            if failures is not None and side in failures:
+                continue
             print(f"round {round_index + 1}/{args.rounds}: {SIDES[side]}", file=sys.stderr,
                   flush=True)
-            results[side].append(run_child(module, child_argv + ["--child", side],
-                                           args.threads, args.tf32 == "on"))
+            try:
+                results[side].append(run_child(module, child_argv + ["--child", side],
+                                               args.threads, args.tf32 == "on",
+                                               getattr(args, "side_timeout", None)))
+            except ChildFailed as failure:
+                if failures is None:
+                    raise
+                failures[side] = str(failure)
+                note(f"{SIDES[side]}: {failure}")
+    for side in failures or {}:
+        results.pop(side, None)
     return results, child_argv
 
 
@@ -70,18 +98,68 @@ def child_environment(threads, tf32=False):
     return env
 
 
-def run_child(module, argv, threads, tf32=False):
+class ChildFailed(RuntimeError):
+    """A measuring child ended without a result. Its message: "failed: " and how (exit status,
+    timeout) with the last lines of its stderr, or "not rehearsed: " and why, when the CPU's
+    rehearsal of the GPU could not stand in for what the child needed (PyTorch's CUDA)."""
+
+
+def python_command(module, argv):
+    """The command line of `python -m module *argv`; on the rehearsal (REHEARSAL_VARIABLE
+    set), started through bench.rehearse, so that the child rehearses too."""
+    wrapper = ["bench.rehearse"] if os.environ.get(REHEARSAL_VARIABLE) else []
+    return [sys.executable, "-m", *wrapper, module, *argv]
+
+
+def run_child(module, argv, threads, tf32=False, timeout=None):
     """Run `python -m module *argv --result FILE` in a fresh process and return the dict the
-    child wrote to FILE. The child's stderr (its progress) passes through."""
+    child wrote to FILE. The child's stderr (its progress) passes through, its last lines
+    kept: when the child fails, runs past `timeout` seconds, or writes no result, ChildFailed
+    says so with them."""
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         result_path = os.path.join(folder, "result.json")
-        command = [sys.executable, "-m", module, *argv, "--result", result_path]
-        finished = subprocess.run(command, cwd=REPO_ROOT, env=child_environment(threads, tf32))
-        if finished.returncode != 0:
-            raise RuntimeError(f"the benchmark child failed with exit status "
-                               f"{finished.returncode}: {' '.join(command)}")
-        with open(result_path) as file:
-            return json.load(file)
+        command = python_command(module, [*argv, "--result", result_path])
+        env = child_environment(threads, tf32)
+        env.pop(NOTES_VARIABLE, None)   # the parent notes what its children met
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE,
+                                   text=True, errors="replace")
+        killed = []
+
+        def kill():   # past its timeout
+            killed.append(True)
+            process.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout else None
+        if timer:
+            timer.start()
+        last = collections.deque(maxlen=CHILD_TAIL_LINES)
+        for line in process.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.strip():
+                last.append(line.strip())
+        status = process.wait()
+        if timer:
+            timer.cancel()
+        if status == 0 and os.path.isfile(result_path):
+            with open(result_path) as file:
+                return json.load(file)
+    if status == NOT_REHEARSED:   # bench.rehearse's last line says what could not be
+        raise ChildFailed("not rehearsed: "
+                          + (last[-1].split("not rehearsed: ", 1)[-1] if last else "?"))
+    how = (f"timed out after {timeout:g} s" if killed
+           else f"exit status {status}" if status else "no result written")
+    raise ChildFailed(f"failed: {how}: " + " | ".join(last))
+
+
+def note(line):
+    """Print `line` to stderr and, under bench.gpu_check, add it to the stage's notes: the
+    summary shows them beside the stage's status."""
+    print(line, file=sys.stderr, flush=True)
+    path = os.environ.get(NOTES_VARIABLE)
+    if path:
+        with open(path, "a") as file:
+            file.write(" ".join(line.split()) + "\n")
 
 
 def write_result(path, result):

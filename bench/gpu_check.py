@@ -4,47 +4,61 @@ GPU time comes in a few lent minutes, now and then. This driver (run through ben
 turns one such call into a full set of results: it runs the stages below in order, each under its
 own timeout inside one overall deadline, and writes what it has to OUT after every stage, so a
 stage that hangs costs only its own time and a call cut short still brings back the stages done.
+The order is the order of need (budgets in seconds; bench/gpu_stages.py holds the list):
 
-    probe         nvidia-smi, cupy.show_config(), one elementwise kernel and one 4096^2 float32
-                  GEMM timed with CuPy, the versions of NumPy, CuPy and PyTorch
-    selfcheck     python -m nn.selfcheck --backend cupy: every op's gradient on the GPU
-    tests         the tests marked gpu (pytest -m gpu), with xdist and per-test timeouts when
-                  those plugins import
-    train         a 6-step ResNet-50 SimCLR run on synthetic shapes, k-NN on a held-out split
-    resume        that run resumed to 12 steps (a second epoch, a second k-NN)
-    linear-eval   linear evaluation of its checkpoint
-    step-*        python -m bench.step against PyTorch: ResNet-50 at batch 256 with TF32 on and
-                  off, ResNet-18 at batch 512
-    nccl          mpiexec -n 1 python -m simclr.train --distributed --backend cupy: a world of
-                  one NCCL rank, 3 steps
-    profile       python -m bench.profile: ResNet-50 at batch 256, op by op
+    probe        25  versions; mpiexec, mpi4py and NCCL (what the nccl stage needs); the device;
+                     an elementwise kernel and a 4096^2 GEMM timed; cupy.show_config; nvidia-smi
+    kernels      50  tests/test_cuda_kernels.py: each of our CUDA kernels against its twin
+    selfcheck    45  python -m nn.selfcheck --backend cupy: every op's gradient, every case
+                     reported (a case that raises does not hide the next)
+    train        70  a 6-step ResNet-50 SimCLR run on synthetic images, k-NN on a held-out split
+    step-resnet50-tf32-off  70  bench.step against PyTorch, ResNet-50 at batch 256
+    tests       100  the other tests marked gpu, each named as it finishes (pytest -v), the 15
+                     slowest at the end, with xdist and per-test timeouts when they import
+    resume       25  the run resumed to 12 steps (a second epoch, a second k-NN)
+    linear-eval  20  linear evaluation of its checkpoint
+    step-resnet50-tf32-on   40  the same comparison with TensorFloat-32
+    step-resnet18           30  ResNet-18 at batch 512
+    nccl         25  mpiexec -n 1 python -m simclr.train --distributed: a world of one NCCL
+                     rank (skipped, saying how to carry one, where there is no mpiexec)
+    profile      25  python -m bench.profile: ResNet-50 at batch 256, op by op
+
+A comparison's sides fail alone (bench/common.py): a broken side of ours is recorded as failed,
+with the last lines of its stderr, and PyTorch's is still measured. What a stage's programs note
+(bench.common.note: a side that failed, a section not measured) joins its status.
 
 The clock: the whole check has --deadline seconds (default 9 minutes), of which the last
 RESERVE_SECONDS pack OUT. Each stage has a budget, and the budgets add up to the default deadline;
 a stage may run for its budget plus the slack that earlier stages left by finishing early, less
 what the stages after it are owed. A stage past its timeout is ended with every process it
-started, and the next one begins; a stage left too little time reads "skipped: deadline".
+started, and the next one begins; a stage left too little time reads "skipped: deadline". The
+budgets are sized for a first call on a fresh machine, where NVRTC compiles every kernel for
+the first time (tens of kernels, up to a few seconds each, mostly in kernels, selfcheck and
+train); the kernel cache (below) makes a second call's stages shorter, never the first's.
 
 Without a GPU (CuPy missing, or no device it can use) every stage reads "skipped: no GPU" and the
-exit status is 0: that dry run is what CI tests (tests/test_gpu_check.py).
+exit status is 0. With --rehearse every stage runs on the CPU's rehearsal of a GPU instead
+(bench/rehearse.py; --tiny at toy sizes): the same commands, each started through `python -m
+bench.rehearse`, the same timeouts, needs and OUT, with numbers that are NumPy's (the summary
+says so), and "not rehearsed: WHAT" where the rehearsal cannot stand in. CI runs both
+(tests/test_gpu_check.py, tests/test_gpu_rehearsal.py).
 
 What OUT holds, and why so few files: the device tool brings back at most 8 files from $OUT.
 
     summary.md       each stage's status, seconds and timeout, then the last lines of its log
-    summary.json     the same as data
-    logs.tar.gz      every stage's full log and result files (the step JSONs, the run's
-                     metrics and config; never a checkpoint, too large to bring back)
+    summary.json     the same as data, with each stage's notes
+    logs.tar.gz      every stage's log (a long one keeps its head and tail) and result files
+                     (the step JSONs, the run's metrics and config; never a checkpoint)
     kernels.tar.gz   the CuPy kernel cache, to carry to the next call (see below)
 
-The kernel cache: CuPy compiles every kernel with NVRTC the first time it is used, seconds each,
-minutes for a whole test run on a fresh machine. CuPy keeps what it compiled in CUPY_CACHE_DIR;
-this driver points that at .gpu-cache/cupy (git ignores .gpu-cache), unpacks
-.gpu-cache/kernels.tar.gz into it before the first stage, and packs it again (at most 16 MiB)
-after each stage that added kernels. Copy OUT's kernels.tar.gz to .gpu-cache/ here and carry
-.gpu-cache to the next call: its stages then start with every kernel already built.
+The kernel cache: CuPy compiles every kernel with NVRTC the first time it is used and keeps what
+it compiled in CUPY_CACHE_DIR; this driver points that at .gpu-cache/cupy (git ignores
+.gpu-cache), unpacks .gpu-cache/kernels.tar.gz into it before the first stage, and packs it again
+(at most 16 MiB) after each stage that added kernels. Copy OUT's kernels.tar.gz to .gpu-cache/
+here and carry .gpu-cache to the next call: its stages then start with every kernel built.
 
-Exit status: 0 when no stage failed (stages skipped included), 1 when one failed or timed out,
-2 for a bad argument, 128 + the signal's number when stopped by a signal.
+Exit status: 0 when no stage failed (stages skipped or not rehearsed included), 1 when one
+failed or timed out, 2 for a bad argument, 128 + the signal's number when stopped by a signal.
 """
 import argparse
 import datetime
@@ -59,12 +73,17 @@ import sys
 import tempfile
 import time
 
+from bench.common import NOT_REHEARSED, NOTES_VARIABLE
 from bench.gpu_out import (KERNEL_ARCHIVE, KERNEL_CACHE_DIR, REPO_ROOT, bundle, copy_into,
-                           fingerprint, restore_kernels, save_kernels, summary_data,
+                           fingerprint, read_notes, restore_kernels, save_kernels, summary_data,
                            summary_markdown, write_atomic)
-from bench.gpu_stages import plan
+from bench.gpu_probe import mpi_runtime
+from bench.gpu_stages import FULL, TINY, plan
 
 NO_GPU = "skipped: no GPU"
+REHEARSAL = "rehearsal: numbers are NumPy's, not a GPU's"
+REHEARSED_GPU = ("the CPU's rehearsal of a GPU (NumPy arrays standing in for CuPy's, "
+                 "bench/rehearse.py)")
 DEADLINE_SECONDS = 540   # 9 minutes: the device tool's 10-minute limit, less a margin
 RESERVE_SECONDS = 15     # kept back from the stages for the last packing of logs and kernels
 MIN_STAGE_SECONDS = 5    # a stage left less than this is skipped, not started
@@ -116,7 +135,7 @@ def child_environment():
     return env
 
 
-def run_command(command, log, timeout):
+def run_command(command, log, timeout, env=None):
     """Run `command` with its output appended to the open file `log`; its exit status, or None
     when it ran past `timeout` seconds. It runs in a process group of its own, so that a
     timeout ends its children too (pytest's workers, bench.step's measuring processes): SIGTERM
@@ -127,8 +146,9 @@ def run_command(command, log, timeout):
     # a process group of its own: process_group=0 (Python 3.11), os.setpgrp before that
     group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     try:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=child_environment(), stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **group)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env or child_environment(),
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, **group)
     except OSError as error:   # e.g. nvidia-smi not on PATH
         log.write(f"cannot start {command[0]}: {error.strerror}\n")
         return 127
@@ -160,34 +180,39 @@ def command_name(command):
     return os.path.basename(command[0]) + (" -c" if "-c" in command else "")
 
 
-def run_stage(stage, work, timeout):
-    """Run the stage's commands within `timeout` seconds together; sets its status."""
+def run_stage(stage, work, timeout, rehearse=False):
+    """Run the stage's commands within `timeout` seconds together; sets its status, with the
+    notes its programs left (bench.common.note) after it. On the rehearsal, a command that
+    exits with NOT_REHEARSED has said what it could not stand in for: a note, not a failure."""
     os.makedirs(os.path.join(work, stage.name), exist_ok=True)
     stage.log = os.path.join(work, stage.name, "log.txt")
+    notes = os.path.join(work, stage.name, "notes.txt")
+    env = dict(child_environment(), **{NOTES_VARIABLE: notes})
     stage.timeout = round(timeout)
     ends = time.monotonic() + timeout
     start = time.monotonic()
-    failures = []
+    failures, not_rehearsed = [], 0
     with open(stage.log, "a") as log:
         log.write(f"# stage {stage.name}, timeout {timeout:.0f} s\n")
         for index, command in enumerate(stage.commands, 1):
             left = ends - time.monotonic()
-            if left <= 0:
-                status = None
-            else:
-                status = run_command(command, log, left)
+            status = run_command(command, log, left, env) if left > 0 else None
             where = ""
             if len(stage.commands) > 1:
                 where = f" (command {index} of {len(stage.commands)}: {command_name(command)})"
             if status is None:
                 failures.append(f"timed out after {timeout:.0f} s{where}")
                 break
-            if status != 0:
+            if rehearse and status == NOT_REHEARSED:
+                not_rehearsed += 1
+            elif status != 0:
                 failures.append(f"failed: exit status {status}{where}")
                 if not stage.keep_going:
                     break
         stage.seconds = round(time.monotonic() - start, 1)
-        stage.status = "passed" if not failures else "; ".join(failures)
+        stage.notes = read_notes(notes)
+        head = failures or ([] if not_rehearsed == len(stage.commands) else ["passed"])
+        stage.status = "; ".join(head + stage.notes) or "not rehearsed"
         log.write(f"# {stage.status}, {stage.seconds} s\n")
 
 
@@ -223,6 +248,11 @@ def parse_args(argv):
                         help=f"seconds for the whole check (default {DEADLINE_SECONDS})")
     parser.add_argument("--only", metavar="STAGE[,STAGE]",
                         help="run these stages alone (the others read 'skipped: not selected')")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="run every stage on the CPU's rehearsal of a GPU, GPU or not "
+                             "(numbers mean nothing; CI's dry run)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="every stage at toy sizes (for the rehearsal in CI)")
     args = parser.parse_args(argv)
     if not args.deadline > RESERVE_SECONDS + MIN_STAGE_SECONDS:
         parser.error(f"--deadline must be more than {RESERVE_SECONDS + MIN_STAGE_SECONDS} "
@@ -241,7 +271,7 @@ def parse_args(argv):
 class Check:
     """One call of the check: its stages, the clock they share, what OUT holds, the kernels."""
 
-    def __init__(self, out, deadline, only=None):
+    def __init__(self, out, deadline, only=None, rehearse=False, tiny=False):
         self.started = time.monotonic()
         self.deadline = self.started + deadline - RESERVE_SECONDS   # when the stages must end
         self.out = os.path.abspath(out)
@@ -250,18 +280,26 @@ class Check:
         python = sys.executable
         plugins = {name for name in ("xdist", "pytest_timeout")
                    if importlib.util.find_spec(name)}
-        self.stages = plan(self.work, python, plugins)
-        self.has_gpu, gpu = find_gpu(python)
+        self.rehearse = rehearse
+        self.has_gpu, gpu = (False, REHEARSED_GPU) if rehearse else find_gpu(python)
+        runs = self.has_gpu or rehearse
+        self.stages = plan(self.work, python, plugins, mpi_runtime() if runs else None,
+                           rehearse, TINY if tiny else FULL)
         self.facts = {
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "gpu": gpu if self.has_gpu else f"none: {gpu}", "deadline_s": deadline,
             "elapsed_s": 0, "finished": False, "pytest_plugins": sorted(plugins),
-            "kernel_cache": []}
+            "sizes": "tiny (--tiny)" if tiny else "full", "kernel_cache": [],
+            "wheels": os.environ.get("GPU_CHECK_WHEELS_INSTALLED", "none carried")}
+        if rehearse:
+            self.facts["rehearsal"] = REHEARSAL
         for stage in self.stages:
-            if not self.has_gpu:
+            if not runs:
                 stage.status = NO_GPU
             elif only and stage.name not in only:
                 stage.status = "skipped: not selected"
+            elif stage.skip:
+                stage.status = stage.skip
         self.kernels_seen = None   # the kernel cache's fingerprint when last saved
 
     def write_out(self):
@@ -303,10 +341,11 @@ class Check:
         stage.status = "running"
         self.write_out()
         print(f"gpu_check: {stage.name} (timeout {timeout:.0f} s)", file=sys.stderr, flush=True)
-        run_stage(stage, self.work, timeout)
+        run_stage(stage, self.work, timeout, self.rehearse)
         print(f"gpu_check: {stage.name}: {stage.status}, {stage.seconds} s", file=sys.stderr,
               flush=True)
-        self.keep_kernels()
+        if self.has_gpu:
+            self.keep_kernels()
         self.write_out()
 
     def run(self):
@@ -314,7 +353,8 @@ class Check:
         if self.has_gpu:
             self.restore_kernels()
         else:
-            self.facts["kernel_cache"] = [NO_GPU]
+            self.facts["kernel_cache"] = ["rehearsal: no kernel compiled" if self.rehearse
+                                          else NO_GPU]
         handlers = {signum: signal.signal(signum, _stop)
                     for signum in (signal.SIGTERM, signal.SIGINT)}
         stopped = None
@@ -337,16 +377,20 @@ class Check:
                 self.keep_kernels()
             self.write_out()
             shutil.rmtree(self.work, ignore_errors=True)
+            site = os.environ.get("GPU_CHECK_SITE", "")   # bench/gpu_check.sh's wheels
+            if os.path.basename(site).startswith("gpu-check-site."):
+                shutil.rmtree(site, ignore_errors=True)
         print(f"gpu_check: summary in {os.path.join(self.out, 'summary.md')}", file=sys.stderr)
         if stopped is not None:
             return 128 + stopped
-        failed = [s for s in self.stages if not s.status.startswith(("passed", "skipped"))]
+        failed = [s for s in self.stages
+                  if not s.status.startswith(("passed", "skipped", "not rehearsed"))]
         return 1 if failed else 0
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    return Check(args.out, args.deadline, args.only).run()
+    return Check(args.out, args.deadline, args.only, args.rehearse, args.tiny).run()
 
 
 if __name__ == "__main__":

@@ -7,13 +7,16 @@ it again after each stage that added kernels, at most KERNEL_ARCHIVE_LIMIT bytes
 file the device tool brings back.
 
 OUT: summary.md and summary.json (each stage's status, seconds, the end of its log) and
-logs.tar.gz (every log and result file, but none over BUNDLED_FILE_LIMIT: a checkpoint), each
-written through a temporary file, so that a call cut short leaves the last whole version.
+logs.tar.gz (every log and result file; a log over BUNDLED_FILE_LIMIT keeps its head and tail,
+any other file over it, a checkpoint, stays out and is named in left-out.txt), each written
+through a temporary file, so that a call cut short leaves the last whole version.
 """
+import io
 import os
 import shlex
 import shutil
 import tarfile
+import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_ROOT = os.path.join(REPO_ROOT, ".gpu-cache")
@@ -22,6 +25,7 @@ KERNEL_ARCHIVE = os.path.join(CACHE_ROOT, "kernels.tar.gz")
 KERNEL_ARCHIVE_LIMIT = 16 * 2 ** 20   # the largest file the device tool brings back
 LOG_TAIL_LINES = 25      # the end of each stage's log that summary.md shows
 BUNDLED_FILE_LIMIT = 4 * 2 ** 20   # larger files (checkpoints) stay out of logs.tar.gz
+LOG_HEAD_BYTES, LOG_TAIL_BYTES = 2 ** 20, 2 * 2 ** 20   # what a longer log keeps of itself
 
 
 # --- the kernel cache -------------------------------------------------------------------------
@@ -109,23 +113,35 @@ def log_tail(path, lines=LOG_TAIL_LINES):
     return "\n".join(line.split("\r")[-1] for line in text.splitlines()[-lines:])
 
 
+def read_notes(path):
+    """The distinct lines of a stage's notes file, in order; [] when there is none."""
+    try:
+        with open(path, errors="replace") as file:
+            return list(dict.fromkeys(line.strip() for line in file if line.strip()))
+    except OSError:
+        return []
+
+
 def summary_data(stages, facts):
     """summary.json: the facts of the call (GPU, kernel cache, deadline) and every stage."""
     return {**facts, "stages": [
         {"name": s.name, "status": s.status, "seconds": s.seconds, "timeout_s": s.timeout,
-         "commands": [shlex.join(c) for c in s.commands],
+         "commands": [shlex.join(c) for c in s.commands], "notes": s.notes,
          "log": f"logs.tar.gz: {s.name}/log.txt" if s.log else None} for s in stages]}
 
 
 def summary_markdown(stages, facts):
     """summary.md: the stages' table, then the end of each log, readable without unpacking."""
-    lines = [f"# GPU check, {facts['started']}", "",
-             f"GPU: {facts['gpu']}", f"Kernel cache: {'; '.join(facts['kernel_cache'])}",
+    lines = [f"# GPU check, {facts['started']}", ""]
+    if facts.get("rehearsal"):
+        lines += [f"**{facts['rehearsal']}**", ""]
+    lines += [f"GPU: {facts['gpu']}", f"Kernel cache: {'; '.join(facts['kernel_cache'])}",
+              f"Wheels: {facts.get('wheels', 'none carried')}",
              f"Deadline {facts['deadline_s']} s; elapsed {facts['elapsed_s']} s"
              + ("" if facts["finished"] else " (still running or stopped)"), "",
              "| stage | status | seconds | timeout s |", "| --- | --- | --- | --- |"]
     for stage in stages:
-        lines.append(f"| {stage.name} | {stage.status} | "
+        lines.append(f"| {stage.name} | {stage.status.replace('|', '/')} | "
                      f"{'' if stage.seconds is None else stage.seconds} | "
                      f"{'' if stage.timeout is None else stage.timeout} |")
     for stage in stages:
@@ -142,11 +158,51 @@ def write_atomic(path, text):
     os.replace(path + ".partial", path)
 
 
+def head_and_tail(path, head, tail):
+    """A long log's first `head` and last `tail` bytes (cut at line ends), with a line between
+    them that says how much was cut: the start (the command, the first error) and the end
+    (where it stopped) are what a reader needs. Returns bytes."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as file:
+        first = file.read(head)
+        first = first[:first.rfind(b"\n") + 1] or first
+        file.seek(len(first))
+        middle_lines, cut = 0, size - len(first) - tail
+        while file.tell() < size - tail:   # count the lines cut, a chunk at a time
+            chunk = file.read(min(2 ** 20, size - tail - file.tell()))
+            middle_lines += chunk.count(b"\n")
+        last = file.read()
+    if b"\n" in last[:-1]:   # start the tail at a line's beginning
+        skipped = last.index(b"\n") + 1
+        middle_lines, cut, last = middle_lines + 1, cut + skipped, last[skipped:]
+    mark = (f"\n[... {cut} bytes ({middle_lines} lines) cut here: the log has {size} bytes, "
+            f"more than the {(head + tail) / 2 ** 20:g} MiB kept of it ...]\n\n")
+    return first + mark.encode() + last
+
+
 def bundle(work, out):
-    """logs.tar.gz in OUT: everything under `work` but files over BUNDLED_FILE_LIMIT."""
+    """logs.tar.gz in OUT: everything under `work`. A log (.txt, .log) over BUNDLED_FILE_LIMIT
+    keeps its head and tail (head_and_tail); any other file over it (a checkpoint) stays out,
+    and left-out.txt in the archive names it with its size."""
     path = os.path.join(out, "logs.tar.gz")
+    left_out = []
     with tarfile.open(path + ".partial", "w:gz") as tar:
         for name in folder_files(work):
-            if os.path.getsize(os.path.join(work, name)) <= BUNDLED_FILE_LIMIT:
-                tar.add(os.path.join(work, name), arcname=name)
+            source = os.path.join(work, name)
+            size = os.path.getsize(source)
+            if size <= BUNDLED_FILE_LIMIT:
+                tar.add(source, arcname=name)
+            elif name.endswith((".txt", ".log")):
+                _add_bytes(tar, name, head_and_tail(source, LOG_HEAD_BYTES, LOG_TAIL_BYTES))
+            else:
+                left_out.append(f"{name}: {size} bytes, over the "
+                                f"{BUNDLED_FILE_LIMIT / 2 ** 20:g} MiB that a file may take here")
+        if left_out:
+            _add_bytes(tar, "left-out.txt", ("\n".join(left_out) + "\n").encode())
     os.replace(path + ".partial", path)
+
+
+def _add_bytes(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = len(data), int(time.time())
+    tar.addfile(info, io.BytesIO(data))

@@ -2,10 +2,18 @@
 
 bench/gpu_check.py's docstring says what each stage does and how the clock is shared; this
 file is the list itself, the one place to change when a check is added.
+
+The order is the order of need: a first call on a fresh machine, whose kernels all compile
+for the first time, must bring back the probe, the kernel tests, the self-check, a training
+run and one comparison with PyTorch before anything optional starts.
 """
 import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# pytest's test list for the tests stage, less what the kernels stage has already run
+KERNEL_TESTS = "tests/test_cuda_kernels.py"
+# --tiny: the tests stage's sample (fast files whose gpu tests cover the engine and the loss)
+TINY_TESTS = ["tests/test_engine.py", "tests/test_nt_xent.py"]
 
 
 @dataclass
@@ -15,69 +23,131 @@ class Stage:
     budget: the seconds this stage is guaranteed (see stage_timeout); the budgets of all stages
     add up to the default deadline less the reserve. needs: a stage that must have passed in
     this call first (a resumed run needs the run). keep_going: run every command even after one
-    fails (the probe's commands are independent)."""
+    fails (the probe's commands are independent). skip: why this stage cannot run on this
+    machine (no MPI runtime), known before it starts. notes: lines its programs added (a side
+    that failed, something not rehearsed), shown with its status."""
     name: str
     budget: float
     commands: list
     needs: str = None
     keep_going: bool = False
+    skip: str = None
     status: str = "pending"
     seconds: float = None
     timeout: float = None
     log: str = None
+    notes: list = field(default_factory=list)
 
 
-def plan(work, python, plugins):
+@dataclass
+class Sizes:
+    """The sizes the stages run at. FULL on a GPU; TINY (--tiny) only for the rehearsal in CI,
+    where every number is NumPy's anyway: the same commands, at toy sizes."""
+    arch: str = "resnet50"
+    width: str = "1"
+    batch: int = 64            # the training run's
+    images: int = 480          # synthetic images: a fifth held out, 384 to train, 6 steps of 64
+    step_batch: int = 256      # bench.step's and bench.profile's, ResNet-50
+    step18_batch: int = 512
+    warmup: int = 3
+    steps: int = 10
+    nccl_width: str = "0.25"   # the nccl stage's ResNet-18
+    tests: list = field(default_factory=list)   # the tests stage's files: all when empty
+
+
+FULL = Sizes()
+TINY = Sizes(arch="resnet18", width="0.0625", batch=8, images=60, step_batch=4, step18_batch=4,
+             warmup=1, steps=2, nccl_width="0.0625", tests=TINY_TESTS)
+
+
+def pytest_command(python, plugins, junit, tests, timeout):
+    """pytest on the gpu tests, naming each test as it finishes (-v, flushed line by line:
+    a stage cut short still says what passed) and the slowest at the end (--durations)."""
+    command = [python, "-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider",
+               "--durations", "15", "--junitxml", junit, *tests]
+    if "xdist" in plugins:
+        command += ["-n", "8"]   # NVRTC compiles on the CPU: workers compile side by side
+    if "pytest_timeout" in plugins:
+        command += ["--timeout", str(timeout)]
+    return command
+
+
+def mpi_stage(python, mpi, data, sizes, out):
+    """The nccl stage: a world of one NCCL rank started by MPI. Skipped, with how to carry one,
+    when the machine has no mpiexec; Open MPI's --oversubscribe only where mpiexec is Open MPI
+    (a container may report fewer slots than ranks)."""
+    command = [python, "-m", "simclr.train", *data, "--arch", "resnet18", "--width",
+               sizes.nccl_width, "--batch-size", str(sizes.batch), "--epochs", "1",
+               "--max-steps", "3", "--distributed", "--backend", "cupy", "--out", out]
+    if not mpi or not mpi.get("mpiexec"):
+        return Stage("nccl", 25, [["mpiexec", "-n", "1", *command]],
+                     skip="skipped: no MPI runtime (carry Open MPI's wheel in "
+                          ".gpu-cache/wheels: bench/gpu_check.sh's header says how)")
+    flags = ["--oversubscribe"] if mpi.get("flavour") == "Open MPI" else []
+    return Stage("nccl", 25, [[mpi["mpiexec"], *flags, "-n", "1", *command]])
+
+
+def rehearsed(command, python):
+    """`command` run on the CPU's rehearsal of a GPU (bench/rehearse.py): `python -m M` and
+    `python -c` (also after mpiexec) through the wrapper; any other program is named to it,
+    and it says that it cannot stand in for that program."""
+    if python not in command:
+        return [python, "-m", "bench.rehearse", "--program", *command]
+    at = command.index(python) + 1
+    return command[:at] + ["-m", "bench.rehearse"] + command[at + (command[at] == "-m"):]
+
+
+def plan(work, python, plugins, mpi=None, rehearse=False, sizes=FULL):
     """The stages, their commands writing under the folder `work`. `plugins` is the set of
-    pytest plugins that import ("xdist", "pytest_timeout")."""
+    pytest plugins that import ("xdist", "pytest_timeout"); `mpi` what
+    bench.gpu_probe.mpi_runtime found; `rehearse`: every command on the CPU's rehearsal."""
     def folder(name):
         return os.path.join(work, name)
 
     run = folder("run")   # the training run that train, resume and linear-eval share
-    data = ["--dataset", "synthetic", "--synthetic-size", "480", "--val-fraction", "0.2"]
-    # 480 synthetic images, a fifth of each class held out: 384 to train on, 6 steps of 64,
-    # so that the 6 steps of train end an epoch (and its k-NN), as the 12 of resume do
-    pytest = [python, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-              "--junitxml", os.path.join(folder("tests"), "junit.xml")]
-    if "xdist" in plugins:
-        pytest += ["-n", "4"]
-    if "pytest_timeout" in plugins:
-        pytest += ["--timeout", "120"]
+    data = ["--dataset", "synthetic", "--synthetic-size", str(sizes.images), "--val-fraction",
+            "0.2"]
+    model = ["--arch", sizes.arch, "--width", sizes.width]
+    timed = ["--warmup", str(sizes.warmup), "--steps", str(sizes.steps)]
+    plugins = set() if rehearse else plugins   # xdist's workers would not rehearse
 
-    # a world of one NCCL rank, started by MPI (the GPU machine has mpi4py and NCCL): its
-    # loss all-reduced by NCCL every step; as root, Open MPI asks for leave (as in a container)
-    mpiexec = shutil.which("mpiexec") or "mpiexec"
+    def step(name, budget, arch, batch, tf32):
+        return Stage(name, budget, [[
+            python, "-m", "bench.step", "--arch", arch, "--width", sizes.width, "--cifar-stem",
+            "--batch-size", str(batch), "--backend", "cupy", "--compare", "torch", "--tf32",
+            tf32, *timed, "--side-timeout", str(round(0.6 * budget)), "--json",
+            os.path.join(folder(name), "step.json")]])
 
-    def step(name, arch, batch, tf32):
-        return Stage(name, 60 if arch == "resnet50" else 40, [[
-            python, "-m", "bench.step", "--arch", arch, "--cifar-stem", "--batch-size",
-            str(batch), "--backend", "cupy", "--compare", "torch", "--tf32", tf32,
-            "--warmup", "3", "--steps", "10", "--json", os.path.join(folder(name), "step.json")]])
-
-    return [
-        Stage("probe", 30, [[python, "-m", "bench.gpu_probe",
+    stages = [
+        Stage("probe", 25, [[python, "-m", "bench.gpu_probe",
                              os.path.join(folder("probe"), "probe.json")],
                             [python, "-c", "import cupy; cupy.show_config()"],
                             ["nvidia-smi"]], keep_going=True),
+        Stage("kernels", 50, [pytest_command(python, plugins & {"pytest_timeout"},
+                                             os.path.join(folder("kernels"), "junit.xml"),
+                                             [KERNEL_TESTS], 45)]),
         Stage("selfcheck", 45, [[python, "-m", "nn.selfcheck", "--backend", "cupy"]]),
-        Stage("tests", 105, [pytest]),
-        Stage("train", 60, [[python, "-m", "simclr.train", *data, "--arch", "resnet50",
-                             "--batch-size", "64", "--epochs", "1", "--max-steps", "6",
+        Stage("train", 70, [[python, "-m", "simclr.train", *data, *model, "--batch-size",
+                             str(sizes.batch), "--epochs", "1", "--max-steps", "6",
                              "--knn-every", "1", "--backend", "cupy", "--out", run]]),
-        Stage("resume", 35, [[python, "-m", "simclr.train", "--resume", run, "--epochs", "2",
+        step("step-resnet50-tf32-off", 70, sizes.arch, sizes.step_batch, "off"),
+        Stage("tests", 100, [pytest_command(python, plugins,
+                                            os.path.join(folder("tests"), "junit.xml"),
+                                            sizes.tests or ["--ignore", KERNEL_TESTS], 60)]),
+        Stage("resume", 25, [[python, "-m", "simclr.train", "--resume", run, "--epochs", "2",
                               "--max-steps", "12", "--backend", "cupy"]], needs="train"),
-        Stage("linear-eval", 30, [[python, "-m", "simclr.linear_eval", "--checkpoint", run,
+        Stage("linear-eval", 20, [[python, "-m", "simclr.linear_eval", "--checkpoint", run,
                                    *data, "--backend", "cupy", "--epochs", "1"]],
               needs="train"),
-        step("step-resnet50-tf32-on", "resnet50", 256, "on"),
-        step("step-resnet50-tf32-off", "resnet50", 256, "off"),
-        step("step-resnet18", "resnet18", 512, "off"),
-        Stage("nccl", 25, [[mpiexec, "--oversubscribe", "-n", "1", python, "-m",
-                            "simclr.train", *data, "--arch", "resnet18", "--width", "0.25",
-                            "--batch-size", "64", "--epochs", "1", "--max-steps", "3",
-                            "--distributed", "--backend", "cupy", "--out", folder("nccl-run")]]),
-        Stage("profile", 35, [[python, "-m", "bench.profile", "--arch", "resnet50", "--cifar-stem",
-                               "--batch-size", "256", "--backend", "cupy", "--warmup", "2",
-                               "--steps", "3", "--json",
+        step("step-resnet50-tf32-on", 40, sizes.arch, sizes.step_batch, "on"),
+        step("step-resnet18", 30, "resnet18", sizes.step18_batch, "off"),
+        mpi_stage(python, mpi, data, sizes, folder("nccl-run")),
+        Stage("profile", 25, [[python, "-m", "bench.profile", *model, "--cifar-stem",
+                               "--batch-size", str(sizes.step_batch), "--backend", "cupy",
+                               "--warmup", "2", "--steps", "3", "--json",
                                os.path.join(folder("profile"), "profile.json")]]),
     ]
+    if rehearse:
+        for stage in stages:
+            stage.commands = [rehearsed(command, python) for command in stage.commands]
+    return stages

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import defaultdict
 
-from bench.common import format_table, machine, run_child, write_result
+from bench.common import ChildFailed, format_table, machine, note, run_child, write_result
 from bench.step import build_ours, parse_args
 
 
@@ -299,8 +299,12 @@ def main(argv=None):
     if args.child:
         write_result(args.result, profile_ours(args))
         return 0
-    result = run_child("bench.profile", argv + ["--child", "ours"], args.threads,
-                       args.tf32 == "on")
+    try:
+        result = run_child("bench.profile", argv + ["--child", "ours"], args.threads,
+                           args.tf32 == "on")
+    except ChildFailed as failure:   # its stderr has passed through; one line to end on
+        note(f"bench.profile: ours: {failure}")
+        return 1
     print(report(args, result))
     if args.json:
         with open(args.json, "w") as file:

@@ -20,8 +20,7 @@ class _Namespace(types.SimpleNamespace):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        raise MissingName(f"cupy{self.__dict__.get('where', '')}.{name} is CuPy's own: the "
-                          f"rehearsal has no stand-in for it")
+        raise MissingName(f"cupy{self.__dict__.get('where', '')}.{name} (CuPy's own)")
 
 
 def _cuda_device(index=None):
@@ -63,7 +62,7 @@ class RehearsalModule(types.ModuleType):
         if name.startswith("__"):
             raise AttributeError(name)
         if name in self.CUPY_OWN or not hasattr(numpy, name):
-            raise MissingName(f"cupy.{name} is CuPy's own: the rehearsal has no stand-in for it")
+            raise MissingName(f"cupy.{name} (CuPy's own)")
         value = getattr(numpy, name)
         if isinstance(value, type) or not callable(value):
             return value                         # dtypes, constants: the same as NumPy's

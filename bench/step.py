@@ -25,16 +25,22 @@ The table then adds, per side, the device memory of one extra untimed step: "GPU
 most bytes in live arrays at once (model and optimiser state included), and "GPU held MiB", what
 the library's memory pool holds from the device (device_memory_mib in bench/common.py).
 bench/gpu_check.sh runs this on a lent GPU.
+
+Each side fails alone: a side whose process fails, or runs past --side-timeout, is named in the
+report's last lines and in the JSON ("failed": its exit status and the last lines of its
+stderr), and the other sides are still measured; the exit status is then 1.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 from types import SimpleNamespace
 
-from bench.common import (SIDES, describe_machine, default_threads, device_memory_mib,
-                          format_table, machine, peak_rss_mib, repeat_timed, run_sides,
-                          summary, synchronizer, write_result)
+from bench.common import (REHEARSAL_VARIABLE, SIDES, describe_machine, default_threads,
+                          device_memory_mib, format_table, machine, note, peak_rss_mib,
+                          repeat_timed, run_sides, summary, synchronizer, write_result)
+from bench.rehearsal import NotRehearsed
 
 LEARNING_RATE = 0.1  # any fixed value: the speed of an update does not depend on it
 TEMPERATURE = 0.5
@@ -62,6 +68,9 @@ def parse_args(argv=None):
     parser.add_argument("--compare", choices=["none", "torch"], default="none")
     parser.add_argument("--gemm-size", type=int, default=2048,
                         help="side of the float32 matmul that measures the machine's GEMM rate")
+    parser.add_argument("--side-timeout", type=float, metavar="SECONDS",
+                        help="end a side still running after this long: it is recorded as "
+                             "failed, and the other sides are still measured")
     parser.add_argument("--json", metavar="PATH", help="also write every measurement here")
     parser.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -133,10 +142,13 @@ def measure_ours(args):
                                  args.steps, ours.sync)
     step_times = repeat_timed(ours.step, args.warmup, args.steps, ours.sync, label="ours step")
     result = {"side": "ours", "step_times": step_times, "augment_times": augment_times,
-              "peak_rss_mib": peak_rss_mib(), "loss": float(ours.losses[-1])}
+              "peak_rss_mib": peak_rss_mib(), "loss": float(ours.losses[-1]), "notes": []}
     if ours.device == "cuda":  # one more step, untimed (bench/common.py says why)
-        memory = device_memory_mib(ours.step, "cupy")
-        result["device_peak_mib"], result["device_held_mib"] = memory["peak"], memory["held"]
+        try:
+            memory = device_memory_mib(ours.step, "cupy")
+            result["device_peak_mib"], result["device_held_mib"] = memory["peak"], memory["held"]
+        except NotRehearsed as reason:   # CuPy's memory pool, on the CPU's rehearsal
+            result["notes"].append(f"ours: device memory: not rehearsed: {reason}")
     size = args.image_size
     forward = forward_flops(ours.model, (1, 3, size, size), ours.device)
     result["flops_per_step"] = TRAINING_STEP_FORWARDS * 2 * args.batch_size * forward
@@ -147,6 +159,8 @@ def measure_ours(args):
 
 def measure_torch(args, channels_last):
     """Time PyTorch's step on the same model in this process; a result dict."""
+    if args.backend == "cupy" and os.environ.get(REHEARSAL_VARIABLE):
+        raise NotRehearsed("PyTorch on CUDA")
     import torch
 
     from bench.common import gemm_gflops
@@ -210,9 +224,9 @@ def summarize(args, results):
         if "augment_times" in runs[0]:
             rows[side]["augment_seconds"] = summary(
                 [t for run in runs for t in run["augment_times"]])
-    ours = rows["ours"]["seconds_per_step"]["median"]
+    ours = rows["ours"]["seconds_per_step"]["median"] if "ours" in rows else None
     for side in rows:
-        if side != "ours":
+        if side != "ours" and ours is not None:
             per_round = [statistics.median(theirs["step_times"])
                          / statistics.median(mine["step_times"])
                          for mine, theirs in zip(results["ours"], results[side])]
@@ -221,9 +235,11 @@ def summarize(args, results):
     return rows
 
 
-def report(args, rows, facts):
-    """The printed table."""
+def report(args, rows, facts, failures):
+    """The printed table, then a line for each side that failed or was not rehearsed."""
     device = "GPU (CuPy / CUDA)" if args.backend == "cupy" else f"CPU, {args.threads} threads"
+    if os.environ.get(REHEARSAL_VARIABLE):
+        device += " rehearsed on the CPU (the numbers are NumPy's, not a GPU's)"
     lines = [f"SimCLR training step: {args.arch} width {args.width:g}, "
              f"{'CIFAR' if args.cifar_stem else 'ImageNet'} stem, N={args.batch_size} images "
              f"(2N={2 * args.batch_size} views) at {args.image_size}x{args.image_size}, "
@@ -241,7 +257,8 @@ def report(args, rows, facts):
                       f"{seconds['max']:.3f})", f"{row['images_per_s']:.1f}",
                       f"{row['gflops']:.1f}", f"{100 * row['fraction_of_gemm']:.0f}%",
                       f"{row['gemm_gflops']:.0f}", f"{row['peak_rss_mib']:.0f}"]
-                     + ([f"{row['device_peak_mib']:.0f}", f"{row['device_held_mib']:.0f}"]
+                     + ([f"{row[key]:.0f}" if key in row else "-"
+                         for key in ("device_peak_mib", "device_held_mib")]
                         if args.backend == "cupy" else [])
                      + ["-" if ratio is None else ratio])
     lines.append(format_table(["side", "s/step median (min-max)", "images/s", "GFLOP/s",
@@ -249,17 +266,19 @@ def report(args, rows, facts):
                               + (["GPU peak MiB", "GPU held MiB"]
                                  if args.backend == "cupy" else [])
                               + ["ours/theirs throughput"], table))
-    ours = rows["ours"]
-    augment = ours["augment_seconds"]
-    lines.append(f"step = {ours['flops_per_step'] / 1e9:.3g} GFLOP (3 x forward, conv + linear); "
-                 f"augmentation of the 2N views, outside the step: {augment['median']:.3f} s "
-                 f"({augment['min']:.3f}-{augment['max']:.3f}), "
-                 f"{args.batch_size / augment['median']:.0f} images/s")
-    mismatched = [SIDES[side] for side, row in rows.items()
-                  if row["flops_per_step"] != ours["flops_per_step"]]
-    if mismatched:
-        lines.append(f"WARNING: the FLOP count differs for {', '.join(mismatched)}: "
-                     f"the two models are not the same network")
+    ours = rows.get("ours")
+    if ours:
+        augment = ours["augment_seconds"]
+        lines.append(f"step = {ours['flops_per_step'] / 1e9:.3g} GFLOP (3 x forward, conv + "
+                     f"linear); augmentation of the 2N views, outside the step: "
+                     f"{augment['median']:.3f} s ({augment['min']:.3f}-{augment['max']:.3f}), "
+                     f"{args.batch_size / augment['median']:.0f} images/s")
+        mismatched = [SIDES[side] for side, row in rows.items()
+                      if row["flops_per_step"] != ours["flops_per_step"]]
+        if mismatched:
+            lines.append(f"WARNING: the FLOP count differs for {', '.join(mismatched)}: "
+                         f"the two models are not the same network")
+    lines += [f"{SIDES[side]}: {why}" for side, why in failures.items()]
     return "\n".join(lines)
 
 
@@ -270,15 +289,19 @@ def main(argv=None):
                   else measure_torch(args, args.child == "torch-channels-last"))
         write_result(args.result, result)
         return 0
-    results, child_argv = run_sides("bench.step", args, argv)
+    failures = {}   # each side fails alone (run_sides): the others are still measured
+    results, child_argv = run_sides("bench.step", args, argv, failures)
+    for line in [line for runs in results.values() for line in runs[0].get("notes", [])]:
+        note(line)
     facts = machine("bench.step", child_argv)
     rows = summarize(args, results)
-    print(report(args, rows, facts))
+    print(report(args, rows, facts, failures))
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as file:
             json.dump({"config": vars(args), "machine": facts, "summary": rows,
-                       "runs": results}, file, indent=1)
-    return 0
+                       "runs": results, "failed": failures}, file, indent=1)
+    return 1 if any(why.startswith("failed") for why in failures.values()) else 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from autograd import Function
 from bench import common, gpu_check, gpu_out
 from bench.gpu_stages import Stage
 
@@ -92,9 +93,14 @@ def test_the_budgets_fit_the_default_deadline_and_each_stage_needs_an_earlier_on
     for index, stage in enumerate(stages):
         assert stage.needs is None or stage.needs in STAGE_NAMES[:index], stage.name
     tests = next(stage for stage in stages if stage.name == "tests").commands[0]
-    assert tests[tests.index("-n") + 1] == "4" and tests[tests.index("--timeout") + 1] == "120"
+    assert tests[tests.index("-n") + 1] == "8" and tests[tests.index("--timeout") + 1] == "60"
+    assert "-v" in tests and "--durations" in tests   # every test named, the slowest listed
+    assert tests[tests.index("--ignore") + 1] == "tests/test_cuda_kernels.py"
     without = next(s for s in gpu_check.plan("/w", "python", set()) if s.name == "tests")
     assert "-n" not in without.commands[0] and "--timeout" not in without.commands[0]
+    # what a tight first call must bring back comes before anything optional
+    assert STAGE_NAMES[:6] == ["probe", "kernels", "selfcheck", "train",
+                               "step-resnet50-tf32-off", "tests"]
 
 
 def test_a_stage_that_hangs_costs_only_its_own_time_and_each_result_reaches_out(
@@ -107,7 +113,7 @@ def test_a_stage_that_hangs_costs_only_its_own_time_and_each_result_reaches_out(
                   "os.makedirs(folder, exist_ok=True); "
                   "open(os.path.join(folder, 'k_2.cubin'), 'w').write('kernel')")
 
-    def stand_in_plan(work, python_, plugins):
+    def stand_in_plan(work, python_, plugins, *settings):
         return [Stage("hangs", 1.5, [[python, "-c", "import time; time.sleep(60)"]]),
                 Stage("after", 1.5, [[python, "-c", add_kernel]]),
                 Stage("needs-hangs", 1.5, [[python, "-V"]], needs="hangs")]
@@ -274,3 +280,123 @@ def test_device_memory_follows_the_pool_to_its_peak_inside_the_step(monkeypatch)
     memory = common.device_memory_mib(step, "cupy")
     assert memory == {"peak": 1500 / 2 ** 20, "held": 8192 / 2 ** 20}
     assert hooks == []  # the hook is gone after the step
+
+
+# ----- whatever fails, something useful comes back ------------------------------------------
+
+FAKE_BENCH = '''
+import json, sys, time
+side = sys.argv[sys.argv.index("--child") + 1]
+if side == "ours":
+    print("Traceback (most recent call last):", file=sys.stderr)
+    print("CUDADriverError: planted: no kernel image for this device", file=sys.stderr)
+    sys.exit(3)
+if side == "torch-channels-last":
+    time.sleep(60)
+with open(sys.argv[sys.argv.index("--result") + 1], "w") as file:
+    json.dump({"side": side, "step_times": [0.5]}, file)
+'''
+
+
+def test_each_side_of_a_comparison_fails_alone_and_says_why(tmp_path, monkeypatch, capsys):
+    """A planted failure of ours (exit status 3) and a hang of channels_last (past the side's
+    timeout): both recorded with why, and PyTorch NCHW still measured in every round."""
+    if not common.torch_available():
+        pytest.skip("the comparison's other sides need PyTorch")
+    (tmp_path / "fake_bench.py").write_text(FAKE_BENCH)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    args = SimpleNamespace(compare="torch", rounds=2, threads=1, tf32="off", side_timeout=2)
+    failures = {}
+    results, _ = common.run_sides("fake_bench", args, [], failures)
+    assert list(results) == ["torch-nchw"] and len(results["torch-nchw"]) == 2
+    assert failures["ours"].startswith("failed: exit status 3: ")
+    assert "CUDADriverError: planted" in failures["ours"]
+    assert failures["torch-channels-last"].startswith("failed: timed out after 2 s")
+    assert "planted" in capsys.readouterr().err   # the child's stderr passed through
+    with pytest.raises(common.ChildFailed, match="exit status 3"):
+        common.run_sides("fake_bench", args, [])   # without a record, the first failure raises
+
+
+def test_the_step_report_names_a_failed_side_and_still_shows_the_others():
+    from bench import step
+    args = step.parse_args(["--backend", "cupy", "--compare", "torch", "--batch-size", "4"])
+    run = {"step_times": [0.5, 0.7], "flops_per_step": 1e9, "gemm_gflops": 100.0,
+           "peak_rss_mib": 10.0}
+    rows = step.summarize(args, {"torch-nchw": [run]})
+    facts = {"cpu": "cpu", "cores": 1, "load_average": [0], "date": "today", "numpy": "2",
+             "numpy_blas": "blas"}
+    text = step.report(args, rows, facts, {"ours": "failed: exit status 1: CUDADriverError"})
+    assert "| PyTorch NCHW | 0.600" in text and "ours: failed: exit status 1" in text
+
+
+class WrongGradient(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2.0
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad   # should be 2 grad
+
+
+def test_selfcheck_reports_every_case_and_the_exception_of_each_that_raised(
+        monkeypatch, capsys):
+    import nn.functional as F
+    from nn import selfcheck
+
+    def does_not_compile(*args, **kwargs):
+        raise RuntimeError("planted: kernel relu does not compile")
+
+    monkeypatch.setattr(F, "relu", does_not_compile)
+    monkeypatch.setattr(F, "log_softmax", lambda a, dim: WrongGradient.apply(a))
+    assert selfcheck.main(["--quick"]) == 1
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert sum(line.startswith(("ok ", "FAIL ", "ERROR ")) for line in lines) == 15
+    assert any(line.startswith("ERROR relu") and "RuntimeError: planted" in line
+               for line in lines)
+    assert any(line.startswith("FAIL  log_softmax") for line in lines)
+    assert "15 cases: 13 passed, 1 failed, 1 raised" in out.out
+    # the last lines name each case that went wrong, and where a raise came from
+    assert lines[-2].startswith("  ERROR relu: RuntimeError: planted")
+    assert lines[-2].endswith(f"(at {__file__}:{does_not_compile.__code__.co_firstlineno + 1})")
+    assert lines[-1].startswith("  FAIL log_softmax: gradient of input 0")
+    assert "Traceback" in out.err   # the whole story in the log
+
+
+def test_a_long_log_keeps_its_head_and_tail_and_a_checkpoint_is_named(tmp_path, monkeypatch):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "tests").mkdir(parents=True)
+    out.mkdir()
+    lines = [f"line {number}: {'x' * 40}" for number in range(2000)]
+    (work / "tests" / "log.txt").write_text("\n".join(lines) + "\n")
+    (work / "run").mkdir()
+    (work / "run" / "checkpoint.npz").write_bytes(os.urandom(20_000))
+    monkeypatch.setattr(gpu_out, "BUNDLED_FILE_LIMIT", 10_000)
+    monkeypatch.setattr(gpu_out, "LOG_HEAD_BYTES", 1_000)
+    monkeypatch.setattr(gpu_out, "LOG_TAIL_BYTES", 2_000)
+    gpu_out.bundle(str(work), str(out))
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        log = tar.extractfile("tests/log.txt").read().decode()
+        left_out = tar.extractfile("left-out.txt").read().decode()
+    kept = log.splitlines()
+    assert kept[0] == lines[0] and kept[-1] == lines[-1]
+    mark = next(line for line in kept if "cut here" in line)
+    first_cut, last_kept = lines.index(kept[kept.index(mark) - 2]) + 1, kept.index(mark) + 2
+    cut_lines = lines.index(kept[last_kept]) - first_cut
+    assert f"({cut_lines} lines) cut here" in mark
+    cut_bytes = sum(len(line) + 1 for line in lines[first_cut:first_cut + cut_lines])
+    assert f"[... {cut_bytes} bytes" in mark
+    assert "run/checkpoint.npz: 20000 bytes" in left_out
+
+
+def test_the_nccl_stage_needs_mpiexec_and_asks_open_mpi_alone_to_oversubscribe():
+    def nccl(mpi):
+        return next(s for s in gpu_check.plan("/w", "py", set(), mpi) if s.name == "nccl")
+
+    assert nccl(None).skip.startswith("skipped: no MPI runtime")
+    open_mpi = nccl({"mpiexec": "/x/mpiexec", "flavour": "Open MPI"})
+    assert open_mpi.skip is None and open_mpi.commands[0][:4] == [
+        "/x/mpiexec", "--oversubscribe", "-n", "1"]
+    assert nccl({"mpiexec": "/y/mpiexec", "flavour": "MPICH"}).commands[0][:3] == [
+        "/y/mpiexec", "-n", "1"]
