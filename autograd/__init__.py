@@ -7,10 +7,11 @@ gradcheck.py (how we know the gradients are right).
 from .backend import array_module, to_numpy
 from .engine import set_gradient_passes
 from .function import Function, is_grad_enabled, no_grad
-from .gradcheck import GradcheckError, gradcheck, numerical_grad
+from .gradcheck import (GradcheckError, directional_gradcheck, gradcheck, module_gradcheck,
+                        numerical_grad)
 from .ops import cat, stack, unbroadcast
 from .tensor import Tensor
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck", "numerical_grad",
-           "GradcheckError", "cat", "stack", "unbroadcast", "array_module", "to_numpy",
-           "set_gradient_passes"]
+           "directional_gradcheck", "module_gradcheck", "GradcheckError", "cat", "stack",
+           "unbroadcast", "array_module", "to_numpy", "set_gradient_passes"]

@@ -135,3 +135,199 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
                 f"tolerance {atol + rtol * abs(n[worst]):.3g} (atol={atol} + rtol={rtol} * |numeric|)\n"
                 f"  hint: {_hint(a, n)}")
     return True
+
+
+# ----- the directional check: a whole network in a few passes ---------------------------------
+#
+# gradcheck above nudges one element at a time: two forward passes per element, fine for one op
+# of a few dozen values, hopeless for a ResNet's millions of weights. The directional check asks
+# one question of all the inputs at once. Pick a random upstream v (of the output's shape) and a
+# random direction u = (u_1, ..., u_k) over every checked input, scaled to unit length. Then
+#
+#     analytic:  sum_i <g_i, u_i>, with g_i = v^T df/dx_i from one backward() pass
+#     numeric:   (s(x + eps u) - s(x - eps u)) / (2 eps),  s(x) = sum(f(x) * v)
+#
+# are both v^T J u, the derivative of s along u, and a backward pass that is wrong anywhere
+# changes the first but not the second (with probability 1 over u, since a wrong gradient
+# g'_i != g_i has <g'_i - g_i, u_i> = 0 only on a set of measure zero). Three passes check
+# everything; when they disagree, the same test along each input's own direction alone (two
+# passes per input) names the inputs whose gradients are wrong.
+
+
+def _backward_grads(fn, inputs, upstream_seed):
+    """Run fn once, backward() from a random upstream v; return (v, [g_i]) with g_i = v^T
+    df/dx_i (zeros where no gradient arrived, None for inputs not checked). The inputs' own
+    .grad are left as they were."""
+    out = fn(*inputs)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"gradcheck: fn returned a {type(out).__name__}, expected a Tensor")
+    xp = array_module(out.data)
+    upstream = xp.asarray(numpy.random.default_rng(upstream_seed).standard_normal(out.shape))
+    saved_grads = [t.grad for t in inputs]
+    for t in inputs:
+        t.grad = None
+    try:
+        if out.requires_grad:
+            out.backward(upstream)
+        grads = [None if not t.requires_grad else
+                 (t.grad if t.grad is not None else xp.zeros(t.shape, dtype=t.dtype))
+                 for t in inputs]
+    finally:
+        for t, g in zip(inputs, saved_grads):
+            t.grad = g
+    return upstream, grads
+
+
+def _random_direction(inputs, seed):
+    """u_i ~ N(0, 1) elementwise for every checked input, all scaled by one number so that
+    sum_i |u_i|^2 = 1 (None for inputs not checked)."""
+    rng = numpy.random.default_rng(seed)
+    host = [rng.standard_normal(t.shape) if t.requires_grad else None for t in inputs]
+    norm = numpy.sqrt(sum(float((u * u).sum()) for u in host if u is not None))
+    return [None if u is None else array_module(t.data).asarray(u / max(norm, 1e-300))
+            for t, u in zip(inputs, host)]
+
+
+def _moved_scalar(fn, inputs, direction, step, upstream):
+    """s(x + step u) = sum(fn(x + step u) * v), each input moved in place and put back."""
+    originals = [None if u is None else t.data.copy() for t, u in zip(inputs, direction)]
+    try:
+        for t, u, original in zip(inputs, direction, originals):
+            if u is not None:
+                t.data[...] = original + step * u
+        with no_grad():
+            return _scalar(fn, inputs, upstream)
+    finally:
+        for t, original in zip(inputs, originals):
+            if original is not None:
+                t.data[...] = original
+
+
+def _along(fn, inputs, grads, direction, upstream, eps):
+    """(analytic, numeric) derivatives of s along `direction`: sum_i <g_i, u_i> and the
+    central difference."""
+    analytic = sum(float((to_numpy(g) * to_numpy(u)).sum())
+                   for g, u in zip(grads, direction) if u is not None)
+    plus = _moved_scalar(fn, inputs, direction, eps, upstream)
+    minus = _moved_scalar(fn, inputs, direction, -eps, upstream)
+    return analytic, (plus - minus) / (2 * eps)
+
+
+def _culprits(fn, inputs, names, grads, direction, upstream, eps, atol, rtol):
+    """Each checked input alone, along its own part of u scaled to unit length: one line for
+    each input whose derivative disagrees (in the order of `inputs`), and how many agreed."""
+    failing, agreed = [], 0
+    for position, (t, u) in enumerate(zip(inputs, direction)):
+        if u is None:
+            continue
+        alone = [None] * len(inputs)
+        alone[position] = u / max(float(numpy.sqrt((to_numpy(u) ** 2).sum())), 1e-300)
+        analytic, numeric = _along(fn, inputs, grads, alone, upstream, eps)
+        if abs(analytic - numeric) <= atol + rtol * abs(numeric):
+            agreed += 1
+            continue
+        failing.append(f"{names[position]} (shape {tuple(t.shape)}): analytic {analytic:.10g}, "
+                       f"numeric {numeric:.10g}, analytic / numeric {_ratio(analytic, numeric)}")
+    return failing, agreed
+
+
+def _ratio(analytic, numeric):
+    return f"{analytic / numeric:.6g}" if numeric != 0 else "undefined (numeric is 0)"
+
+
+def _input_names(inputs, names):
+    if names is None:
+        return [f"input {position}" for position in range(len(inputs))]
+    names = list(names)
+    if len(names) != len(inputs):
+        raise ValueError(f"directional_gradcheck: {len(names)} names for {len(inputs)} inputs; "
+                         f"give one name per input, or none")
+    return [str(name) for name in names]
+
+
+def directional_gradcheck(fn, inputs, names=None, eps=1e-6, atol=1e-8, rtol=1e-5, seed=0,
+                          locate=True):
+    """Check fn's backward() along one random direction through all its inputs, in float64.
+
+    fn:      a function of the tensors `inputs` returning one Tensor (any shape).
+    inputs:  Tensors; those with requires_grad=True are checked (they must be float64).
+    names:   optional, one per input, used in the failure message (e.g. parameter names).
+    The check passes when |analytic - numeric| <= atol + rtol * |numeric| for the derivative
+    along u (see above). It costs one forward and backward pass and two forward passes,
+    whatever the number of inputs; on failure, with locate=True, two more forward passes per
+    input find the inputs whose gradients are wrong.
+
+    Returns True, or raises GradcheckError with both numbers, the tolerance and the culprits.
+    """
+    inputs = _checked_inputs(inputs)
+    labels = _input_names(inputs, names)
+    upstream, grads = _backward_grads(fn, inputs, seed)
+    direction = _random_direction(inputs, seed + 1)
+    analytic, numeric = _along(fn, inputs, grads, direction, upstream, eps)
+    allowed = atol + rtol * abs(numeric)
+    if abs(analytic - numeric) <= allowed:
+        return True
+    checked = [t for t in inputs if t.requires_grad]
+    lines = [
+        f"directional gradient check failed: the derivative of s(x) = sum(f(x) * v), v a random "
+        f"upstream, along a random unit direction u through all {len(checked)} checked inputs "
+        f"({sum(t.size for t in checked)} values) disagrees.",
+        f"  analytic (backward): v^T J u = sum_i <grad_i, u_i> = {analytic:.10g}",
+        f"  numeric (central difference): (s(x + eps u) - s(x - eps u)) / (2 eps) = "
+        f"{numeric:.10g}, eps={eps}",
+        f"  difference {abs(analytic - numeric):.3g}, tolerance {allowed:.3g} "
+        f"(atol={atol} + rtol={rtol} * |numeric|), analytic / numeric {_ratio(analytic, numeric)}"]
+    lines += _locate_lines(fn, inputs, labels, grads, direction, upstream, eps, atol, rtol, locate)
+    raise GradcheckError("\n".join(lines))
+
+
+def _locate_lines(fn, inputs, labels, grads, direction, upstream, eps, atol, rtol, locate):
+    """The failure message's last lines: which inputs are wrong, and where to look next."""
+    if not locate:
+        return ["  next: rerun with locate=True to check each input alone (two forward passes "
+                "each), or check single ops element by element with gradcheck."]
+    failing, agreed = _culprits(fn, inputs, labels, grads, direction, upstream, eps, atol, rtol)
+    if not failing:
+        return [f"  each of the {agreed} inputs alone, along its own direction, agrees within the "
+                f"tolerance: either the error is spread thinly over many inputs (check single "
+                f"ops element by element with gradcheck), or a ReLU or a max met its kink within "
+                f"eps of x along u (rerun with another seed: a real error stays)."]
+    shown = failing if len(failing) <= 12 else (
+        failing[:5] + [f"... {len(failing) - 10} more ..."] + failing[-5:])
+    last = failing[-1].split(" (shape")[0]
+    return ([f"  each input alone, along its own direction: {len(failing)} disagree, "
+             f"{agreed} agree. Wrong gradients:"]
+            + [f"    {line}" for line in shown]
+            + [f"  next: the op at fault is one that these inputs feed: a backward that is wrong "
+               f"spoils the gradient of everything computed before it, so in a network look at "
+               f"the ops just after the last of them ({last}, if the inputs are in the order "
+               f"the forward pass uses them), and check each alone, element by element, with "
+               f"gradcheck on small float64 inputs."])
+
+
+def module_gradcheck(module, fn, inputs=(), **options):
+    """directional_gradcheck of fn(*inputs) with respect to every parameter of `module` (an
+    nn.Module, or anything with named_parameters()) and every input that requires a gradient.
+
+    fn runs the module: e.g. module_gradcheck(model, lambda x: nt_xent(model(x)), [images]).
+    The parameters must be float64 (module.to(dtype="float64")). They are named in the failure
+    message as named_parameters() names them, the inputs as "input 0", "input 1", ... The
+    module's buffers (batch norm's running statistics, which every training-mode forward pass
+    updates) are put back as they were. `options` go to directional_gradcheck.
+    """
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    named = list(module.named_parameters())
+    for name, p in named:
+        if p.dtype != numpy.float64:
+            raise TypeError(f"module_gradcheck: parameter {name!r} has dtype {p.dtype}; gradient "
+                            f"checks need float64: call module.to(dtype='float64') first")
+    buffers = [(b, b.copy()) for _, b in module.named_buffers()] \
+        if hasattr(module, "named_buffers") else []
+    names = [f"input {i}" for i in range(len(inputs))] + [name for name, _ in named]
+    count = len(inputs)
+    try:
+        return directional_gradcheck(lambda *tensors: fn(*tensors[:count]),
+                                     inputs + [p for _, p in named], names=names, **options)
+    finally:
+        for buffer, saved in buffers:
+            buffer[...] = saved
