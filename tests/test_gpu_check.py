@@ -388,15 +388,3 @@ def test_a_long_log_keeps_its_head_and_tail_and_a_checkpoint_is_named(tmp_path, 
     cut_bytes = sum(len(line) + 1 for line in lines[first_cut:first_cut + cut_lines])
     assert f"[... {cut_bytes} bytes" in mark
     assert "run/checkpoint.npz: 20000 bytes" in left_out
-
-
-def test_the_nccl_stage_needs_mpiexec_and_asks_open_mpi_alone_to_oversubscribe():
-    def nccl(mpi):
-        return next(s for s in gpu_check.plan("/w", "py", set(), mpi) if s.name == "nccl")
-
-    assert nccl(None).skip.startswith("skipped: no MPI runtime")
-    open_mpi = nccl({"mpiexec": "/x/mpiexec", "flavour": "Open MPI"})
-    assert open_mpi.skip is None and open_mpi.commands[0][:4] == [
-        "/x/mpiexec", "--oversubscribe", "-n", "1"]
-    assert nccl({"mpiexec": "/y/mpiexec", "flavour": "MPICH"}).commands[0][:3] == [
-        "/y/mpiexec", "-n", "1"]

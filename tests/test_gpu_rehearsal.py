@@ -99,6 +99,18 @@ def test_commands_take_the_wrapper_where_python_runs():
                                                  "nvidia-smi"]
 
 
+def test_the_nccl_stage_needs_mpiexec_and_asks_open_mpi_alone_to_oversubscribe():
+    def nccl(mpi):
+        return next(s for s in gpu_check.plan("/w", "py", set(), mpi) if s.name == "nccl")
+
+    assert nccl(None).skip.startswith("skipped: no MPI runtime")
+    open_mpi = nccl({"mpiexec": "/x/mpiexec", "flavour": "Open MPI"})
+    assert open_mpi.skip is None and open_mpi.commands[0][:4] == [
+        "/x/mpiexec", "--oversubscribe", "-n", "1"]
+    assert nccl({"mpiexec": "/y/mpiexec", "flavour": "MPICH"}).commands[0][:3] == [
+        "/y/mpiexec", "-n", "1"]
+
+
 def fake_mpi_wheel(folder):
     """A wheel whose one script is an `mpiexec` of MPICH's kind that runs its command."""
     script = ('#!/bin/sh\nif [ "$1" = --version ]; then echo "HYDRA build details:"; '
