@@ -1,6 +1,6 @@
 """The same SimCLR training step in PyTorch, the yardstick for ours.
 
-The encoder is tests/torch_resnet.py (torchvision's structure and names, with the CIFAR stem
+The encoder is bench/torch_resnet.py (torchvision's structure and names, with the CIFAR stem
 and the width multiplier); the head, NT-Xent and LARS below transcribe simclr.model,
 simclr.loss and nn.optim.LARS, so both sides do the same arithmetic in the same order of
 layers. Import this only in a child process that was started for PyTorch.
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.torch_resnet import torch_resnet
+from bench.torch_resnet import torch_resnet
 
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
 

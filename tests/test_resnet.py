@@ -50,7 +50,7 @@ def test_resnet50_has_torchvision_parameter_count():
 def test_state_dict_names_and_shapes_match_torchvision_structure(depth, cifar_stem, num_classes,
                                                                   width):
     import_torch()
-    from torch_resnet import torch_resnet
+    from bench.torch_resnet import torch_resnet
 
     ours = BUILDERS[depth](cifar_stem=cifar_stem, width=width, num_classes=num_classes, rng=0)
     theirs = torch_resnet(depth, cifar_stem, width, num_classes).state_dict()
@@ -102,7 +102,7 @@ def run_both(torch, ours, theirs, x, upstream):
 def test_resnet_matches_pytorch_in_train_and_eval_mode(xp, depth, cifar_stem, width, dtype,
                                                        num_classes):
     torch = import_torch()
-    from torch_resnet import torch_resnet
+    from bench.torch_resnet import torch_resnet
 
     size = 32 if cifar_stem else 64
     ours = BUILDERS[depth](cifar_stem=cifar_stem, width=width, num_classes=num_classes, rng=1)

@@ -1,7 +1,9 @@
 """A PyTorch ResNet with torchvision's module structure and names, plus the CIFAR stem and the
-width multiplier: the oracle for tests/test_resnet.py (torchvision itself is not installed).
+width multiplier (torchvision itself is not installed): the oracle that tests/test_resnet.py holds
+nn.resnet to, and the encoder of the PyTorch side of the benchmarks (bench/torch_simclr.py).
 
-Import this only inside a test, after `import_torch()`: it imports torch at the top.
+It imports torch at the top: import it only where PyTorch is wanted (in a test, after
+`import_torch()`; in a benchmark's PyTorch child process).
 """
 import torch
 from torch import nn
