@@ -12,6 +12,10 @@ sum(BN(x)) = N * sum(beta) does not depend on x), so a wrong gradient would pass
 
 Everything runs in float64: with eps = 1e-6, float32 rounding (about 1e-7 relative)
 would swamp the difference being measured.
+
+One element at a time is right for one op; a whole network has millions. directional_gradcheck
+(below) checks every input at once along one random direction, in three passes, and then names
+the inputs whose gradients are wrong; module_gradcheck applies it to a Module's parameters.
 """
 import numpy
 
