@@ -4,6 +4,7 @@ needs and summaries have run before a GPU is lent. And the wrapper itself: a pro
 rehearsal, what it says where the rehearsal cannot stand in, and carried wheels found first."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -37,12 +38,16 @@ def test_the_rehearsal_runs_every_stage_to_its_end_and_out_holds_each(tmp_path):
     report = "\n".join(f"{name}: {text}" for name, text in status.items()) + finished.stderr
     assert summary["finished"] and summary["rehearsal"] == gpu_check.REHEARSAL, report
     assert "**rehearsal: numbers are NumPy's, not a GPU's**" in markdown
-    assert all(text.startswith(("passed", "not rehearsed")) for text in status.values()), report
+    # without the mpi extra (no mpiexec on PATH) the nccl stage skips, and says why
+    no_mpi = shutil.which("mpiexec") is None
+    assert all(text.startswith(("passed", "not rehearsed")) for name, text in status.items()
+               if not (name == "nccl" and no_mpi)), report
     assert finished.returncode == 0, report
     assert all(stage["seconds"] is not None and stage["timeout_s"] for stage in
-               summary["stages"])
+               summary["stages"] if not stage["status"].startswith("skipped"))
     # what the rehearsal cannot stand in for is said, stage by stage
-    assert status["nccl"].startswith("not rehearsed: cupy.cuda.nccl")
+    assert status["nccl"].startswith("skipped: no MPI runtime" if no_mpi
+                                     else "not rehearsed: cupy.cuda.nccl"), report
     assert "PyTorch NCHW: not rehearsed: PyTorch on CUDA" in status["step-resnet18"]
     assert "not rehearsed: nvidia-smi (a program, not Python)" in status["probe"]
     assert "not rehearsed: cupy.show_config" in status["probe"]
