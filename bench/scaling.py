@@ -77,13 +77,16 @@ def child(args):
     import numpy
 
     from autograd import Tensor
-    from nn.distributed import MPIComm, average_gradients, synchronize_batch_norm
+    from nn import runtime
+    from nn.distributed import MPIComm, average_gradients
     from nn.distributed import collectives
-    from nn.functional import cpu
+    from nn.layers import synchronize_batch_norm
     from simclr.loss import nt_xent
-    from simclr.train import build_model, build_optimizer
+    from simclr.model import build_model
+    from simclr.pretraining import build_optimizer
 
-    cpu.reuse_freed_memory()
+    runtime.reuse_freed_memory()
+    runtime.use_threaded_gradients()
     group = MeasuredComm(MPIComm())
     config = {"arch": args.arch, "width": 1, "cifar_stem": True, "seed": 0, "head": "nonlinear",
               "proj_dim": 128, "optimizer": "lars", "weight_decay": 1e-6}

@@ -105,13 +105,15 @@ def build_ours(args):
     import numpy
 
     from autograd.backend import require_cupy
-    from nn.functional import cpu
+    from nn import runtime
     from simclr.augment import SimCLRAugment
-    from simclr.train import build_model, build_optimizer, training_step
+    from simclr.model import build_model
+    from simclr.pretraining import build_optimizer, training_step
 
     xp = numpy if args.backend == "numpy" else require_cupy()
     device = "cpu" if args.backend == "numpy" else "cuda"
-    cpu.reuse_freed_memory()  # as simclr.train does
+    runtime.reuse_freed_memory()  # as simclr.train does
+    runtime.use_threaded_gradients()
     N, size = args.batch_size, args.image_size
     rng = numpy.random.default_rng(0)
     images = xp.asarray(rng.integers(0, 256, (N, size, size, 3), dtype=numpy.uint8))

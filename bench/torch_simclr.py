@@ -16,7 +16,7 @@ DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
 
 class TorchSimCLR(nn.Module):
     """encoder -> h -> Linear(D, D) -> BatchNorm1d -> ReLU -> Linear(D, proj_dim) -> z, with
-    zero_init_residual (each block's last BN weight 0), as simclr.train builds its model."""
+    zero_init_residual (each block's last BN weight 0), as simclr.model.build_model builds ours."""
 
     def __init__(self, arch, cifar_stem, width, proj_dim=128):
         super().__init__()

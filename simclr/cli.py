@@ -1,4 +1,5 @@
-"""What the command-line programs share: a user's mistake ends in one line, never a traceback.
+"""What the command-line programs share: a user's mistake ends in one line, never a traceback;
+the checks of a flag's value; which flags a command line gives.
 
 A traceback is for a bug in this code. Anything the person at the keyboard can fix (a flag's
 value, a missing, wrong or unreadable file, a full disk) is a `UsageError`: the program prints
@@ -117,3 +118,37 @@ def require_backend(name):
         return require_cupy()
     except RuntimeError as error:  # require_cupy's two refusals: no CuPy, no usable GPU
         raise BackendUnavailable(f"--backend cupy: {error}") from error
+
+
+# Which settings a command line gives, for a resumed run that may change only a few of them.
+
+def given_flags(argv):
+    """The settings (config keys) that the command line `argv` gives explicitly: "--lr 2" and
+    "--lr=2" give "lr", "--no-blur" (the negative form of a boolean flag; no flag's own name
+    starts with no-) gives "blur". Abbreviated flags are not accepted (ArgumentParser), so
+    every flag is spelled out."""
+    given = set()
+    for token in argv:
+        if token == "--":
+            break
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0]
+            given.add(name.removeprefix("no-").replace("-", "_"))
+    return given
+
+
+def flag_name(key):
+    """The flag of a setting: "batch_size" -> "--batch-size"."""
+    return "--" + key.replace("_", "-")
+
+
+def refuse_changed(resume, values, saved, keys, flag_of=flag_name):
+    """Refuse, naming them, the settings among `keys` that the command line (`values`) gives
+    with another value than the resumed run's `saved` ones: they would be ignored, or make
+    another run."""
+    changed = sorted(key for key in keys if key in values and values[key] != saved.get(key))
+    if changed:
+        flags = ", ".join(f"{flag_of(key)} {values[key]} (saved: {saved.get(key)})"
+                          for key in changed)
+        raise UsageError(f"--resume {resume}: {flags}: a resumed run keeps the settings it "
+                         f"was started with; start a new run (another --out) to change them")

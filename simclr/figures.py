@@ -1,4 +1,4 @@
-"""python -m simclr.figures KIND: pictures of what SimCLR does, as PNG files (simclr/plot.py).
+"""python -m simclr.figures KIND: pictures of what SimCLR does, as PNG files (simclr/plot/).
 
     views       one row per image: the image, then random views of SimCLR's augmentation (crop,
                 flip, colour distortion, grayscale, blur if asked): the pairs the loss must
@@ -29,19 +29,19 @@ import os
 
 import numpy
 
-from nn.functional import cpu
+from nn import runtime
 from simclr import cli, plot
 from simclr.augment import SimCLRAugment
 from simclr.augment.color import color_jitter
 from simclr.augment.crop import random_resized_crop, to_float_nchw
-from simclr.checkpoint import checkpoint_path, load_checkpoint
 from simclr.cli import UsageError
-from simclr.data import add_data_arguments, check_data_flags, load_from_arguments
+from simclr.data import (add_data_arguments, check_data_flags, labelled_held_out,
+                         load_from_arguments)
 from simclr.evaluate import encode
-from simclr.linear_eval import check_stem, labelled_held_out
-from simclr.report import loss_series, read_metrics
-from simclr.settings import transformations
-from simclr.train import build_model
+from simclr.model import build_model, check_stem
+from simclr.pretraining_settings import transformations
+from simclr.training.checkpoint import checkpoint_path, load_checkpoint
+from simclr.training.report import read_metrics
 
 PROG = "python -m simclr.figures"
 SAME_CLASS, OTHER_CLASS = (20, 170, 60), (225, 30, 30)  # the frames of neighbours
@@ -114,8 +114,8 @@ def _main(argv):
     args = parse_args(argv)
     validate(args)
     if getattr(args, "threads", None) is not None:
-        cpu.set_num_threads(args.threads)
-    cpu.reuse_freed_memory()  # see nn/functional/cpu/memory.py
+        runtime.set_num_threads(args.threads)
+    runtime.reuse_freed_memory()  # see nn/runtime/memory.py
     image = FIGURES[args.kind](args)
     plot.save_png(image, args.out)
     print(f"{args.kind}: written to {args.out} ({image.width}x{image.height})")
@@ -129,8 +129,12 @@ def load_splits(args):
     return load_from_arguments(config)  # the split of linear_eval's default --seed 0
 
 
-def describe_data(args):
-    return f"--dataset {args.dataset}" + (f" --data-dir {args.data_dir}" if args.data_dir else "")
+def describe_data(args, splits):
+    """The data in a few words, for titles: its kind and size, not the path it was read from
+    ("cifar10: 50000 training images, 10000 test images")."""
+    held_out = splits.held_out()
+    return f"{args.dataset}: {len(splits.train)} training images" + \
+        (f", {len(held_out[1])} {held_out[0]} images" if held_out else "")
 
 
 def load_encoder(path, image_size):
@@ -166,7 +170,8 @@ def class_name(dataset, index):
 # --- the figures ----------------------------------------------------------------------------
 
 def views_figure(args):
-    train = load_splits(args).train
+    splits = load_splits(args)
+    train = splits.train
     chosen = pick_examples(train, args.images)
     images = train.images[chosen]
     steps = transformations(vars(args))
@@ -178,15 +183,16 @@ def views_figure(args):
                f"(p 0.8), grayscale (p 0.2), {'blur (p 0.5)' if args.blur else 'no blur'}"
                if steps is None else "only " + (", ".join(steps) or "no step") +
                (f"; colour strength s = {args.color_strength:g}" if "jitter" in steps else ""))
-    title = (f"Random views of SimCLR's augmentation, {describe_data(args)}\n{setting}; "
-             f"seed {args.seed}")
+    title = (f"Random views of SimCLR's augmentation, {describe_data(args, splits)}\n"
+             f"{setting}; seed {args.seed}")
     return plot.image_grid(rows, title=title, scale=max(1, CELL // images.shape[1]),
                            row_labels=[class_name(train, i) for i in chosen],
                            col_labels=["image"] + [f"view {v + 1}" for v in range(args.views)])
 
 
 def histograms_figure(args):
-    train = load_splits(args).train
+    splits = load_splits(args)
+    train = splits.train
     if args.index >= len(train):
         raise UsageError(f"--index {args.index}: there are {len(train)} training images, "
                          f"give at most {len(train) - 1}")
@@ -208,7 +214,7 @@ def histograms_figure(args):
     rows = [[image] + list(crops), panels[:n + 1],
             [None] + list(distorted), [None] + panels[n + 1:]]
     title = (f"Crops of one image share their colour histograms; colour distortion breaks that"
-             f"\n{describe_data(args)}, training image {args.index} "
+             f"\n{describe_data(args, splits)}, training image {args.index} "
              f"({class_name(train, args.index)}); distortion: colour jitter of strength "
              f"s = {args.color_strength:g}, on every crop")
     return plot.image_grid(rows, title=title, scale=scale,
@@ -248,7 +254,7 @@ def neighbours_figure(args):
             row_labels=labels, borders=borders, scale=max(1, CELL // train.images.shape[1]),
             col_labels=["query"] + [f"{n + 1}" for n in range(args.k)]))
     title = (f"Nearest of {len(train)} training images to {split_name} images "
-             f"({describe_data(args)})\n"
+             f"({describe_data(args, splits)})\n"
              f"{describe_run(config)}; green frame: the query's class, red: another class")
     return plot.combine(blocks, title=title, columns=2)
 
@@ -290,7 +296,7 @@ def embedding_figure(args):
     share = singular ** 2 / max(float((singular ** 2).sum()), 1e-300)
     return plot.scatter(points, test.labels, test.classes,
                         title=f"PCA of the representation h of {len(test)} {split_name} images "
-                              f"({describe_data(args)})\n{describe_run(config)}",
+                              f"({describe_data(args, splits)})\n{describe_run(config)}",
                         x_label=f"PCA component 1 ({share[0]:.0%} of the variance)",
                         y_label=f"PCA component 2 ({share[1]:.0%} of the variance)")
 
@@ -315,7 +321,7 @@ def training_figure(args):
         config = {}
     steps = [(r["step"], r) for r in records if "step" in r]
     options = dict(x_label="step", size=(760, 300), markers=False)
-    panels = [plot.line_chart(loss_series(records), title="NT-Xent loss", y_label="loss",
+    panels = [plot.line_chart(plot.loss_series(records), title="NT-Xent loss", y_label="loss",
                               **options),
               plot.line_chart([("lr", [s for s, r in steps if "lr" in r],
                                 [r["lr"] for _, r in steps if "lr" in r])],
@@ -325,7 +331,8 @@ def training_figure(args):
     panels.append(plot.line_chart([("k-NN", *zip(*knn))] if knn else [("k-NN", [], [])],
                                   title="k-NN top-1 accuracy" if knn else "no k-NN records",
                                   y_label="top-1", x_cover=ends, **dict(options, markers=True)))
-    return plot.combine(panels, title=f"Training of {args.run}\n{describe_run(config)}")
+    name = os.path.basename(os.path.normpath(args.run))  # the run's name, not where it lies
+    return plot.combine(panels, title=f"Training of {name}\n{describe_run(config)}")
 
 
 FIGURES = {"views": views_figure, "histograms": histograms_figure,

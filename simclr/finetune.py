@@ -21,8 +21,8 @@ on a small subset (the official 1% of ImageNet, 12,811 images in batches of 4,09
 steps an epoch; 1% of CIFAR-10's 40,000 training images, 400, would take one step of 256 and
 leave 144 unseen: here it takes six of 64). The last, incomplete batch of an epoch is dropped,
 as in pre-training. Batch norm trains with batch statistics and updates
-its running averages; evaluation uses the running averages. The network and the loop:
-simclr/finetune_run.py.
+its running averages; evaluation uses the running averages. The network: simclr/model.py
+(FineTuneNet); the step and its evaluation: simclr/finetuning.py.
 
 The run's folder (--out) holds config.json, labels.txt (the labelled indices: give it back to
 --label-indices to train on the same images), metrics.jsonl, checkpoint.npz (after every epoch,
@@ -37,16 +37,15 @@ import time
 import numpy
 
 from simclr import cli
-from simclr.checkpoint import TrainingDiverged, checkpoint_path, load_checkpoint
-from simclr.cli import UsageError
+from simclr.atomic_files import atomic_write
+from simclr.cli import UsageError, flag_name, given_flags, refuse_changed
 from simclr.data import DataError, add_data_arguments, balanced_subset, check_data_flags
-from simclr.data import load_from_arguments
-from simclr.files import atomic_write
-from simclr.finetune_run import STAGES, Run, finetune
-from simclr.interrupts import Interrupted
-from simclr.linear_eval import check_stem, labelled_held_out
-from simclr.settings import ARCHITECTURES, flag_name, given_flags, refuse_changed
-from simclr.train import _set_up_process, build_model
+from simclr.data import labelled_held_out, load_from_arguments
+from simclr.finetuning import FineTuning, finetune
+from simclr.model import ARCHITECTURES, STAGES, build_model, check_stem
+from simclr.training.checkpoint import TrainingDiverged, checkpoint_path, load_checkpoint
+from simclr.training.interrupts import Interrupted
+from simclr.training.process import set_up_process
 
 PROG = "python -m simclr.finetune"
 PROGRAM = "simclr.finetune"  # config["program"]: what tells a fine-tuning checkpoint apart
@@ -288,7 +287,7 @@ def _main(argv, stream=sys.stderr):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     validate(args)
-    _set_up_process(args)  # --threads, SIGTERM as Ctrl-C (as simclr.train)
+    set_up_process(args.threads)  # --threads, SIGTERM as Ctrl-C (as simclr.train)
     xp = cli.require_backend(args.backend)
     pretrained = resumed = None
     if args.resume:
@@ -309,10 +308,9 @@ def _main(argv, stream=sys.stderr):
         state, meta_config, path = pretrained
         check_stem(build_model(config, image_size), state, meta_config, image_size, path)
     start = time.perf_counter()
-    run = Run(config, xp, splits, state, resumed)
-    settings = {key: value for key, value in config.items() if key != "label_indices"}
+    run = FineTuning(config, xp, splits, state, resumed)
     try:
-        evaluation = finetune(run, settings, stream)
+        evaluation = finetune(run, stream)
     except Interrupted as interrupted:
         return 128 + interrupted.signum
     except TrainingDiverged as error:

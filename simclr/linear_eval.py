@@ -14,14 +14,15 @@ import time
 
 import numpy
 
-from nn.functional import cpu
+from nn import runtime
 from simclr import cli
-from simclr.checkpoint import load_checkpoint
+from simclr.atomic_files import atomic_write
 from simclr.cli import UsageError
-from simclr.data import add_data_arguments, check_data_flags, load_from_arguments
+from simclr.data import (add_data_arguments, check_data_flags, labelled_held_out,
+                         load_from_arguments)
 from simclr.evaluate import encode, knn_accuracy, linear_probe
-from simclr.files import atomic_write
-from simclr.train import build_model
+from simclr.model import build_model, check_stem
+from simclr.training.checkpoint import checkpoint_path, load_checkpoint
 
 BATCH_SIZE = 256
 KNN_K = 200
@@ -80,43 +81,6 @@ def check_fits_data(args, train):
                              f"give at most {len(train)}")
 
 
-def labelled_held_out(config, splits, what):
-    """(name, split) of the held-out split to report on, refusing data with none or with
-    unlabelled images (one line naming the data flags). `what` says what needs them."""
-    held_out = splits.held_out()
-    where = f"--dataset {config['dataset']}" + \
-        (f" --data-dir {config['data_dir']}" if config.get("data_dir") else "")
-    if held_out is None:
-        raise UsageError(f"{where} has no test split: carve one from the training images with "
-                         f"--val-fraction or --val-per-class")
-    if splits.train.labels is None:
-        raise UsageError(f"{what} needs labelled images, and {where} has none (its "
-                         f"images lie directly in the folder): put them in class folders, "
-                         f"DIR/<class>/* or DIR/train/<class>/*")
-    return held_out
-
-
-STEMS = {3: "the CIFAR stem (a 3x3 first convolution, no max-pool)",
-         7: "the ImageNet stem (a 7x7 stride-2 first convolution and a max-pool)"}
-
-
-def check_stem(model, model_state, meta_config, image_size, path):
-    """Refuse a checkpoint whose first convolution (the stem) is not the one that images of
-    `image_size` px take (the CIFAR stem at 32 px and below): its weights cannot load into this
-    model, and its encoder was trained on images of another size."""
-    key = "encoder.conv1.weight"
-    trained, wanted = model_state[key].shape[-1], model.state_dict()[key].shape[-1]
-    if trained == wanted:
-        return
-    size = meta_config.get("image_size") or \
-        (32 if meta_config.get("dataset") in ("cifar10", "synthetic") else None)
-    images = f"{size}x{size} images" if size else "images of another size"
-    hint = f"evaluate at that size (--image-size {size})" if size else \
-        "evaluate on images of its training size (--image-size)"
-    raise UsageError(f"--checkpoint {path} was trained on {images}, with {STEMS[trained]}; "
-                     f"these {image_size}x{image_size} images take {STEMS[wanted]}: {hint}")
-
-
 def main(argv=None):
     """The program: exit status 0 when done, 2 for a user's mistake (one line, see
     simclr/cli.py)."""
@@ -126,42 +90,18 @@ def main(argv=None):
 def _main(argv):
     args = parse_args(argv)
     validate(args)
-    cpu.reuse_freed_memory()  # see nn/functional/cpu/memory.py
+    runtime.reuse_freed_memory()  # see nn/runtime/memory.py
     xp = cli.require_backend(args.backend)
     data_config = dict(vars(args))
-    meta_config = None
+    checkpoint = None
     if args.checkpoint:
-        path = args.checkpoint
-        if os.path.isdir(path):
-            path = os.path.join(path, "checkpoint.npz")
-        model_state, _, meta = load_checkpoint(path, flag="--checkpoint")  # whole and finite
-        meta_config = meta["config"]
+        checkpoint = load_checkpoint(checkpoint_path(args.checkpoint), flag="--checkpoint")
     splits = load_from_arguments(data_config)
     split_name, test = labelled_held_out(data_config, splits, "linear evaluation")
     check_fits_data(args, splits.train)
-
     start = time.perf_counter()
-    if args.raw_pixels:
-        train_features = xp.asarray(splits.train.images.reshape(len(splits.train), -1), dtype=xp.float32) / 255
-        test_features = xp.asarray(test.images.reshape(len(test), -1), dtype=xp.float32) / 255
-        what = "raw pixels"
-    else:
-        image_size = splits.train.images.shape[1]
-        model = build_model(meta_config, image_size)
-        if not args.random_init:
-            check_stem(model, model_state, meta_config, image_size, path)
-            model.load_state_dict(model_state)
-        model.to(device="cpu" if xp is numpy else "cuda")
-        before = {name: value.copy() for name, value in model.encoder.state_dict().items()}
-        train_features = encode(model.encoder, splits.train.images)
-        test_features = encode(model.encoder, test.images)
-        changed = [name for name, value in model.encoder.state_dict().items()
-                   if not numpy.array_equal(value, before[name])]
-        if changed:
-            raise RuntimeError(f"evaluation changed the frozen encoder's {changed}: a bug")
-        what = "random-init encoder" if args.random_init else "pre-trained encoder"
+    what, train_features, test_features = features(args, xp, checkpoint, splits.train, test)
     feature_seconds = time.perf_counter() - start
-
     num_classes = len(splits.train.classes)
     knn_k = args.knn_k or min(KNN_K, len(splits.train))
     knn = knn_accuracy(train_features, splits.train.labels, test_features, test.labels,
@@ -176,20 +116,56 @@ def _main(argv):
               "knn_accuracy": knn, "linear_train_accuracy": train_accuracy,
               "linear_accuracy": test_accuracy, "linear_epochs": args.epochs,
               "feature_seconds": feature_seconds, "seconds": time.perf_counter() - start}
-    if meta_config is not None:
-        result["pretrain_step"] = meta["step"]
-        result["arch"] = meta_config["arch"]
-        result["width"] = meta_config["width"]
-    output = args.output
-    if output is None:
-        folder = os.path.dirname(os.path.abspath(path)) if args.checkpoint else "."
-        output = os.path.join(folder, "linear_eval_random_init.json" if args.random_init
-                              else "linear_eval.json")
-    with atomic_write(output, "w") as file:  # whole or not at all
-        json.dump(result, file, indent=2)
+    if checkpoint is not None:
+        meta = checkpoint[2]
+        result.update(pretrain_step=meta["step"], arch=meta["config"]["arch"],
+                      width=meta["config"]["width"])
+    output = write_result(args, result)
     print(f"{what}: linear top-1 {test_accuracy:.4f} (train {train_accuracy:.4f}), "
           f"k-NN top-1 {knn:.4f} on {split_name} ({len(test)} images); written to {output}")
     return 0
+
+
+def features(args, xp, checkpoint, train, test):
+    """(what was evaluated, the training images' features, the held-out images'): the raw
+    pixels in [0, 1] (--raw-pixels), or the representations h of the frozen encoder of
+    `checkpoint` (model state, optimiser state, meta), with untrained weights for
+    --random-init."""
+    if args.raw_pixels:
+        return ("raw pixels",
+                xp.asarray(train.images.reshape(len(train), -1), dtype=xp.float32) / 255,
+                xp.asarray(test.images.reshape(len(test), -1), dtype=xp.float32) / 255)
+    model_state, _, meta = checkpoint
+    image_size = train.images.shape[1]
+    model = build_model(meta["config"], image_size)
+    if not args.random_init:
+        check_stem(model, model_state, meta["config"], image_size,
+                   checkpoint_path(args.checkpoint))
+        model.load_state_dict(model_state)
+    model.to(device="cpu" if xp is numpy else "cuda")
+    before = {name: value.copy() for name, value in model.encoder.state_dict().items()}
+    train_features = encode(model.encoder, train.images)
+    test_features = encode(model.encoder, test.images)
+    changed = [name for name, value in model.encoder.state_dict().items()
+               if not numpy.array_equal(value, before[name])]
+    if changed:
+        raise RuntimeError(f"evaluation changed the frozen encoder's {changed}: a bug")
+    what = "random-init encoder" if args.random_init else "pre-trained encoder"
+    return what, train_features, test_features
+
+
+def write_result(args, result):
+    """Write the result's JSON, whole or not at all, to --output (default: linear_eval.json,
+    or linear_eval_random_init.json, beside the checkpoint); returns its path."""
+    output = args.output
+    if output is None:
+        folder = os.path.dirname(os.path.abspath(checkpoint_path(args.checkpoint))) \
+            if args.checkpoint else "."
+        output = os.path.join(folder, "linear_eval_random_init.json" if args.random_init
+                              else "linear_eval.json")
+    with atomic_write(output, "w") as file:
+        json.dump(result, file, indent=2)
+    return output
 
 
 if __name__ == "__main__":

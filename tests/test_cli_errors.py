@@ -10,7 +10,7 @@ import numpy
 import pytest
 from PIL import Image
 
-from simclr import linear_eval, train
+from simclr import linear_eval, pretraining_settings, train
 from test_data import write_fake_cifar10
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,7 +265,7 @@ def test_the_program_prints_one_line_and_exits_2(program, argv, fragments, files
 def test_warmup_defaults_to_a_tenth_of_a_short_run_and_takes_fractions():
     def warmup(*argv):
         config, _ = train.resolve_config(train.parse_args(SYNTHETIC + list(argv)))
-        train.validate(config)
+        pretraining_settings.validate(config)
         return config["warmup_epochs"]
     assert warmup("--epochs", "2") == 0.2
     assert (warmup("--epochs", "50"), warmup("--epochs", "100"), warmup()) == (5, 10, 10)

@@ -15,7 +15,7 @@ from PIL import Image
 from simclr.data import (ChecksumError, DownloadError, ImageDataset, default_cache_dir, load_cifar10,
                          load_dataset, load_image_folder, split_validation, synthetic)
 from simclr.data import cifar10, fetch, folder
-from simclr.files import atomic_write
+from simclr.atomic_files import atomic_write
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

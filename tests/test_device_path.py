@@ -105,7 +105,8 @@ def test_the_rehearsal_counts_a_launch_per_operation_and_none_for_views():
 
 def _step_parts(device, arch="resnet50"):
     from simclr.augment import SimCLRAugment
-    from simclr.train import build_model, build_optimizer
+    from simclr.model import build_model
+    from simclr.pretraining import build_optimizer
     config = {"arch": arch, "width": 0.125, "cifar_stem": True, "seed": 0, "head": "nonlinear",
               "proj_dim": 16, "optimizer": "lars", "weight_decay": 1e-6}
     model = build_model(config, 32).to(device="cuda")
@@ -115,7 +116,7 @@ def _step_parts(device, arch="resnet50"):
 
 
 def test_a_resnet50_step_takes_the_device_path_within_its_launch_budget_without_syncs():
-    from simclr.train import training_step
+    from simclr.pretraining import training_step
     with rehearsal() as device:
         model, optimizer, augment, images = _step_parts(device)
         for step in range(2):  # the first step makes the momentum buffers
@@ -177,7 +178,7 @@ def test_batch_norm_by_the_gpu_kernels_twins_equals_the_cpu_kernel(training, fus
 
 
 def test_lars_by_the_gpu_kernels_twins_equals_the_cpu_update():
-    from nn.functional.cuda.optim import CHUNK, lars_step
+    from nn.optim.lars_cuda import CHUNK, lars_step
     from nn.module import Parameter
     from nn.optim import LARS
     rng = numpy.random.default_rng(0)

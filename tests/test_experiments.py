@@ -13,13 +13,13 @@ from helpers import knn_vote, recording
 from simclr import train
 from simclr.augment import TRANSFORMATIONS, SimCLRAugment
 from simclr.augment.crop import to_float_nchw
-from simclr.checkpoint import load_checkpoint
 from simclr.data import balanced_subset, load_from_arguments
 from simclr.data.errors import DataError
 from simclr.experiments import __main__ as experiments
 from simclr.experiments import grid as grid_module
 from simclr.experiments.studies import STUDIES
-from simclr.interrupts import Interrupted
+from simclr.training.checkpoint import load_checkpoint
+from simclr.training.interrupts import Interrupted
 
 TINY = ["--scale", "tiny", "--threads", "1"]
 

@@ -9,10 +9,11 @@ import stat
 import numpy
 import pytest
 
-from simclr import checkpoint, files, linear_eval, train
-from simclr.checkpoint import CheckpointError, load_checkpoint
-from simclr.interrupts import Interrupted
-from simclr.runfolder import RunFolder
+from simclr import atomic_files, linear_eval, pretraining, train
+from simclr.training import checkpoint
+from simclr.training.checkpoint import CheckpointError, load_checkpoint
+from simclr.training.interrupts import Interrupted
+from simclr.training.runfolder import RunFolder
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "48", "--arch", "resnet18", "--width",
         "0.0625", "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--seed", "3"]
@@ -76,7 +77,7 @@ def test_a_kill_while_resume_rewrites_the_metrics_leaves_them_whole(tmp_path, mo
 
     def killed(*args):
         raise KeyboardInterrupt  # as if the process died between writing and renaming
-    monkeypatch.setattr(files.os, "replace", killed)
+    monkeypatch.setattr(atomic_files.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         resume(tmp_path)
     assert (tmp_path / "metrics.jsonl").read_bytes() == before
@@ -156,7 +157,7 @@ def test_resume_refuses_settings_that_would_make_another_run(tmp_path, capsys):
 
 def test_weights_that_become_inf_stop_training_and_the_last_finite_checkpoint_stays(
         tmp_path, monkeypatch):
-    real_step, calls = train.training_step, []
+    real_step, calls = pretraining.training_step, []
 
     def exploding_step(model, *args):
         calls.append(1)
@@ -164,7 +165,7 @@ def test_weights_that_become_inf_stop_training_and_the_last_finite_checkpoint_st
         if len(calls) == 5:  # in the second epoch: the loss stays finite, a statistic does not
             model.encoder.bn1.running_var[0] = numpy.inf
         return value
-    monkeypatch.setattr(train, "training_step", exploding_step)
+    monkeypatch.setattr(pretraining, "training_step", exploding_step)
     with pytest.raises(train.TrainingDiverged, match="step 6.*checkpoint of step 3 is kept"):
         run(tmp_path)
     model, momentum, step = state(tmp_path)
@@ -220,7 +221,7 @@ def test_ctrl_c_before_training_starts_writes_nothing_and_prints_one_line(
         tmp_path, monkeypatch, capsys):
     def interrupted(config):
         raise KeyboardInterrupt  # while the data loads
-    monkeypatch.setattr(train, "load_from_arguments", interrupted)
+    monkeypatch.setattr(pretraining, "load_from_arguments", interrupted)
     code, line = main_error(capsys, train, TINY + ["--out", str(tmp_path / "run")])
     assert code == 130 and "interrupted" in line
     assert not (tmp_path / "run").exists()

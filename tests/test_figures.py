@@ -12,10 +12,11 @@ from PIL import Image
 
 from helpers import recording
 from simclr import figures, plot
-from simclr.checkpoint import load_checkpoint
-from simclr.drawing import PAD, PALETTE
 from simclr.evaluate import encode
-from simclr.train import build_model, main as train_main
+from simclr.model import build_model
+from simclr.plot.drawing import PAD, PALETTE
+from simclr.train import main as train_main
+from simclr.training.checkpoint import load_checkpoint
 
 DATA = ["--dataset", "synthetic", "--synthetic-size", "64", "--val-fraction", "0.25"]
 

@@ -7,10 +7,10 @@ import signal
 import numpy
 import pytest
 
-from simclr import finetune, finetune_run, linear_eval, train
-from simclr.checkpoint import load_checkpoint
+from simclr import finetune, finetuning, linear_eval, train
 from simclr.data import load_from_arguments
-from simclr.train import build_model as linear_eval_build_model
+from simclr.model import build_finetune_model, build_model
+from simclr.training.checkpoint import load_checkpoint
 from test_cli_errors import write_images
 
 DATA = ["--dataset", "synthetic", "--synthetic-size", "80", "--val-fraction", "0.25"]
@@ -61,8 +61,8 @@ def held_out_top1_top5(folder):
     model_state, _, meta = load_checkpoint(os.path.join(folder, "checkpoint.npz"))
     splits = load_from_arguments(meta["config"])
     _, held_out = splits.held_out()
-    network = finetune_run.build_finetune_model(meta["config"], held_out.images.shape[1],
-                                                len(splits.train.classes))
+    network = build_finetune_model(meta["config"], held_out.images.shape[1],
+                                   len(splits.train.classes))
     network.load_state_dict(model_state)
     with no_grad():
         logits = network.eval()(Tensor(to_network_input(held_out.images, numpy))).data
@@ -123,7 +123,7 @@ def test_finetuning_changes_the_encoder_while_linear_eval_does_not(tmp_path, pre
     built = []   # the model linear_eval evaluates, to read its weights after the evaluation
 
     def build_and_keep(*args):
-        built.append(linear_eval_build_model(*args))
+        built.append(build_model(*args))
         return built[-1]
 
     monkeypatch.setattr(linear_eval, "build_model", build_and_keep)
@@ -143,17 +143,17 @@ def test_finetuning_changes_the_encoder_while_linear_eval_does_not(tmp_path, pre
 def test_from_scratch_starts_from_a_fresh_build_model_not_the_checkpoint(tmp_path, pretrained,
                                                                         monkeypatch):
     start = {}
-    real_init = finetune_run.Run.__init__
+    real_init = finetuning.FineTuning.__init__
 
     def init(run, *args, **kwargs):
         real_init(run, *args, **kwargs)
         start.update({name: value.copy() for name, value in run.model.state_dict().items()})
 
-    monkeypatch.setattr(finetune_run.Run, "__init__", init)
+    monkeypatch.setattr(finetuning.FineTuning, "__init__", init)
     finetuned(tmp_path, "--checkpoint", pretrained["nonlinear"], "--from-scratch",
               "--max-steps", "1", *TINY)
     config = json.load(open(tmp_path / "config.json"))
-    fresh = train.build_model(config, 32).encoder.state_dict()   # seed 1, not the checkpoint's 3
+    fresh = build_model(config, 32).encoder.state_dict()   # seed 1, not the checkpoint's 3
     assert_same_state({f"encoder.{name}": value for name, value in fresh.items()}, start,
                       names=[f"encoder.{name}" for name in fresh])
     trained, _, _ = load_checkpoint(os.path.join(pretrained["nonlinear"], "checkpoint.npz"))
@@ -196,7 +196,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_bitwise(
     whole, _, _ = finetuned(tmp_path / "whole", *argv)
     parts = str(tmp_path / "parts")
     if stop == "sigint-mid-epoch":
-        real_step, calls = finetune_run.finetune_step, []
+        real_step, calls = finetuning.finetune_step, []
 
         def interrupted_step(*args):
             calls.append(1)
@@ -204,9 +204,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_bitwise(
                 os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as step 3 begins
             return real_step(*args)
 
-        monkeypatch.setattr(finetune_run, "finetune_step", interrupted_step)
+        monkeypatch.setattr(finetuning, "finetune_step", interrupted_step)
         assert finetune.main(argv + ["--out", parts]) == 130
-        monkeypatch.setattr(finetune_run, "finetune_step", real_step)
+        monkeypatch.setattr(finetuning, "finetune_step", real_step)
         saved, evaluated = 3, []  # step 3 was finished, then saved; no result
         assert not os.path.exists(os.path.join(parts, "finetune.json"))
     else:

@@ -16,7 +16,7 @@ import time
 import numpy
 import pytest
 
-from simclr.checkpoint import load_checkpoint
+from simclr.training.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = ["--dataset", "synthetic", "--synthetic-size", "64", "--arch", "resnet18", "--width",
@@ -157,8 +157,8 @@ def test_a_run_stopped_at_once_says_its_step_was_lost_and_which_checkpoint_is_ke
     import io
     import types
 
-    from simclr.interrupts import Interrupted
-    from simclr.runfolder import Checkpoints
+    from simclr.training.interrupts import Interrupted
+    from simclr.training.runfolder import Checkpoints
     run = types.SimpleNamespace(step=7, source="somewhere")   # resumed at step 7, none since
     checkpoints, stream = Checkpoints("unused.npz", run, stop=None), io.StringIO()
     checkpoints.say_if_unsaved(Interrupted(2, saved=True), stream)

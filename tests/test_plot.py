@@ -1,4 +1,4 @@
-"""simclr/plot.py: every chart on small arrays is an image of the size asked, with something
+"""simclr/plot/: every chart on small arrays is an image of the size asked, with something
 drawn on it; missing values are skipped or marked; save_png writes a PNG that Pillow reopens."""
 import math
 
@@ -6,8 +6,8 @@ import numpy
 import pytest
 from PIL import Image
 
-from simclr import drawing, plot
-from simclr.report import plot_loss_curve
+from simclr import plot
+from simclr.plot import charts, drawing, plot_loss_curve
 
 
 def drawn(image, min_colours=4, min_ink=0.02):
@@ -61,8 +61,8 @@ def test_heat_map_marks_nan_cells_and_sizes_itself_to_its_labels():
                           x_label="second", y_label="first")
     assert drawn(image) and image.width >= 3 * 56
     pixels = numpy.asarray(image)
-    assert (pixels == plot.MISSING).all(axis=2).sum() > 50  # the hatched cell
-    assert (pixels == plot.VIRIDIS[-1]).all(axis=2).any()  # the largest value's colour
+    assert (pixels == charts.MISSING).all(axis=2).sum() > 50  # the hatched cell
+    assert (pixels == charts.VIRIDIS[-1]).all(axis=2).any()  # the largest value's colour
     sized = plot.heat_map(values, ["a", "b"], ["a", "b", "c"], title="t", x_label="x",
                           y_label="y", size=(500, 300))
     assert sized.size == (500, 300)
@@ -90,7 +90,7 @@ def test_histogram_panel_overlays_the_three_channels():
     pixels[..., 0], pixels[..., 1], pixels[..., 2] = 30, 128, 250
     image = plot.histogram_panel(pixels, size=(200, 100), label="crop")
     assert image.size == (200, 100) and drawn(image)
-    for colour in plot.CHANNEL_COLOURS:
+    for colour in charts.CHANNEL_COLOURS:
         assert (numpy.asarray(image) == colour).all(axis=2).any()
 
 

@@ -14,8 +14,7 @@ import pytest
 import nn
 from autograd import Tensor
 from helpers import import_torch
-from simclr.finetune_run import build_finetune_model
-from simclr.model import SimCLR
+from simclr.model import SimCLR, build_finetune_model
 
 FEATURES, PROJECTION, BATCH = 24, 8, 32
 
@@ -139,7 +138,7 @@ def pretrained_state():
     """A pre-training run's state, as train.build_model names it (float32): weights of
     another seed than the fine-tuning run's, and running statistics moved off their start (0
     and 1), so that the fine-tuning network's copy of them can be told from a fresh one."""
-    from simclr.train import build_model
+    from simclr.model import build_model
     state = build_model(dict(CONFIG, seed=11), 8).state_dict()
     rng = numpy.random.default_rng(3)
     for name, value in state.items():

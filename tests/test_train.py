@@ -7,10 +7,11 @@ import numpy
 import pytest
 
 from helpers import knn_vote, recording
-from simclr import linear_eval, train
-from simclr.checkpoint import load_checkpoint
+from simclr import linear_eval, pretraining, train
 from simclr.evaluate import knn_accuracy, linear_probe
-from simclr.interrupts import Interrupted
+from simclr.model import build_model
+from simclr.training.checkpoint import load_checkpoint
+from simclr.training.interrupts import Interrupted
 
 TINY = ["--dataset", "synthetic", "--synthetic-size", "48", "--arch", "resnet18", "--width", "0.0625",
         "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--seed", "3"]
@@ -69,7 +70,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, 
 def test_a_signal_during_a_step_lets_it_finish_saves_it_and_the_run_resumes_exactly(
         tmp_path, monkeypatch, signum):
     run(tmp_path / "whole")
-    real_step, calls = train.training_step, []
+    real_step, calls = pretraining.training_step, []
 
     def interrupted_step(*args):
         calls.append(1)
@@ -77,18 +78,18 @@ def test_a_signal_during_a_step_lets_it_finish_saves_it_and_the_run_resumes_exac
             os.kill(os.getpid(), signum)  # Ctrl-C (or a kill) arrives as step 4 begins
         return real_step(*args)
 
-    monkeypatch.setattr(train, "training_step", interrupted_step)
+    monkeypatch.setattr(pretraining, "training_step", interrupted_step)
     with pytest.raises(Interrupted) as stopped:
         run(tmp_path / "parts")
     assert stopped.value.signum == signum and stopped.value.saved
-    monkeypatch.setattr(train, "training_step", real_step)
+    monkeypatch.setattr(pretraining, "training_step", real_step)
     assert parameters(tmp_path / "parts")[2] == 4  # step 4 was finished, then saved
     resume(tmp_path / "parts")
     assert_same_run(tmp_path / "whole", tmp_path / "parts")
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real_loss = train.nt_xent
+    real_loss = pretraining.nt_xent
     calls = []
 
     def loss_that_explodes(z, temperature, group=None):
@@ -98,7 +99,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, mo
             loss.data[...] = numpy.nan
         return loss
 
-    monkeypatch.setattr(train, "nt_xent", loss_that_explodes)
+    monkeypatch.setattr(pretraining, "nt_xent", loss_that_explodes)
     with pytest.raises(train.TrainingDiverged, match="at step 5"):  # as metrics.jsonl counts
         run(tmp_path)
     assert parameters(tmp_path)[2] == 3  # the end-of-epoch checkpoint is intact
@@ -120,7 +121,7 @@ def test_linear_eval_leaves_the_encoder_unchanged_and_writes_json(tmp_path, monk
     before, _, _ = parameters(tmp_path)
     built, knn_calls, probe_calls = [], [], []
     monkeypatch.setattr(linear_eval, "build_model",
-                        lambda *args: built.append(train.build_model(*args)) or built[-1])
+                        lambda *args: built.append(build_model(*args)) or built[-1])
     monkeypatch.setattr(linear_eval, "knn_accuracy", recording(knn_calls, knn_accuracy))
     monkeypatch.setattr(linear_eval, "linear_probe", recording(probe_calls, linear_probe))
     data = ["--dataset", "synthetic", "--synthetic-size", "48", "--epochs", "3"]
@@ -149,11 +150,13 @@ def test_knn_monitor_draws_its_memory_bank_from_every_class(monkeypatch):
     images = numpy.zeros((40, 8, 8, 3), dtype=numpy.uint8)
     labels = numpy.repeat(numpy.arange(4), 10)  # sorted by class, as a folder loads them
     bank_labels = []
-    monkeypatch.setattr(train, "encode", lambda encoder, batch: numpy.ones((len(batch), 2)))
-    monkeypatch.setattr(train, "knn_accuracy", lambda memory, memory_labels, *rest, **options:
+    monkeypatch.setattr(pretraining, "encode",
+                        lambda encoder, batch: numpy.ones((len(batch), 2)))
+    monkeypatch.setattr(pretraining, "knn_accuracy",
+                        lambda memory, memory_labels, *rest, **options:
                         bank_labels.append(memory_labels.tolist()) or 0.0)
     data = ImageDataset(images, labels, list("abcd"))
-    train.monitor_knn(type("Model", (), {"encoder": None}), data, data, max_train=12)
+    pretraining.monitor_knn(type("Model", (), {"encoder": None}), data, data, max_train=12)
     assert len(bank_labels[0]) == 12 and set(bank_labels[0]) == {0, 1, 2, 3}
 
 
@@ -164,8 +167,8 @@ def test_a_float32_training_step_never_makes_a_float64_array(monkeypatch):
     from simclr.augment import SimCLRAugment
 
     config = vars(train.parse_args(TINY))
-    model = train.build_model(config, 32)
-    optimizer = train.build_optimizer(config, model)
+    model = build_model(config, 32)
+    optimizer = pretraining.build_optimizer(config, model)
     dtypes = set()
     real_apply = Function.apply.__func__
 
@@ -183,8 +186,9 @@ def test_a_float32_training_step_never_makes_a_float64_array(monkeypatch):
     monkeypatch.setattr(Function, "apply", classmethod(recording_apply))
     monkeypatch.setattr(engine, "backward", recording_backward)
     images = numpy.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=numpy.uint8)
-    train.training_step(model, optimizer, SimCLRAugment(size=32, color_strength=0.5, blur=False),
-                        images, numpy.random.default_rng(1), 0.1, 0.5)
+    pretraining.training_step(model, optimizer,
+                              SimCLRAugment(size=32, color_strength=0.5, blur=False),
+                              images, numpy.random.default_rng(1), 0.1, 0.5)
     assert len(dtypes) > 10, dtypes
     assert {dtype for _, dtype in dtypes} == {"float32"}, sorted(dtypes)
     assert all(p.dtype == numpy.float32 for p in model.parameters())
@@ -192,7 +196,7 @@ def test_a_float32_training_step_never_makes_a_float64_array(monkeypatch):
 
 
 def test_threads_flag_sets_the_pool_and_is_not_saved_with_the_run(tmp_path, capsys):
-    from nn.functional.cpu import threads
+    from nn.runtime import threads
     before = threads.get_num_threads()
     try:
         assert train.main(TINY + ["--out", str(tmp_path), "--max-steps", "1", "--threads", "1"]) == 0

@@ -17,4 +17,5 @@ __all__ = [
     "load_cifar10", "load_image_folder", "decode_image", "synthetic", "load_synthetic",
     "download", "DownloadError", "ChecksumError", "DataError", "DataNotFound", "default_cache_dir",
 ]
-from simclr.data.arguments import add_data_arguments, check_data_flags, load_from_arguments  # noqa: E402
+from simclr.data.arguments import (add_data_arguments, check_data_flags,  # noqa: E402
+                                   labelled_held_out, load_from_arguments)

@@ -1,4 +1,5 @@
-"""The data flags shared by `python -m simclr.train` and `python -m simclr.linear_eval`."""
+"""The data flags that the programs share (simclr.train, linear_eval, finetune, figures,
+experiments): the flags themselves, the splits they load, and the held-out split to report on."""
 import numpy
 
 from simclr.data.dataset import balanced_subset
@@ -84,3 +85,19 @@ def train_subset(train, config):
         raise DataError(f"--train-per-class {per_class} is more than the {smallest} training "
                         f"images of the smallest class: give at most {smallest}")
     return balanced_subset(train.labels, per_class=per_class, seed=config.get("seed", 0))
+
+
+def labelled_held_out(config, splits, what):
+    """(name, split) of the held-out split to report on, refusing data with none or with
+    unlabelled images (one line naming the data flags). `what` says what needs them."""
+    held_out = splits.held_out()
+    where = f"--dataset {config['dataset']}" + \
+        (f" --data-dir {config['data_dir']}" if config.get("data_dir") else "")
+    if held_out is None:
+        raise DataError(f"{where} has no test split: carve one from the training images with "
+                        f"--val-fraction or --val-per-class")
+    if splits.train.labels is None:
+        raise DataError(f"{what} needs labelled images, and {where} has none (its "
+                        f"images lie directly in the folder): put them in class folders, "
+                        f"DIR/<class>/* or DIR/train/<class>/*")
+    return held_out

@@ -1,5 +1,6 @@
-"""Where downloaded and decoded data live. Cache files are written with simclr.files.atomic_write,
-so an interrupted run never leaves a half-written file under the final name."""
+"""Where downloaded and decoded data live. Cache files are written with
+simclr.atomic_files.atomic_write, so an interrupted run never leaves a half-written file under the
+final name."""
 import hashlib
 import os
 import zipfile
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy
 
-from simclr.files import atomic_write
+from simclr.atomic_files import atomic_write
 
 CACHE_SUBDIR = "simclr-from-scratch"
 

@@ -8,7 +8,7 @@ from urllib.request import urlopen
 
 from simclr.cli import UsageError
 from simclr.data.errors import DataError
-from simclr.files import atomic_write
+from simclr.atomic_files import atomic_write
 
 CHUNK_BYTES = 1 << 20
 

@@ -16,13 +16,14 @@ synthetic images. The model, data and budget flags below override the scale's va
 import signal
 import sys
 
-from nn.functional import cpu
 from simclr import cli, plot
+from simclr.atomic_files import atomic_write
+from simclr.cli import given_flags
 from simclr.data import add_data_arguments, check_data_flags
 from simclr.experiments.grid import Grid
 from simclr.experiments.studies import STUDIES
-from simclr.files import atomic_write
-from simclr.settings import ARCHITECTURES, given_flags
+from simclr.model import ARCHITECTURES
+from simclr.training.process import set_up_process
 
 SCALES = {
     "cpu": {"shared": dict(arch="resnet18", width=0.125, train_per_class=500, batch_size=128,
@@ -165,11 +166,7 @@ def main(argv=None):
 
 def _main(argv):
     args = parse_args(argv)
-    if args.threads is not None:
-        cli.at_least("--threads", args.threads, 1)
-        cpu.set_num_threads(args.threads)
-    cpu.reuse_freed_memory()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    set_up_process(args.threads)  # --threads, SIGTERM as Ctrl-C (as simclr.train)
     study = STUDIES[args.name]
     shared = shared_settings(args, given_flags(sys.argv[1:] if argv is None else argv))
     grid = Grid(study.name, args.out, shared, chosen(study.points(axes(args)), args.only))

@@ -11,8 +11,9 @@ DIR (the experiment's --out) holds:
 A run is done when its result.json exists. Running the same command again skips the runs that
 are done, continues a run that has a checkpoint (simclr.train's --resume: it ends exactly as if
 it had never stopped), and starts anew a run that stopped before its first checkpoint (it had
-saved nothing worth keeping). Every file is written whole or not at all (simclr/files.py), so a
-Ctrl-C, a kill or a full disk leaves every finished run, and results.jsonl, as they were.
+saved nothing worth keeping). Every file is written whole or not at all
+(simclr/atomic_files.py), so a Ctrl-C, a kill or a full disk leaves every finished run, and
+results.jsonl, as they were.
 """
 import json
 import os
@@ -21,14 +22,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from simclr.checkpoint import load_checkpoint
+from simclr.atomic_files import atomic_write
 from simclr.cli import UsageError
 from simclr.data import load_from_arguments
 from simclr.evaluate import encode, knn_accuracy, linear_probe
-from simclr.files import atomic_write
-from simclr.report import format_duration
-from simclr.settings import parse_args, resolve_config, validate
-from simclr.train import build_model, train
+from simclr.model import build_model
+from simclr.pretraining import train
+from simclr.pretraining_settings import parse_args, resolve_config, validate
+from simclr.training.checkpoint import load_checkpoint
+from simclr.training.report import format_duration
 
 PROBE_EPOCHS = 100  # epochs of the linear probe on frozen features (simclr.linear_eval's default)
 KNN_K = 200

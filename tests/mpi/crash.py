@@ -2,17 +2,18 @@
 1 fails in its third step; the job must end, every rank, with a line that names rank 1."""
 import sys
 
-from simclr import cli, train
+from simclr import cli, pretraining, train
+from simclr.training import distributed
 
-real_step, calls = train.training_step, []
+real_step, calls = pretraining.training_step, []
 
 
 def failing_step(*args, **kwargs):
     calls.append(1)
-    if len(calls) == 3 and train.distributed.start().rank == 1:
+    if len(calls) == 3 and distributed.start().rank == 1:
         raise ArithmeticError("the third step of rank 1 failed")
     return real_step(*args, **kwargs)
 
 
-train.training_step = failing_step
+pretraining.training_step = failing_step
 cli.exit_program(train.main(sys.argv[1:]))

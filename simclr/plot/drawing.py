@@ -1,4 +1,4 @@
-"""Text, ticks, legends and axes on a Pillow image: what simclr/plot.py draws its charts with.
+"""Text, ticks, legends and axes on a Pillow image: what charts.py draws its charts with.
 
 Text uses Pillow's own font at a legible size (Pillow >= 10.1 with FreeType; older Pillows fall
 back to its small bitmap font). Ticks fall on "nice" numbers: multiples of 1, 2 or 5 times a

@@ -1,7 +1,7 @@
 """Checkpoints: one .npz file with the model, the optimiser state and the training position.
 
 What a checkpoint promises, and how:
-- Whole or absent: written by simclr.files.atomic_write (a temporary file in the same folder,
+- Whole or absent: written by simclr.atomic_files.atomic_write (a temporary file in the same folder,
   flushed to disk, renamed over the old one). A crash, a Ctrl-C, a full disk or a kill while
   writing leaves the previous checkpoint whole; the temporary a kill leaves behind is removed
   by the next run into that folder.
@@ -19,7 +19,7 @@ import zipfile
 import numpy
 
 from simclr.cli import UsageError
-from simclr.files import atomic_write
+from simclr.atomic_files import atomic_write
 
 
 class TrainingDiverged(RuntimeError):

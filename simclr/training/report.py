@@ -1,12 +1,10 @@
-"""What a run shows and leaves behind: a progress line, metrics.jsonl and a loss-curve PNG."""
+"""What a run shows and keeps as it trains: a progress line, and its metrics in metrics.jsonl (its
+loss curve, loss.png, is drawn by simclr.plot)."""
 import json
-import math
 import sys
 import time
 
-from simclr.drawing import PALETTE
-from simclr.files import atomic_write
-from simclr.plot import line_chart, save_png
+from simclr.atomic_files import atomic_write
 
 
 def format_duration(seconds):
@@ -79,26 +77,3 @@ def read_metrics(path, until_step=None):
             if isinstance(record, dict) and (until_step is None or record.get("step", 0) <= until_step):
                 records.append(record)
     return records
-
-
-def loss_series(records):
-    """line_chart's series of a run's loss against step: a light line per step and a bold
-    running mean over a fiftieth of the steps (the loss per step alone, bold, when they are
-    fewer than 100)."""
-    points = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
-    steps, losses = [s for s, _ in points], [v for _, v in points]
-    window = max(1, len(points) // 50)
-    bold = {"colour": PALETTE[0], "width": 2}
-    if window == 1:
-        return [("loss per step", steps, losses, bold)]
-    mean = [sum(losses[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
-            for i in range(len(losses))]
-    return [("loss per step", steps, losses, {"colour": (160, 195, 230), "width": 1}),
-            (f"running mean of {window} steps", steps, mean, bold)]
-
-
-def plot_loss_curve(records, path, size=(640, 400)):
-    """Draw loss against step (loss_series) into a PNG."""
-    image = line_chart(loss_series(records), title="NT-Xent loss", x_label="step",
-                       y_label="loss", size=size, markers=False)
-    save_png(image, path)

@@ -17,12 +17,12 @@ import json
 import os
 import signal
 
-from simclr import distributed
-from simclr.checkpoint import NonFiniteState, TrainingDiverged, save_checkpoint
+from simclr.training import distributed
+from simclr.training.checkpoint import NonFiniteState, TrainingDiverged, save_checkpoint
 from simclr.cli import UsageError
-from simclr.files import atomic_write, remove_temporaries
-from simclr.interrupts import Interrupted
-from simclr.report import MetricsLog, read_metrics
+from simclr.atomic_files import atomic_write, remove_temporaries
+from simclr.training.interrupts import Interrupted
+from simclr.training.report import MetricsLog, read_metrics
 
 try:
     import fcntl
@@ -82,7 +82,7 @@ class RunFolder:
 
 
 class Checkpoints:
-    """The run's checkpoint.npz: written whole (simclr/files.py) after every epoch and on a
+    """The run's checkpoint.npz: written whole (simclr/atomic_files.py) after every epoch and on a
     stop, never while a signal could cut the write short, never with an inf or a NaN in it."""
 
     def __init__(self, path, run, stop):

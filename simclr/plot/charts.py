@@ -1,10 +1,10 @@
-"""Charts drawn with Pillow alone, for the figures of this project (no plotting library).
+"""The charts of this project's figures, each drawn on a Pillow image.
 
 Each function returns a PIL.Image on a white background, legible at a glance: axes whose ticks
 fall on "nice" numbers (1, 2 or 5 times a power of ten), tick labels, axis labels, a title (its
 lines split on "\\n": the first says what is shown, the next what was run), a legend where there
 are several series, and colours from a fixed colour-blind-safe palette. The text, ticks, legends
-and axes they share are drawn by simclr/drawing.py.
+and axes they share are drawn by drawing.py.
 
     line_chart       y against x, one line per series (x may be on a log scale)
     bar_chart        grouped bars, each with its value above it
@@ -13,17 +13,18 @@ and axes they share are drawn by simclr/drawing.py.
     histogram_panel  the R, G and B pixel-intensity histograms of one image, overlaid
     image_grid       images (or other charts) in rows and columns, with labels
     combine          charts side by side or stacked, under one title
-    save_png         writes an image whole or not at all (simclr.files.atomic_write)
+    save_png         writes an image whole or not at all (simclr.atomic_files.atomic_write)
 """
 import math
 
 import numpy
 from PIL import Image, ImageDraw
 
-from simclr.drawing import (AXIS, MARKERS, NORMAL, PAD, SMALL, TEXT, chart_frame, colour_of,
-                            draw_marker, draw_text, draw_title, draw_vertical_text, line_height,
-                            log_ticks, text_height, text_width, title_width, value_ticks)
-from simclr.files import atomic_write
+from simclr.atomic_files import atomic_write
+from simclr.plot.drawing import (AXIS, MARKERS, NORMAL, PAD, SMALL, TEXT, chart_frame,
+                                 colour_of, draw_marker, draw_text, draw_title,
+                                 draw_vertical_text, line_height, log_ticks, text_height,
+                                 text_width, title_width, value_ticks)
 
 MISSING, HATCH = (238, 238, 238), (190, 190, 190)
 CHANNEL_COLOURS = [(215, 40, 30), (20, 150, 50), (30, 80, 220)]  # histograms of R, G, B

@@ -1,28 +1,27 @@
-"""The settings of a training run: its flags, what a resumed run may change, what no run can use.
+"""The settings of a pre-training run (python -m simclr.train): its flags, what a resumed run may
+change, what no run can use.
 
 parse_args reads the command line; validate refuses a value that no run can use, naming its
 flag; resolve_config turns the flags into the run's settings (config.json), or, for --resume,
-takes the saved settings and the few flags that may change a resumed run.
+takes the saved settings and the few flags that may change a resumed run. The grid of
+python -m simclr.experiments makes its runs' settings here too, from the same flags.
 """
 import argparse
 import math
 import os
 
-import nn
 from simclr import cli
-from simclr.checkpoint import checkpoint_path, load_checkpoint
+from simclr.augment import TRANSFORMATIONS
 from simclr.cli import UsageError
 from simclr.data import add_data_arguments, check_data_flags
-from simclr.augment import TRANSFORMATIONS
-from simclr.model import HEADS
+from simclr.model import ARCHITECTURES, HEADS
+from simclr.training.checkpoint import checkpoint_path, load_checkpoint
 
-ARCHITECTURES = {"resnet18": nn.resnet18, "resnet34": nn.resnet34, "resnet50": nn.resnet50}
 # Flags a resumed run may give anew (None: not given); every other setting comes from the
 # checkpoint. --max-steps is not inherited: a resumed run goes to the end unless it is given again.
 RESUMABLE_OVERRIDES = {"backend": "numpy", "knn_every": 0}
 # What else a resumed run may be given anew (see resolve_config)
 CHANGEABLE_ON_RESUME = {"backend", "knn_every", "out", "max_steps", "data_dir", "download", "epochs"}
-BOOLEAN_FLAGS = {"cifar-stem", "blur"}  # flags that also have a --no- form
 
 
 def parse_args(argv=None):
@@ -79,28 +78,12 @@ def parse_args(argv=None):
     return args
 
 
-def given_flags(argv):
-    """The settings (config keys) that the command line `argv` gives explicitly: "--lr 2" and
-    "--lr=2" give "lr", "--no-blur" gives "blur". (Abbreviated flags are not accepted, see
-    simclr.cli.ArgumentParser, so every flag is spelled out.)"""
-    given = set()
-    for token in argv:
-        if token == "--":
-            break
-        if token.startswith("--"):
-            name = token[2:].split("=", 1)[0]
-            if name.startswith("no-") and name[3:] in BOOLEAN_FLAGS:
-                name = name[3:]
-            given.add(name.replace("-", "_"))
-    return given
-
-
 def resolve_config(args, given=None):
     """The run's settings, and what it resumes from: (config, None) for a new run, or
     (config, (model_state, optimizer_state, meta, source folder)) for --resume.
 
     A resumed run keeps its saved settings. `given`, the settings the command line names
-    (given_flags; default: those that differ from the defaults), may change only what does
+    (cli.given_flags; default: those that differ from the defaults), may change only what does
     not make it another run: where it runs (--backend, --threads), where it writes (--out: the
     run continues there, its history copied, the resumed folder left as it was), where its data
     lies (--data-dir, --download), how far it goes (--epochs, to extend it; --max-steps) and
@@ -120,8 +103,8 @@ def resolve_config(args, given=None):
     model_state, optimizer_state, meta = load_checkpoint(path, flag="--resume")
     source = os.path.dirname(os.path.abspath(path))
     config = dict(meta["config"])
-    refuse_changed(args.resume, values, config,
-                   given - CHANGEABLE_ON_RESUME - {"resume", "threads", "distributed"})
+    cli.refuse_changed(args.resume, values, config,
+                       given - CHANGEABLE_ON_RESUME - {"resume", "threads", "distributed"})
     config["out"] = values["out"] if "out" in given else source
     config["max_steps"] = values["max_steps"]
     for key in ("data_dir", "download", "epochs"):
@@ -131,23 +114,6 @@ def resolve_config(args, given=None):
         if values[key] is not None:
             config[key] = values[key]
     return config, (model_state, optimizer_state, meta, source)
-
-
-def flag_name(key):
-    """The flag of a setting: "batch_size" -> "--batch-size"."""
-    return "--" + key.replace("_", "-")
-
-
-def refuse_changed(resume, values, saved, keys, flag_of=flag_name):
-    """Refuse, naming them, the settings among `keys` that the command line (`values`) gives
-    with another value than the resumed run's `saved` ones: they would be ignored, or make
-    another run. Shared by simclr.train and simclr.finetune."""
-    changed = sorted(key for key in keys if key in values and values[key] != saved.get(key))
-    if changed:
-        flags = ", ".join(f"{flag_of(key)} {values[key]} (saved: {saved.get(key)})"
-                          for key in changed)
-        raise UsageError(f"--resume {resume}: {flags}: a resumed run keeps the settings it "
-                         f"was started with; start a new run (another --out) to change them")
 
 
 def validate(config):
