@@ -149,6 +149,42 @@ def test_train_checkpoint_resume_and_linear_eval_run_through_backend_cupy(tmp_pa
     capsys.readouterr()
 
 
+def test_finetuning_on_the_device_reads_its_losses_a_few_steps_at_a_time_as_pretraining(
+        tmp_path, monkeypatch, capsys):
+    """Fine-tuning runs in pre-training's loop: its step leaves the loss and the count of
+    correct predictions on the device (no synchronisation inside it), and the loop reads
+    READ_EVERY steps' numbers in one transfer."""
+    from simclr import finetune, finetuning
+    from simclr.training import loop
+    syncs, read = [], []
+    real_step, real_log = finetuning.FineTuning.train_step, loop.log_steps
+
+    def counted_step(run):
+        before = device.syncs
+        numbers = real_step(run)
+        syncs.append(device.syncs - before)
+        return numbers
+
+    def counted_log(run, waiting, *rest):
+        read.append([step for step, _ in waiting])
+        return real_log(run, waiting, *rest)
+
+    monkeypatch.setattr(finetuning.FineTuning, "train_step", counted_step)
+    monkeypatch.setattr(loop, "log_steps", counted_log)
+    monkeypatch.setitem(loop.READ_EVERY, "cuda", 3)
+    argv = ["--from-scratch", "--arch", "resnet18", "--width", "0.0625", "--dataset",
+            "synthetic", "--synthetic-size", "48", "--val-fraction", "0.25", "--label-fraction",
+            "1", "--batch-size", "8", "--epochs", "2", "--backend", "cupy", "--out",
+            str(tmp_path)]
+    with rehearsal() as device:
+        assert finetune.main(argv) == 0
+    assert syncs == [0] * 8   # 36 labelled images: 4 steps an epoch
+    assert read == [[1, 2, 3], [4], [5, 6, 7], [8]]  # and at each epoch's end
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records if "train_accuracy" in r] == list(range(1, 9))
+    capsys.readouterr()
+
+
 # ----- the twins: our CUDA kernels' NumPy versions, against the CPU -----------------------
 
 @pytest.mark.parametrize("training", [True, False])

@@ -193,6 +193,29 @@ def test_training_figure(run_folder, tmp_path, drawn):
     assert knn_chart["title"] == "no k-NN records" and not curve_pixels(knn_chart["image"]).size
 
 
+def test_titles_name_the_data_and_the_run_not_where_they_lie(run_folder, tmp_path, drawn,
+                                                              monkeypatch):
+    """A figure is shown on other machines: its titles say what the data are (their kind and
+    size) and which run it was, never a path of the machine that drew it."""
+    from test_cli_errors import write_images
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "where-the-images-lie"
+    for name in ("cat", "dog"):
+        write_images(data / "train" / name, 6, size=32)
+        write_images(data / "test" / name, 2, size=32, start=10)
+    assert figures.main(["views", "--images", "2", "--views", "1", "--dataset", "folder",
+                         "--data-dir", str(data), "--out", str(tmp_path / "views.png")]) == 0
+    title = drawn["image_grid"][-1][1]["title"]
+    assert "folder: 12 training images, 4 test images" in title and str(data) not in title
+    combined = []
+    monkeypatch.setattr(plot, "combine", recording(combined, plot.combine))
+    assert figures.main(["training", "--run", str(run_folder), "--out",
+                         str(tmp_path / "training.png")]) == 0
+    title = combined[0][1]["title"]
+    assert title.startswith(f"Training of {run_folder.name}\n")
+    assert str(run_folder.parent) not in title
+
+
 def curve_pixels(chart):
     """(row, column) of the pixels of a chart's first curve (its colour, used by nothing else
     in a chart of one series)."""
