@@ -47,16 +47,13 @@ class TrainingRun:
     `count` images; in a data-parallel run (group), this rank's share of a step's batch is its
     rows rank * B .. (rank + 1) * B - 1 (B = batch_size / ranks).
 
-    A task gives:
-        train_step()          one step at `step`, then step + 1; returns the step's numbers as
-                              0-d arrays on the device, the loss first
-        step_metrics(*rest)   the per-step metrics made of the numbers after the loss
-        evaluation_due()      whether to evaluate after the epoch just ended
-        evaluate(metrics, stream)   evaluate, log and show; returns the evaluation's record
+    A task (a subclass) makes the model, optimizer and schedule, and gives the step
+    (train_step, step_metrics) and the evaluation (evaluation_due, evaluate).
     """
     done = "trained"                       # the last line: "trained steps 0..6 of 6 in ..."
     divergence_hint = "Try a lower --lr"   # what a diverged run's error line suggests
-    evaluated_at_the_end = False           # a run that ended is evaluated when resumed at its end
+    evaluated_at_the_end = False           # True: its result is the evaluation after its last
+                                           # step, made again when it resumes at its end
 
     def __init__(self, config, xp, count, group=None):
         self.config, self.xp, self.group, self.count = config, xp, group, count
@@ -103,8 +100,24 @@ class TrainingRun:
         """The random generator of the next step (its augmentation), from (seed, 2, step)."""
         return numpy.random.default_rng([self.config["seed"], 2, self.step])
 
+    def train_step(self):
+        """One step at `step`, then step + 1; returns the step's numbers as 0-d arrays on the
+        device, the loss first (the loop reads them a few steps at a time)."""
+        raise NotImplementedError
+
     def step_metrics(self, *rest):
+        """The metrics of a step besides its loss, made of the numbers train_step returned after
+        the loss (none here)."""
         return {}
+
+    def evaluation_due(self):
+        """Whether to evaluate after the epoch just ended."""
+        raise NotImplementedError
+
+    def evaluate(self, metrics, stream):
+        """Evaluate the model, write the record to `metrics` and a line to `stream`; returns the
+        record."""
+        raise NotImplementedError
 
     def stopping(self, stop):
         """Whether to stop after the step just done: a signal asked for it (on any rank: the
