@@ -9,9 +9,10 @@
 
 The engine touches gradient arrays in two ways of its own: two gradients that meet at a
 tensor are summed (a + b), and a leaf's first gradient is copied into its `.grad` (the array
-may alias another gradient). It runs no threads; a library with faster passes for its arrays
-installs them with `set_gradient_passes` (nn's CPU kernels install ones that split the work
-over their threads: a leaf's gradient can be as large as a batch of images).
+may alias another gradient). It runs no threads; faster passes are installed by an explicit
+call to `set_gradient_passes`, never by an import: a training program calls
+nn.runtime.use_threaded_gradients(), which installs passes that split the work over the CPU's
+threads (a leaf's gradient can be as large as a batch of images).
 """
 
 

@@ -281,9 +281,9 @@ def gemm_gflops(library, size=2048, repeats=5):
         b = rng.standard_normal((size, size), dtype=xp.float32)
     sync = synchronizer(library)
     if library == "numpy":  # rows split over our threads, as the step's products are
-        from nn.functional.cpu import passes
+        from nn.runtime import parallel
         out = xp.empty((size, size), dtype=xp.float32)
-        best = min(repeat_timed(lambda: passes.matmul(a, b, out), 1, repeats, sync))
+        best = min(repeat_timed(lambda: parallel.matmul(a, b, out), 1, repeats, sync))
     else:
         best = min(repeat_timed(lambda: a @ b, 1, repeats, sync))
     return 2 * size ** 3 / best / 1e9
@@ -305,7 +305,7 @@ def numpy_blas():
     (it names the CPU kernels chosen here), else numpy.show_config's build information."""
     import numpy
 
-    from nn.functional.cpu.threads import blas_description
+    from nn.runtime.threads import blas_description
     try:
         blas = numpy.show_config(mode="dicts")["Build Dependencies"]["blas"]
     except (TypeError, KeyError):

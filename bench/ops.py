@@ -27,7 +27,7 @@ from bench.common import (SIDES, describe_machine, default_threads, format_table
 # name -> (kind, shape settings); C/F channels in/out, H the input side, k the kernel side
 LAYERS = {
     "conv 3x3 64->64 at 32x32": ("conv", dict(C=64, F=64, H=32, k=3, stride=1, padding=1)),
-    # stages 3 and 4: ours by Winograd's F(2x2, 3x3) (nn/functional/winograd.py)
+    # stages 3 and 4: ours by Winograd's F(2x2, 3x3) (nn/functional/cpu/winograd.py)
     "conv 3x3 256->256 at 8x8": ("conv", dict(C=256, F=256, H=8, k=3, stride=1, padding=1)),
     "conv 3x3 512->512 at 4x4": ("conv", dict(C=512, F=512, H=4, k=3, stride=1, padding=1)),
     "conv 1x1 256->64 at 32x32": ("conv", dict(C=256, F=64, H=32, k=1, stride=1, padding=0)),
@@ -139,8 +139,9 @@ def measure(args):
     if side == "ours":
         from autograd import Tensor
         from autograd.backend import require_cupy
-        from nn.functional import cpu
-        cpu.reuse_freed_memory()  # as in training
+        from nn import runtime
+        runtime.reuse_freed_memory()  # as in training
+        runtime.use_threaded_gradients()
         xp = numpy if args.backend == "numpy" else require_cupy()
         sync = synchronizer(args.backend)
 

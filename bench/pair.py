@@ -14,11 +14,12 @@ mean of the per-case ratios. Below 1, the new code is faster. An A/A run shows t
 (0.98-1.01 on the machines of bench/RESULTS.md, where the unpaired comparison read 0.96-1.08).
 
 The whole tree is swapped, so a change anywhere (the op's file, the kernels it calls in
-nn/functional/cpu/, the engine) is what is measured, and the two revisions may be laid out
-differently: a worker calls only the public nn.functional.<op> and autograd.Tensor. Both
+nn/functional/cpu/ and nn/runtime/, the engine) is what is measured, and the two revisions may
+be laid out differently: a worker calls only the public nn.functional.<op> and autograd.Tensor
+(and sets up the engine's threaded gradient passes where the revision asks for a call). Both
 workers get --threads through OMP_NUM_THREADS, and keep freed memory for reuse through
 glibc's environment (MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_), as simclr.train does with
-nn.functional.cpu.reuse_freed_memory(); only one worker runs at a time, the other waits.
+nn.runtime.reuse_freed_memory(); only one worker runs at a time, the other waits.
 
 A case is forward + backward at a ResNet-50 shape (CIFAR stem, N = --batch-size images;
 batch norm with ReLU and with residual + ReLU, as the network calls it; the max-pool is the
@@ -116,6 +117,12 @@ def serve(tree, op, batch_size):
     import nn
     if not os.path.abspath(nn.__file__).startswith(os.path.abspath(tree) + os.sep):
         raise SystemExit(f"bench.pair: the worker imported nn from {nn.__file__}, not {tree}")
+    try:  # the engine's gradient passes on every core, as a training program sets them up
+        from nn.runtime import use_threaded_gradients
+    except ImportError:  # a revision from before nn.runtime: importing nn set them up
+        pass
+    else:
+        use_threaded_gradients()
     made = cases(op, batch_size, numpy.random.default_rng(0))
     print(json.dumps([label for label, _ in made]), flush=True)
     for line in sys.stdin:

@@ -7,7 +7,7 @@ Function's forward and backward while --steps steps run, grouped by op (a convol
 kernel and stride, e.g. "Conv2d 3x3/2"). Times are exclusive: an op that calls another op's
 forward does not count the inner one twice. What no op accounts for is the LARS update (timed
 on its own) and the rest: the engine's graph walk, gradient accumulation, Python.
-On the CPU it also measures how the step uses the threads (nn/functional/cpu/threads.py): the
+On the CPU it also measures how the step uses the threads (nn/runtime/threads.py): the
 time in parallel sections, the part of it that the calling thread spends waiting for the
 others to finish their share, and the time outside any section, when one thread works and the others
 idle. Then it times the step's matrix products on their own (the same shapes, random
@@ -65,7 +65,7 @@ def time_products(shapes, repeats=2):
     what the step would cost if nothing but its matrix products took time."""
     import numpy
 
-    from nn.functional.cpu import passes
+    from nn.runtime import parallel
 
     rng = numpy.random.default_rng(0)
     arrays = {}
@@ -77,9 +77,9 @@ def time_products(shapes, repeats=2):
         start = time.perf_counter()
         for shape in shapes:
             columns, weights, grad = arrays[shape]
-            passes.matmul(columns, weights)               # forward
-            passes.matmul(grad, weights.T)                # input gradient
-            passes.matmul_transposed(grad, columns)       # weight gradient
+            parallel.matmul(columns, weights)             # forward
+            parallel.matmul(grad, weights.T)              # input gradient
+            parallel.matmul_transposed(grad, columns)     # weight gradient
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -156,7 +156,7 @@ def _current_key(profiler):
 
 class ThreadUse:
     """While active (a `with` block), how the calling thread spends its time with respect to
-    the CPU threads' sections (each `threads.run` over more than one range, nn/functional/cpu):
+    the CPU threads' sections (each `threads.run` over more than one range, nn/runtime):
 
         sections  seconds inside them, every thread given work
         waiting   the part of that after the calling thread finished its own share, waiting
@@ -171,7 +171,7 @@ class ThreadUse:
         self.sections_by = defaultdict(float)
 
     def __enter__(self):
-        from nn.functional.cpu import threads
+        from nn.runtime import threads
 
         self.threads, self.original = threads, threads.run
         self.sections = self.waiting = 0.0

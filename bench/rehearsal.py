@@ -20,8 +20,9 @@ of `xp` covers the other half of that risk.
         ...
         device.launches, device.syncs, device.transfers, device.sync_sites
 
-Our own CUDA kernels (nn/functional/cuda/) run here as their NumPy twins, one launch each
-(the rehearsal stands in for nn.functional.cuda.kernels.launch). `python -m bench.rehearse`
+Our own CUDA kernels (nn/functional/cuda/, nn/optim/lars_cuda.py, simclr/augment/cuda.py)
+run here as their NumPy twins, one launch each (the rehearsal stands in for
+nn.runtime.cuda.launch). `python -m bench.rehearse`
 runs a whole program on the rehearsal (bench/gpu_check.sh --rehearse runs every stage so).
 """
 import contextlib
@@ -315,7 +316,7 @@ def rehearsal():
 
     from autograd import backend
     from bench.rehearsal_cupy import CUPYX, MODULE, launch_twin
-    from nn.functional.cuda import kernels
+    from nn.runtime import cuda as kernels
     counts = Counts()
     counts.xp = MODULE
     saved = backend._cupy, sys.modules.get("cupyx"), _active[0], kernels.launch

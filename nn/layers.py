@@ -118,6 +118,16 @@ class _BatchNorm(Module):
                 f"affine={self.affine}")
 
 
+def synchronize_batch_norm(model, group):
+    """Make every batch-norm layer of `model` take its statistics over the global batch of
+    `group` (a communicator of nn.distributed) in training mode (None: each rank's own batch
+    again). Returns the number of layers."""
+    layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
+    for layer in layers:
+        layer.group = group
+    return len(layers)
+
+
 class BatchNorm1d(_BatchNorm):
     """Batch norm of (N, C) or (N, C, L) inputs (e.g. inside a projection head)."""
 

@@ -10,8 +10,8 @@ import nn
 import nn.functional as F
 from autograd import Tensor, no_grad
 from autograd.backend import array_module, device_of, scatter_add, to_numpy
-from nn.functional.cpu import passes
 from nn.optim import SGD, WarmupCosine
+from nn.runtime import parallel
 
 
 def to_network_input(images, xp):
@@ -52,7 +52,7 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200
     k = min(k, len(train))
     correct = 0
     for start in range(0, len(test), chunk):
-        similarity = passes.matmul(test[start:start + chunk], train.T)      # (n, N_train)
+        similarity = parallel.matmul(test[start:start + chunk], train.T)    # (n, N_train)
         neighbours = xp.argpartition(-similarity, k - 1, axis=1)[:, :k]     # (n, k)
         weights = xp.exp(xp.take_along_axis(similarity, neighbours, axis=1) / temperature)
         votes = xp.zeros((len(similarity), num_classes), dtype=weights.dtype)

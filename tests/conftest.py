@@ -3,7 +3,7 @@ CuPy imports and a GPU is present (those runs are marked `gpu` and skipped elsew
 import numpy
 import pytest
 
-from nn.functional.cpu import threads as cpu_threads
+from nn.runtime import threads as cpu_threads, use_threaded_gradients
 from helpers import force_every_split
 
 
@@ -25,6 +25,7 @@ BACKENDS = [
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs CuPy and a CUDA GPU")
+    use_threaded_gradients()  # the engine's gradient passes on every core, as programs set them
 
 
 @pytest.fixture(params=BACKENDS)

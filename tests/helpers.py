@@ -3,7 +3,9 @@ import numpy
 import pytest
 
 from autograd import Tensor, to_numpy
-from nn.functional.cpu import batch_norm_blocks, conv, passes, threads, winograd
+from nn.functional.cpu import batch_norm_blocks, conv, winograd
+from nn.functional.cuda import conv as cuda_conv
+from nn.runtime import parallel, threads
 
 
 def randn(xp, *shape, dtype="float64", seed=0, requires_grad=False, scale=1.0):
@@ -29,17 +31,18 @@ def import_torch():
 
 
 def force_every_split(monkeypatch):
-    """Every split a big array would see, forced onto small ones (nn/functional/cpu): no
-    minimum work per thread, pieces of one unit, batch-norm blocks of 2 rows of 8 bytes,
-    product pieces of one row, conv chunks and Winograd pieces of one image, batch-norm tiles
-    of 24 bytes."""
+    """Every split a big array would see, forced onto small ones (nn/runtime, nn/functional/cpu,
+    and the GPU convolution's chunks, nn/functional/cuda/conv.py): no minimum work per thread,
+    pieces of one unit, batch-norm blocks of 2 rows of 8 bytes, product pieces of one row, conv
+    chunks and Winograd pieces of one image, batch-norm tiles of 24 bytes."""
     monkeypatch.setattr(threads, "MIN_BYTES_PER_THREAD", 1)
     monkeypatch.setattr(threads, "MIN_PIECE_BYTES", 1)
     monkeypatch.setattr(threads, "PIECE_BYTES", 1)
     monkeypatch.setattr(batch_norm_blocks, "BLOCK_BYTES", 16)
-    monkeypatch.setattr(passes, "MIN_PIECE", 1)
-    monkeypatch.setattr(conv, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
-    monkeypatch.setattr(conv, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(parallel, "MIN_PIECE", 1)
+    for module in (conv, cuda_conv):
+        monkeypatch.setattr(module, "CHUNK_BYTES", 1)
+        monkeypatch.setattr(module, "MIN_CHUNK_ROWS", 1)
     monkeypatch.setattr(winograd, "TILE_BUFFER_BYTES", 1)
     monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)
 

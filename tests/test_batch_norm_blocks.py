@@ -1,15 +1,15 @@
 """Batch norm's blocked, threaded kernel (nn/functional/cpu/batch_norm.py, its parts in
-cpu/batch_norm_blocks.py) with every split forced on (the `split_everything` fixture of conftest.py): fused with a ReLU and a residual, in
-both modes, against finite differences, PyTorch and the plain-Tensor reference; its blocks, its
-moments and its three ways of centring."""
+cpu/batch_norm_blocks.py) with every split forced on (the `split_everything` fixture of
+conftest.py): fused with a ReLU and a residual, in both modes, against finite differences,
+PyTorch and the reference; its blocks, its moments and its three ways of centring."""
 import numpy
 import pytest
 
 import nn.functional as F
 from autograd import Tensor, gradcheck, to_numpy
 from nn.functional.cpu import batch_norm_blocks
-from nn.functional.cpu.batch_norm_blocks import Blocks, Centring, batch_moments
-from nn.functional.choice import use_reference
+from nn.functional.cpu.batch_norm_blocks import Centring, RowBlocks, batch_moments
+from nn.functional.dispatch import use_reference
 from nn.functional.normalization import batch_norm_reference
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
@@ -80,8 +80,8 @@ def test_fused_batch_norm_matches_pytorch(xp, split_everything, dtype, training)
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("fused", ["none", "relu", "residual+relu"])
 def test_fused_batch_norm_equals_the_tensor_op_reference(xp, split_everything, fused, training):
-    """The kernel against batch_norm_reference (plain Tensor ops, what use_reference() runs):
-    the output, every gradient and the running statistics."""
+    """The kernel against its reference (BatchNormReference, what use_reference() runs): the
+    output, every gradient and the running statistics."""
     relu, res = "relu" in fused, "residual" in fused
     results = []
     for reference in (False, True):
@@ -110,7 +110,7 @@ def test_blocked_moments_are_exact_for_data_far_from_zero(split_everything):
     blocks' combined centred sums must match float64 to float32 precision."""
     rng = numpy.random.default_rng(0)
     rows = (1000 + rng.standard_normal((103, 3))).astype(numpy.float32)
-    mean, var = batch_moments(rows, Blocks(rows))
+    mean, var = batch_moments(rows, RowBlocks(rows))
     exact = rows.astype(numpy.float64)
     numpy.testing.assert_allclose(mean, exact.mean(axis=0), rtol=1e-7)
     numpy.testing.assert_allclose(var, exact.var(axis=0), rtol=1e-5)
@@ -128,7 +128,7 @@ def test_batch_statistics_of_float32_are_float64_accurate(xp, offset):
     spread = numpy.exp(rng.uniform(-3, 3, C))
     x = rng.standard_normal((20000, C)) * spread + offset * spread * rng.choice([-1, 1], C)
     rows = xp.asarray(x.astype(numpy.float32))
-    mean, var = batch_moments(rows, Blocks(rows))
+    mean, var = batch_moments(rows, RowBlocks(rows))
     exact = x.astype(numpy.float32).astype(numpy.float64)
     assert mean.dtype == var.dtype == numpy.float64
     mean_error = numpy.abs(to_numpy(mean) - exact.mean(axis=0)) / exact.std(axis=0)
@@ -156,8 +156,8 @@ def test_fused_batch_norm_centres_the_channels_far_from_zero_and_matches_pytorch
         var[...] = x.data.var(axis=(0, 2, 3))
     centring = Centring(mean if not training else x.data.mean(axis=(0, 2, 3)),
                         var if not training else x.data.var(axis=(0, 2, 3)),
-                        x.dtype, Blocks(x.data.reshape(-1, C)))
-    assert (centring.few is None, centring.everywhere) == {
+                        x.dtype, RowBlocks(x.data.reshape(-1, C)))
+    assert (centring.few_channels is None, centring.whole_blocks) == {
         "none": (True, False), "few": (False, False), "many": (True, True)}[far]
     tx, tr, tw, tb = (torch.tensor(to_numpy(t.data), requires_grad=True)
                       for t in (x, residual, weight, bias))
@@ -177,7 +177,7 @@ def test_batch_norm_blocks_are_whole_tiles_then_the_rest(monkeypatch):
     monkeypatch.setattr(batch_norm_blocks, "BLOCK_BYTES", 64)  # 8 rows of 8 bytes a block ...
     monkeypatch.setattr(batch_norm_blocks, "TILE_BYTES", 24)  # ... but a whole number of 3-row tiles
     rows = numpy.arange(46, dtype=numpy.float32).reshape(23, 2)
-    blocks = Blocks(rows)
+    blocks = RowBlocks(rows)
     assert blocks.tile_rows == 3
     assert blocks.ranges == [(0, 6), (6, 12), (12, 18), (18, 21), (21, 23)]
     for start, stop in blocks.ranges:

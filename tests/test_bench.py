@@ -67,7 +67,7 @@ def test_profile_harness_runs_a_tiny_resnet18_step(capsys):
 
 
 def test_thread_use_counts_sections_and_the_wait_at_their_end(monkeypatch):
-    from nn.functional.cpu import threads
+    from nn.runtime import threads
 
     before = threads.get_num_threads()
     threads.set_num_threads(2)

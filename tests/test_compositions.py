@@ -20,7 +20,7 @@ import pytest
 import nn.functional as F
 from autograd import Tensor, gradcheck, to_numpy
 from nn.functional import conv
-from nn.functional.cpu import scratch, threads
+from nn.runtime import scratch, threads
 from nn.functional.cpu.winograd import Conv2dWinograd
 from helpers import PARITY_TOLERANCE, force_every_split, import_torch, relative_error
 

@@ -6,9 +6,9 @@ import pytest
 
 from autograd import Tensor, gradcheck, to_numpy
 import nn.functional.cpu.conv as conv_kernel
-from nn.functional.choice import use_reference
+from nn.functional.dispatch import use_reference
 from nn.functional.conv import (Conv2dReference, col2im, conv2d, implementation, im2col)
-from nn.functional.cpu import threads as cpu_threads
+from nn.runtime import threads as cpu_threads
 from nn.functional.cpu.conv import Conv2dGemm
 from nn.functional.cpu.winograd import Conv2dWinograd
 from nn.functional.windows import pair
@@ -231,5 +231,5 @@ def test_chunks_have_at_least_min_chunk_rows_and_leave_every_thread_one(threads)
     assert _chunk_sizes(x[:40], geometry) == [20, 20]  # 40 images: 20 for each thread
     x = numpy.zeros((64, 32, 32, 64), numpy.float32)  # stage 1: 1024 rows per image
     sizes = _chunk_sizes(x, ((3, 3), (1, 1), (1, 1), (32, 32)))
-    assert max(sizes) * 1024 * 9 * 64 * 4 <= conv_kernel.CHUNK_BYTES["cpu"]  # bounded by bytes
+    assert max(sizes) * 1024 * 9 * 64 * 4 <= conv_kernel.CHUNK_BYTES  # bounded by bytes
     assert len(sizes) >= 4  # at least two pieces a thread

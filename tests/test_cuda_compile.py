@@ -21,11 +21,11 @@ import subprocess
 
 import pytest
 
-from nn.functional.cuda.kernels import KERNELS, OPTIONS
+from nn.runtime.cuda import KERNELS, OPTIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = "90"   # the compute capability of the H100 and H200
-DEFINES_KERNELS = re.compile(r"^from [\w.]*kernels import .*\bKernel\b", re.MULTILINE)
+DEFINES_KERNELS = re.compile(r"^from nn\.runtime\.cuda import .*\bKernel\b", re.MULTILINE)
 
 
 def kernel_modules():
@@ -184,6 +184,7 @@ def test_every_kernel_compiles_with_nvcc_for_sm_90_in_every_variant(tmp_path):
 def test_every_module_that_defines_kernels_is_found():
     """The scan above finds the kernels where they live (a new module is found by its import
     of Kernel)."""
-    assert {"nn.functional.cuda.batch_norm", "nn.functional.cuda.conv", "nn.functional.cuda.loss",
-            "nn.functional.cuda.optim", "simclr.augment.cuda"} <= set(kernel_modules())
+    assert {"nn.functional.cuda.batch_norm_kernels", "nn.functional.cuda.conv",
+            "nn.functional.cuda.loss", "nn.optim.lars_cuda", "simclr.augment.cuda"} \
+        <= set(kernel_modules())
     assert len(all_kernels()) >= 16

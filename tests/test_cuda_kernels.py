@@ -52,7 +52,7 @@ def test_batch_norm_kernels_equal_their_twins(dtype, training, fused):
 def test_lars_kernels_equal_their_twins(dtype):
     import cupy
 
-    from nn.functional.cuda.optim import CHUNK, lars_step
+    from nn.optim.lars_cuda import CHUNK, lars_step
     rng = numpy.random.default_rng(1)
     shapes = [(3, CHUNK + 5), (7,), (2 * CHUNK,), (4, 4), (64, 3, 3, 3)]
     arrays = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]

@@ -17,7 +17,8 @@ import pytest
 import nn
 import nn.functional as F
 from autograd import Tensor, numerical_grad
-from nn.distributed import AllGather, LocalWorld, average_gradients, synchronize_batch_norm
+from nn.distributed import AllGather, LocalWorld, average_gradients
+from nn.layers import synchronize_batch_norm
 from helpers import relative_error
 
 TOLERANCE = 1e-10
@@ -26,7 +27,7 @@ TOLERANCE = 1e-10
 @pytest.fixture(autouse=True)
 def one_cpu_thread(threads):
     """The ranks are threads already; one CPU thread each keeps every sum in one order."""
-    from nn.functional.cpu import threads as cpu_threads
+    from nn.runtime import threads as cpu_threads
     cpu_threads.set_num_threads(1)
 
 

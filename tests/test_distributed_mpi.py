@@ -43,7 +43,7 @@ def test_ranks_over_mpi_equal_one_process_with_the_global_batch(tmp_path, size, 
     its share of the views, against the same steps in this process on all of them: the loss,
     the averaged gradients, the running statistics and the weights, to 1e-10 in float64."""
     import test_distributed as steps
-    from nn.functional.cpu import threads as cpu_threads
+    from nn.runtime import threads as cpu_threads
     finished = mpiexec(size, os.path.join(TESTS, "mpi", "steps.py"), str(tmp_path))
     assert finished.returncode == 0, finished.stderr[-3000:]
     cpu_threads.set_num_threads(1)

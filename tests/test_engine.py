@@ -129,7 +129,7 @@ def test_numpy_returns_a_host_copy(xp):
 
 
 def test_the_engine_sums_and_copies_gradients_by_the_passes_installed():
-    """nn's CPU kernels install threaded passes (nn/functional/cpu); the engine itself only
+    """A program installs threaded passes (nn.runtime.use_threaded_gradients); the engine only
     calls them: a leaf's first gradient by `copy` (a new array, never the one handed to it),
     two gradients of one tensor by `add`."""
     calls = []
@@ -154,5 +154,5 @@ def test_the_engine_sums_and_copies_gradients_by_the_passes_installed():
         assert z.grad is not upstream and calls == ["add", "copy"]  # the plain passes ran
     finally:
         set_gradient_passes(*previous)
-    from nn.functional.cpu import passes
-    assert set_gradient_passes(*previous) == (passes.add, passes.copy)
+    from nn.runtime import parallel
+    assert set_gradient_passes(*previous) == (parallel.add, parallel.copy)  # as conftest set

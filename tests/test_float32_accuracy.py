@@ -28,7 +28,7 @@ import pytest
 
 import nn.functional as F
 from autograd import Tensor
-from nn.functional.cpu import threads
+from nn.runtime import threads
 from helpers import relative_error
 from simclr.loss import nt_xent
 

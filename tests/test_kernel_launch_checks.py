@@ -11,8 +11,8 @@ import numpy
 import pytest
 
 from bench.rehearsal import rehearsal
-from nn.functional.cuda import kernels
-from nn.functional.cuda.kernels import Kernel, check_launch, parameters_of
+from nn.runtime import cuda as kernels
+from nn.runtime.cuda import Kernel, check_launch, parameters_of
 
 SOURCE = r"""
 extern "C" __global__ void scale_rows(const data_t* x, data_t* y, const long long* rows,
@@ -187,7 +187,7 @@ def test_lars_refuses_a_gradient_of_another_dtype_than_its_weights():
     """The LARS kernels reach the parameters through a table of addresses, which no launch
     check sees: lars_step checks each array itself (a float64 gradient of float32 weights
     would be read as float32s)."""
-    from nn.functional.cuda.optim import lars_step
+    from nn.optim.lars_cuda import lars_step
     weights = [numpy.ones((3, 4), numpy.float32), numpy.ones(5, numpy.float32)]
     velocities = [numpy.zeros_like(w) for w in weights]
     grads = [numpy.ones((3, 4), numpy.float32), numpy.ones(5)]

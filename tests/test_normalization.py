@@ -5,7 +5,9 @@ import pytest
 
 from autograd import GradcheckError, Tensor, gradcheck, numerical_grad, to_numpy
 from nn.functional.cpu.batch_norm import BatchNormBlocked
-from nn.functional.normalization import batch_norm, normalize
+from nn.functional.dispatch import use_reference
+from nn.functional.normalization import (BatchNormReference, batch_norm, batch_norm_reference,
+                                         normalize)
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 
 SHAPES = [(5, 3), (3, 2, 3, 5)]  # (N, C) and (N, C, H, W), odd sizes
@@ -87,6 +89,51 @@ def test_batch_norm_input_gradient_of_the_sum_is_zero_in_training(xp):
     assert float(abs(numeric_under_ones).max()) < 1e-6  # the ones-seeded check would pass
     with pytest.raises(GradcheckError, match="all zeros"):
         gradcheck(broken, [x])
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fused", ["none", "relu", "residual", "residual+relu"])
+def test_batch_norm_reference_backward_is_the_derivative_of_its_formula(xp, training, fused):
+    """BatchNormReference's hand-written backward (the closed form of normalization.py's
+    docstring) against the engine's derivative of the same forward written with Tensor ops
+    (batch_norm_reference): output, dx, dgamma, dbeta and the residual's gradient, float64."""
+    relu, res = "relu" in fused, "residual" in fused
+    mean, var = running_stats(xp, 3)
+    upstream = xp.asarray(numpy.random.default_rng(4).standard_normal((4, 3, 2, 5)))
+    results = []
+    for hand_written in (True, False):
+        x = randn(xp, 4, 3, 2, 5, scale=2.0, requires_grad=True)
+        residual = randn(xp, 4, 3, 2, 5, seed=1, requires_grad=True)
+        weight, bias = affine(xp, 3)
+        if hand_written:
+            inputs = [x, weight, bias] + ([residual] if res else [])
+            out = BatchNormReference.apply(*inputs, running_mean=None if training else mean,
+                                           running_var=None if training else var,
+                                           use_batch_stats=training, momentum=0.1, eps=1e-5,
+                                           relu=relu)
+        else:
+            stats = {} if training else {"mean": mean, "var": var}
+            out = batch_norm_reference(x, weight, bias, residual=residual if res else None,
+                                       relu=relu, **stats)
+        out.backward(upstream)
+        results.append([out.data, x.grad, weight.grad, bias.grad]
+                       + ([residual.grad] if res else []))
+    for name, ours, theirs in zip(["y", "dx", "dgamma", "dbeta", "dresidual"], *results):
+        assert relative_error(ours, to_numpy(theirs)) < 1e-12, name
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_reference_passes_gradcheck_and_is_what_use_reference_runs(xp, training):
+    x = randn(xp, 3, 2, 2, 3, scale=2.0, requires_grad=True)
+    residual = randn(xp, 3, 2, 2, 3, seed=1, requires_grad=True)
+    weight, bias = affine(xp, 2)
+    mean, var = running_stats(xp, 2)
+    with use_reference():
+        assert gradcheck(lambda x, w, b, r: batch_norm(x, mean, var, w, b, training=training,
+                                                       residual=r, relu=True),
+                         [x, weight, bias, residual])
+        out = batch_norm(x, mean, var, weight, bias, training=training)
+    assert out._node.function is BatchNormReference
 
 
 @pytest.mark.parametrize("shape, dim", [((4, 3), 1), ((4, 3), 0), ((2, 3, 2), -1)])

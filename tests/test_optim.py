@@ -7,7 +7,7 @@ import numpy
 import pytest
 
 from autograd import Tensor, to_numpy
-from nn.functional.cpu import threads
+from nn.runtime import threads
 from nn.module import Parameter
 from nn.optim import LARS, SGD, WarmupCosine, linear_scaled_lr, sqrt_scaled_lr, trust_ratio
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error

@@ -6,7 +6,7 @@ import numpy
 import pytest
 
 from autograd import Tensor, gradcheck, to_numpy
-from nn.functional.choice import use_reference
+from nn.functional.dispatch import use_reference
 from nn.functional.pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from helpers import PARITY_TOLERANCE, import_torch, randn, relative_error
 

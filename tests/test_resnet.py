@@ -227,8 +227,9 @@ def test_resnet_by_its_kernels_equals_resnet_by_the_reference_ops(xp, depth, cif
                         staticmethod(counted("conv2d", conv.Conv2dReference.forward)))
     monkeypatch.setattr(pooling.MaxPool2dReference, "forward",
                         staticmethod(counted("max_pool2d", pooling.MaxPool2dReference.forward)))
-    monkeypatch.setattr(normalization, "batch_norm_reference",
-                        counted("batch_norm", normalization.batch_norm_reference))
+    monkeypatch.setattr(normalization.BatchNormReference, "forward",
+                        staticmethod(counted("batch_norm",
+                                             normalization.BatchNormReference.forward)))
     results = []
     for reference in (False, True):
         model = BUILDERS[depth](cifar_stem=cifar_stem, width=0.125, rng=0)

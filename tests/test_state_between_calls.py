@@ -12,7 +12,7 @@ import pytest
 import nn.functional as F
 from autograd import Tensor, gradcheck, no_grad
 from nn.functional.conv import Conv2dReference
-from nn.functional.cpu import threads as cpu_threads
+from nn.runtime import threads as cpu_threads
 from helpers import relative_error
 
 

@@ -15,8 +15,11 @@ went wrong (tests/test_distributed.py has a test for each):
   (simclr/loss.py adds the offset);
 - the gradients are averaged over the ranks, not summed, nor left alone (off by the size).
 
-Batch norm over the global batch is nn.functional.batch_norm's `group` (its kernels call
-global_moments below in the forward pass and all-reduce their two sums in the backward).
+Batch norm over the global batch is nn.functional.batch_norm's `group`: both its kernels, the
+CPU's and the GPU's, take the global batch's mean and variance from every rank's own by
+global_moments below in the forward pass, and all-reduce their two per-channel sums in the
+backward. (nn.layers.synchronize_batch_norm sets the group of every batch-norm layer of a
+model.)
 """
 import numpy
 
@@ -54,11 +57,13 @@ def all_gather(x, group):
 
 def global_moments(mean, var, count, group):
     """The mean and biased variance (C,) of the global batch from each rank's own, over
-    `count` values per channel on every rank: (mean, var, count * size), in float64.
+    `count` values per channel on every rank: (mean, var, count * size), in float64. Batch
+    norm's statistics on every device.
 
     One all-gather of every rank's (mean, M2 = count * var), combined in rank order by Chan,
-    Golub and LeVeque's pairwise update (exact in float64, where sum(x^2) - n mean^2 would
-    lose digits to cancellation); every rank gets the same bits."""
+    Golub and LeVeque's pairwise update (exact in exact arithmetic; in float64 nothing cancels,
+    where sum(x^2) - n mean^2 would lose digits when the mean is large against the spread);
+    every rank gets the same bits."""
     xp = array_module(mean)
     local = xp.stack([mean.astype(xp.float64), count * var.astype(xp.float64)])[None]  # (1, 2, C)
     ranks = group.allgather(local)                                         # (size, 2, C)
@@ -98,17 +103,6 @@ def average_gradients(parameters, group, bucket_bytes=BUCKET_BYTES):
             param.grad = flat[start:start + param.grad.size].reshape(param.grad.shape)
             start += param.grad.size
     return len(buckets)
-
-
-def synchronize_batch_norm(model, group):
-    """Make every batch-norm layer of `model` take its statistics over the global batch of
-    `group` in training mode (None: each rank's own batch again). Returns the number of
-    layers."""
-    from nn.layers import _BatchNorm
-    layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
-    for layer in layers:
-        layer.group = group
-    return len(layers)
 
 
 def same_on_every_rank(arrays, group):

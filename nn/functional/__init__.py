@@ -1,12 +1,13 @@
 """The functional API: neural-network ops on Tensors, named and ordered as
 torch.nn.functional. Each op is a Function (forward and backward side by side).
 
-Each op family's file starts with its math and its reference implementation; the fast kernels
-are in cpu/, picked by one small dispatcher per op. `with use_reference():` runs every op by
-its reference instead (choice.py)."""
+Each op family's file starts with its math and its reference implementation, and ends with
+one dispatcher, `implementation()`, of the same shape in every file (dispatch.py): the
+reference inside `with use_reference():`, else the kernel of the input's device, from the
+CPU room (cpu/) or the CUDA room (cuda/)."""
 from autograd import cat, stack
 
-from .choice import use_reference
+from .dispatch import use_reference
 from .activation import log_softmax, logsumexp, relu
 from .conv import conv2d
 from .linear import linear

@@ -20,22 +20,22 @@ onto the pixel it was copied from:
     dcols = W^T @ dout                           (N, C*kh*kw, Ho*Wo)
     dx    = col2im(dcols), with the padding cut off
 
-Which implementation runs (`implementation`):
-- Conv2dReference, below: exactly the formulas above, in NCHW order, when `use_reference()`
-  asks for it (nn/functional/choice.py). The tests hold both kernels to it.
-- cpu/winograd.py: the 3x3, stride-1, padding-1 convolutions of small even images on the CPU
-  (ResNet's last two stages), by Winograd's F(2x2, 3x3), 2.25x fewer multiplications.
-- cpu/conv.py otherwise: the same im2col + GEMM, in channels-last memory, in chunks of images
-  spread over the threads, with a cheaper backward where the algebra allows (read its
-  docstring). It also serves CuPy arrays, in one chunk, with cuda/conv.py's im2col and
-  col2im kernels.
+Which implementation runs (`implementation`, nn/functional/dispatch.py):
+- Conv2dReference, below: exactly the formulas above, in NCHW order, inside use_reference().
+  The tests hold every kernel to it.
+- on a GPU, cuda/conv.py's Conv2dCuda: the same im2col + GEMM in channels-last memory, with
+  im2col and col2im as one kernel each and the products by cuBLAS.
+- on the CPU, cpu/winograd.py for the 3x3, stride-1, padding-1 convolutions of small even
+  images (ResNet's last two stages): Winograd's F(2x2, 3x3), 2.25x fewer multiplications;
+- otherwise cpu/conv.py: im2col + GEMM in channels-last memory, in chunks of images spread
+  over the threads, with a cheaper backward where the algebra allows (read its docstring).
 """
 from autograd import Function, array_module
-from autograd.backend import device_of
 
-from .choice import reference_chosen
 from .cpu.conv import Conv2dGemm
 from .cpu.winograd import Conv2dWinograd
+from .cuda.conv import Conv2dCuda
+from .dispatch import on_gpu, reference_chosen
 from .windows import check_conv_inputs, crop2d, output_size, pad2d, pair, window_slices
 
 WINOGRAD_MAX_PIXELS = 64  # 3x3 stride-1 convolutions of images this small: see implementation
@@ -133,21 +133,21 @@ def _image(cols, x_shape, ctx):
 def implementation(x, weight, stride, padding):
     """The Function that computes this convolution (see the module docstring).
 
-    Winograd where it measured faster than im2col (bench.pair, forward + backward, N = 64,
-    2 threads): 0.70x the time at 8x8 and 0.61x at 4x4 (ResNet-50's last two stages, 256 and
-    512 channels). At 16x16 it measured 0.89x, but only by keeping x's tiles (4x the size of
-    x) from the forward pass to the backward: ResNet-18's peak memory at 64 images rose from
-    1104 to 1402 MiB, over PyTorch's 1378, and recomputing them instead made it 1.03x. At
-    32x32 with 64 channels it was 1.06x (its 16 products over only 64 channels run at a lower
-    rate than im2col's one over 576), with 3 channels 2x. On the GPU it is unmeasured, so
-    im2col runs there."""
+    On the CPU, Winograd takes the 3x3 convolutions of images of at most WINOGRAD_MAX_PIXELS
+    pixels. There its 16 products over the channels are large and its 2.25x fewer
+    multiplications win. On larger images it would have to keep x's tiles (4 times the size of
+    x) from the forward pass to the backward to win at all, which costs more memory than it
+    saves time, and with few channels its 16 small products run slower than im2col's one
+    product over 9 times as many columns. (The measurements: bench/HISTORY.md.)"""
     if reference_chosen():
         return Conv2dReference
+    if on_gpu(x):
+        return Conv2dCuda
     if getattr(x, "ndim", None) != 4 or getattr(weight, "ndim", None) != 4:
         return Conv2dGemm  # whose forward says what is wrong with the shapes
     H, W = x.shape[2:]
     if (weight.shape[2:] == (3, 3) and stride == (1, 1) and padding == (1, 1) and H % 2 == 0
-            and W % 2 == 0 and H * W <= WINOGRAD_MAX_PIXELS and device_of(x.data) == "cpu"):
+            and W % 2 == 0 and H * W <= WINOGRAD_MAX_PIXELS):
         return Conv2dWinograd
     return Conv2dGemm
 
@@ -159,7 +159,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     out[n, f, p, q] = bias[f] + sum_{c,i,j} weight[f, c, i, j] x_padded[n, c, sh*p + i, sw*q + j],
     x_padded is x with `padding` zeros on each side, and Ho = (H + 2 ph - kh) // sh + 1
     (likewise Wo). stride and padding are ints or (h, w) pairs. The output of the kernels has
-    channels-last strides (cpu/conv.py); its values do not depend on that.
+    channels-last strides (cpu/conv.py, cuda/conv.py); its values do not depend on that.
     """
     tensors = (x, weight) if bias is None else (x, weight, bias)
     stride = pair(stride, "conv2d: stride", 1)

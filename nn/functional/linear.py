@@ -1,21 +1,31 @@
 """The fully connected layer: y = x W^T + b.
 
-One implementation, the op below, which is its own reference: its products are NumPy's (or
-CuPy's) matmul, on the CPU cut into pieces for the threads by cpu/passes.py, which changes no
-arithmetic but where BLAS rounds the rows at a piece's edge."""
-from autograd import Function, Tensor, array_module
+For x (..., in), W (out, in), b (out,), with the leading axes of x and dy flattened into M
+rows (x (M, in), dy (M, out)):
+
+    y  = x W^T + b                   (M, out)
+    dx = dy W                        (M, in)
+    dW = dy^T x = sum_m dy_m x_m^T   (out, in): a sum over the batch's rows
+    db = sum_m dy_m                  (out,)
+
+Which implementation runs (`implementation`, nn/functional/dispatch.py): LinearReference,
+below, the formulas as written, inside use_reference(); otherwise the kernel of the input's
+device, the same three products: cpu/linear.py's, the products cut into pieces for the
+threads, or cuda/linear.py's, cuBLAS's products. Both add dW's and db's sums over the rows in
+an order chosen for float32's accuracy (nn/runtime/parallel.py: matmul_transposed, db in
+float64); the tests hold them to the reference.
+"""
+from autograd import Function, Tensor
 from autograd.ops.arithmetic import check_same_float_dtype
 
-from .cpu import passes
+from .cpu.linear import LinearThreaded
+from .cuda.linear import LinearCuda
+from .dispatch import on_gpu, reference_chosen
 
 
-class Linear(Function):
-    """y = x W^T (+ b) for x (..., in), W (out, in), b (out,) -> y (..., out).
-
-    dx = dy W,  dW = sum over the leading axes of dy^T x,  db = sum over the leading axes of dy.
-    db is added in float64 (one pass over dy, small beside the products): a float32 sum of M
-    rows taken one after another errs about sqrt(M) times more than one rounding.
-    """
+class LinearReference(Function):
+    """y = x W^T (+ b) for x (..., in), W (out, in), b (out,) -> y (..., out), by the formulas
+    of the module docstring: dx = dy W, dW = dy^T x, db = sum(dy), over the rows of dy."""
 
     @staticmethod
     def forward(ctx, x, weight, *bias):
@@ -23,28 +33,32 @@ class Linear(Function):
         if bias:
             check_same_float_dtype("linear", x, bias[0])
         ctx.save_for_backward(x, weight)
-        if x.ndim == 2:  # (N, in) @ (in, out) -> (N, out), split over the CPU's threads
-            out = passes.matmul(x, weight.T)
-        else:
-            out = x @ weight.T  # (..., in) @ (in, out) -> (..., out)
+        out = x @ weight.T                         # (..., in) @ (in, out) -> (..., out)
         return out + bias[0] if bias else out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved
-        rows = grad.reshape(-1, weight.shape[0])  # (..., out) -> (M, out): M rows of the batch
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:  # (M, out) @ (out, in) -> (M, in)
-            grad_x = passes.matmul(rows, weight).reshape(x.shape)
-        if ctx.needs_input_grad[1]:  # (out, M) @ (M, in) -> (out, in)
-            grad_weight = passes.matmul_transposed(rows, x.reshape(-1, weight.shape[1]))
+        rows = grad.reshape(-1, weight.shape[0])   # (..., out) -> (M, out)
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:                # (M, out) @ (out, in) -> (..., in)
+            grad_x = (rows @ weight).reshape(x.shape)
+        if ctx.needs_input_grad[1]:                # (out, M) @ (M, in) -> (out, in)
+            grad_weight = rows.T @ x.reshape(-1, weight.shape[1])
         if len(ctx.needs_input_grad) == 2:
             return grad_x, grad_weight
-        # db in float64: float32 rows added one after another err in proportion to their count
-        grad_bias = None
-        if ctx.needs_input_grad[2]:
-            grad_bias = rows.sum(axis=0, dtype=array_module(rows).float64).astype(rows.dtype)
+        if ctx.needs_input_grad[2]:                # (M, out) -> (out,)
+            grad_bias = rows.sum(axis=0)
         return grad_x, grad_weight, grad_bias
+
+
+def implementation(x):
+    """The Function that computes this layer (see the module docstring)."""
+    if reference_chosen():
+        return LinearReference
+    if on_gpu(x):
+        return LinearCuda
+    return LinearThreaded
 
 
 def linear(x, weight, bias=None):
@@ -63,8 +77,8 @@ def linear(x, weight, bias=None):
                          f"{weight.shape}: the input's last dimension must be "
                          f"in_features={weight.shape[1]}")
     if bias is None:
-        return Linear.apply(x, weight)
+        return implementation(x).apply(x, weight)
     if bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: bias has shape {bias.shape}, expected ({weight.shape[0]},) "
                          f"for weight of shape {weight.shape}")
-    return Linear.apply(x, weight, bias)
+    return implementation(x).apply(x, weight, bias)

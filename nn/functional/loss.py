@@ -1,14 +1,14 @@
 """Losses: cross-entropy over class logits.
 
-Which implementation runs: CrossEntropy, below, the formulas as written (and what
-use_reference() runs); on the GPU, cuda/loss.py's kernels, two launches forward and one
+Which implementation runs (`implementation`, nn/functional/dispatch.py): CrossEntropy, below,
+the formulas as written, inside use_reference() and on the CPU (where its few whole-array
+NumPy calls are the kernel); on a GPU, cuda/loss.py's kernels, two launches forward and one
 backward.
 """
 from autograd import Function, Tensor, array_module, to_numpy
-from autograd.backend import device_of
 
-from .choice import reference_chosen
 from .cuda.loss import CrossEntropyCuda
+from .dispatch import on_gpu, reference_chosen
 
 
 class CrossEntropy(Function):
@@ -37,6 +37,15 @@ class CrossEntropy(Function):
         grad_logits = softmax.copy()
         grad_logits[array_module(softmax).arange(n), target] -= 1  # softmax - onehot(target)
         return grad_logits * (grad / n)
+
+
+def implementation(logits):
+    """The Function that computes the cross-entropy of these logits (see the module docstring)."""
+    if reference_chosen():
+        return CrossEntropy
+    if on_gpu(logits):
+        return CrossEntropyCuda
+    return CrossEntropy
 
 
 def cross_entropy(logits, target, check_targets=True):
@@ -70,5 +79,4 @@ def cross_entropy(logits, target, check_targets=True):
             position = int(outside.argmax())
             raise ValueError(f"cross_entropy: target[{position}] = {int(target[position])} is "
                              f"not a class index in [0, {classes})")
-    on_gpu = device_of(logits.data) == "cuda" and not reference_chosen()
-    return (CrossEntropyCuda if on_gpu else CrossEntropy).apply(logits, target=target)
+    return implementation(logits).apply(logits, target=target)

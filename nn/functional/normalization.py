@@ -13,26 +13,91 @@ In training mode mu and var are the batch's own, so they depend on x, and with g
 
 In evaluation mode mu and var are the running statistics, constants: dx = gamma g / sigma.
 
-Which implementation runs: batch_norm_reference, below, writes the forward with Tensor ops
-as the formula reads and lets the engine derive the backward op by op (it runs inside
-use_reference(), nn/functional/choice.py); otherwise, on the CPU, cpu/batch_norm.py's kernel,
-which does the forward and the backward above in two passes over memory each, in cache-sized
-blocks, with float32 as accurate as PyTorch's; on the GPU, cuda/batch_norm.py's, three
-launches each way. The tests hold the kernels to the reference.
+Which implementation runs (`implementation`, nn/functional/dispatch.py): BatchNormReference,
+below, the formulas above as written, inside use_reference(); otherwise the kernel of the
+input's device: cpu/batch_norm.py's, which does the forward and the backward above in two
+passes over memory each, in cache-sized blocks, with float32 as accurate as PyTorch's, or
+cuda/batch_norm.py's, three launches each way. batch_norm_reference, below, writes the same
+forward with Tensor ops and lets the engine derive the backward op by op: the tests hold the
+hand-written backward to it, and the kernels to BatchNormReference.
 """
 from autograd import Function, Tensor, array_module
 
-from autograd.backend import device_of
-
-from .choice import reference_chosen
-from .cpu.batch_norm import BatchNormBlocked, update_running_stats
+from .cpu.batch_norm import BatchNormBlocked
 from .cuda.batch_norm import BatchNormCuda
+from .dispatch import on_gpu, reference_chosen
+
+
+class BatchNormReference(Function):
+    """batch norm (+ residual, + ReLU) of x (N, C, *) by the formulas of the module docstring,
+    in NCHW order; mu and var are taken over every axis but 1, n values per channel.
+
+    Training mode (use_batch_stats): mu and the biased var are the batch's, and the running
+    statistics (if any) are updated from the batch's moments in float64, as the kernels do.
+    Evaluation mode: mu and var are running_mean and running_var, constants."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, *residual, running_mean, running_var, use_batch_stats,
+                momentum, eps, relu=False, group=None):
+        xp = array_module(x)
+        axes = (0,) + tuple(range(2, x.ndim))                        # every axis but C
+        per_channel = (1, x.shape[1]) + (1,) * (x.ndim - 2)          # broadcasts over N, H, W
+        if use_batch_stats:
+            mean = x.mean(axis=axes, keepdims=True)
+            centered = x - mean
+            var = (centered * centered).mean(axis=axes, keepdims=True)   # biased
+            if running_mean is not None:
+                _update_running_stats(x, running_mean, running_var, momentum)
+        else:
+            mean = running_mean.reshape(per_channel).astype(x.dtype)
+            var = running_var.reshape(per_channel).astype(x.dtype)
+            centered = x - mean
+        sigma = xp.sqrt(var + eps)                                   # (1, C, 1, 1)
+        x_hat = centered / sigma
+        out = x_hat * weight.reshape(per_channel) + bias.reshape(per_channel)
+        if residual:
+            out = out + residual[0]
+        if relu:
+            out = xp.maximum(out, 0)
+        ctx.axes, ctx.use_batch_stats, ctx.relu = axes, use_batch_stats, relu
+        ctx.save_for_backward(x_hat, sigma, weight.reshape(per_channel), out if relu else None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_hat, sigma, gamma, out = ctx.saved
+        if ctx.relu:
+            grad = grad * (out > 0)                       # the ReLU's derivative: g, masked
+        n = grad.size // grad.shape[1]                    # values per channel
+        sum_g = grad.sum(axis=ctx.axes, keepdims=True)
+        sum_g_x_hat = (grad * x_hat).sum(axis=ctx.axes, keepdims=True)
+        if ctx.use_batch_stats:    # dx = gamma / (n sigma) (n g - sum(g) - x_hat sum(g x_hat))
+            grad_x = gamma / (n * sigma) * (n * grad - sum_g - x_hat * sum_g_x_hat)
+        else:                      # mu and sigma are constants: dx = gamma g / sigma
+            grad_x = gamma / sigma * grad
+        grads = (grad_x, sum_g_x_hat.reshape(-1), sum_g.reshape(-1))   # dx, dgamma, dbeta
+        if len(ctx.needs_input_grad) == 4:
+            grads += (grad,)                              # the residual's: the masked g
+        return grads
+
+
+def _update_running_stats(x, running_mean, running_var, momentum):
+    """In place, as PyTorch: running = (1 - momentum) running + momentum batch, with the
+    batch's moments taken in float64 and its variance unbiased (times n / (n - 1))."""
+    xp = array_module(x)
+    rows = xp.moveaxis(x, 1, -1).reshape(-1, x.shape[1]).astype(xp.float64)   # (n, C)
+    n = rows.shape[0]
+    running_mean *= 1 - momentum
+    running_mean += momentum * rows.mean(axis=0)
+    running_var *= 1 - momentum
+    running_var += (momentum * n / (n - 1)) * rows.var(axis=0)
+
 
 def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False, mean=None,
                          var=None):
     """Batch norm (+ residual, + ReLU) written with plain Tensor ops, the way the formula
-    reads; the engine differentiates it op by op. What use_reference() runs, and what the
-    tests hold the kernel to.
+    reads; the engine differentiates it op by op. What the tests hold BatchNormReference's
+    hand-written backward to.
 
     x (N, C, *), weight and bias (C,) Tensors -> relu?(weight * (x - mu) / sqrt(var + eps)
     + bias + residual?), mu and the biased var taken over every axis but 1 (training mode),
@@ -53,19 +118,13 @@ def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False, m
     return relu_op(y) if relu else y
 
 
-def _reference(x, weight, bias, residual, running_mean, running_var, use_batch_stats,
-               momentum, eps, relu):
-    """batch_norm by batch_norm_reference, with the running statistics updated as the
-    kernel updates them (from the batch's moments in float64)."""
-    xp = x.xp
-    if use_batch_stats:
-        if running_mean is not None:
-            rows = xp.moveaxis(x.data, 1, -1).reshape(-1, x.shape[1]).astype(xp.float64)
-            update_running_stats(running_mean, running_var, rows.mean(axis=0),
-                                 rows.var(axis=0), rows.shape[0], momentum)
-        return batch_norm_reference(x, weight, bias, eps, residual, relu)
-    return batch_norm_reference(x, weight, bias, eps, residual, relu,
-                                mean=running_mean, var=running_var)
+def implementation(x):
+    """The Function that computes batch norm of x (see the module docstring)."""
+    if reference_chosen():
+        return BatchNormReference
+    if on_gpu(x):
+        return BatchNormCuda
+    return BatchNormBlocked
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -95,6 +154,23 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if x.ndim < 2:
         raise ValueError(f"batch_norm: input has shape {x.shape}, expected (N, C) or "
                          f"(N, C, H, W)")
+    _check_running_stats(x, running_mean, running_var)
+    use_batch_stats = training or running_mean is None
+    if use_batch_stats and x.size // x.shape[1] <= 1:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
+                         f"got input of shape {x.shape}")
+    tensors = _affine_and_residual(x, weight, bias, residual)
+    group = group if group is not None and group.size > 1 else None
+    if group is not None and reference_chosen():
+        raise ValueError("batch_norm: the reference implementation (use_reference()) "
+                         "takes one process's batch; it has no global statistics (group)")
+    return implementation(x).apply(x, *tensors, running_mean=running_mean,
+                                   running_var=running_var, use_batch_stats=use_batch_stats,
+                                   momentum=momentum, eps=eps, relu=bool(relu), group=group)
+
+
+def _check_running_stats(x, running_mean, running_var):
+    """Both statistics or neither, each a plain (C,) array on x's device."""
     channels = x.shape[1]
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: pass both running_mean and running_var, or neither")
@@ -108,11 +184,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             raise ValueError(f"batch_norm: {name} has shape {stat.shape}, expected ({channels},) "
                              f"for input of shape {x.shape} ({channels} channels)")
         array_module(x.data, stat)  # raises a clear error if x and the statistic are on two devices
-    use_batch_stats = training or running_mean is None
-    if use_batch_stats and x.size // channels <= 1:
-        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
-                         f"got input of shape {x.shape}")
-    affine = []
+
+
+def _affine_and_residual(x, weight, bias, residual):
+    """[weight, bias] (ones and zeros where None), then the residual if there is one: checked
+    Tensors of x's channels (and x's shape) and dtype."""
+    channels = x.shape[1]
+    tensors = []
     for name, value, default in (("weight", weight, 1), ("bias", bias, 0)):
         if value is None:
             value = Tensor(x.xp.full((channels,), default, dtype=x.dtype))
@@ -124,7 +202,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         elif value.dtype != x.dtype:
             raise TypeError(f"batch_norm: {name} has dtype {value.dtype} but the input has "
                             f"{x.dtype}; convert one so that both have the same precision")
-        affine.append(value)
+        tensors.append(value)
     if residual is not None:
         if not isinstance(residual, Tensor):
             raise TypeError(f"batch_norm: residual is a {type(residual).__name__}, expected a "
@@ -132,17 +210,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if residual.shape != x.shape or residual.dtype != x.dtype:
             raise ValueError(f"batch_norm: residual has shape {residual.shape} and dtype "
                              f"{residual.dtype}, expected the input's {x.shape} and {x.dtype}")
-        affine.append(residual)
-    settings = dict(running_mean=running_mean, running_var=running_var,
-                    use_batch_stats=use_batch_stats, momentum=momentum, eps=eps, relu=bool(relu))
-    if reference_chosen():
-        if group is not None and group.size > 1:
-            raise ValueError("batch_norm: the reference implementation (use_reference()) "
-                             "takes one process's batch; it has no global statistics (group)")
-        return _reference(x, affine[0], affine[1], residual, **settings)
-    settings["group"] = group if group is not None and group.size > 1 else None
-    kernel = BatchNormCuda if device_of(x.data) == "cuda" else BatchNormBlocked
-    return kernel.apply(x, *affine, **settings)
+        tensors.append(residual)
+    return tensors
 
 
 class Normalize(Function):

@@ -6,17 +6,19 @@ windows.window_slices): no loop over pixels, and the same code runs on CuPy. Win
 follows PyTorch: stride defaults to the kernel size, the output size rounds down, and the
 padding may be at most half the kernel.
 
-Which implementation runs: max_pool2d by MaxPool2dReference, below, inside use_reference()
-(nn/functional/choice.py), else by cpu/pooling.py's kernel, the same max and argmax without
-stacking the kh*kw windows, in channels-last memory and split over the threads; the tests
-hold it to the reference. Average pooling has one implementation, the one below.
+Which implementation runs (`implementation`, nn/functional/dispatch.py): max_pool2d by
+MaxPool2dReference, below, inside use_reference(); otherwise by the kernel of the input's
+device, the same max and argmax without stacking the kh*kw windows, in channels-last memory:
+cpu/pooling.py's, split over the threads, or cuda/pooling.py's, the whole batch at once. The
+tests hold both to the reference. Average pooling has one implementation, AvgPool2d below,
+on every device.
 """
 from autograd import Function, array_module
 
-from .choice import reference_chosen
 from .cpu.pooling import MaxPool2dChannelsLast
+from .cuda.pooling import MaxPool2dCuda
+from .dispatch import on_gpu, reference_chosen
 from .windows import check_pool_window, crop2d, pad2d, pair, window_slices
-
 
 
 class MaxPool2dReference(Function):
@@ -81,6 +83,15 @@ class AvgPool2d(Function):
         return crop2d(grad_padded, padding)
 
 
+def implementation(x):
+    """The Function that computes max_pool2d of x (see the module docstring)."""
+    if reference_chosen():
+        return MaxPool2dReference
+    if on_gpu(x):
+        return MaxPool2dCuda
+    return MaxPool2dChannelsLast
+
+
 def _window_settings(op, kernel_size, stride, padding):
     kernel = pair(kernel_size, f"{op}: kernel_size", 1)
     stride = kernel if stride is None else pair(stride, f"{op}: stride", 1)
@@ -95,8 +106,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     kernel_size, stride (default: kernel_size) and padding (at most kernel_size / 2) are ints
     or (h, w) pairs.
     """
-    op = MaxPool2dReference if reference_chosen() else MaxPool2dChannelsLast
-    return op.apply(x, **_window_settings("max_pool2d", kernel_size, stride, padding))
+    return implementation(x).apply(x, **_window_settings("max_pool2d", kernel_size, stride,
+                                                         padding))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):

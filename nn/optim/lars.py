@@ -1,7 +1,7 @@
 """LARS: layer-wise adaptive rate scaling, as the official SimCLR lars_optimizer.py computes it."""
 from autograd.backend import array_module, device_of
-from nn.functional.cuda.optim import lars_step
 
+from .lars_cuda import lars_step
 from .optimizer import Optimizer, non_negative
 
 
@@ -62,7 +62,7 @@ class LARS(Optimizer):
 
     def step(self):
         """On the CPU, `update` for each parameter, over the threads (Optimizer.step). On the
-        GPU, all of them at once: two launches per dtype (nn/functional/cuda/optim.py), the
+        GPU, all of them at once: two launches per dtype (lars_cuda.py), the
         same update."""
         updated = [index for index, param in enumerate(self.params) if param.grad is not None]
         if not updated or device_of(self.params[updated[0]].data) == "cpu":

@@ -5,7 +5,7 @@ import numbers
 import numpy
 
 from autograd.backend import array_module, to_numpy
-from nn.functional.cpu.threads import map_ranges
+from nn.runtime.threads import map_ranges
 
 
 class Optimizer:
@@ -43,7 +43,7 @@ class Optimizer:
             return
         # the parameters are independent (separate arrays: a list with one twice is refused):
         # threads take them one at a time, largest first, so that the big ones start early
-        # (nn/functional/cpu/threads.py; on the GPU, one after another)
+        # (nn/runtime/threads.py; on the GPU, one after another)
         updated.sort(key=lambda index: -self.params[index].data.size)
         map_ranges(lambda index, _: self.update(index),
                    [(index, index + 1) for index in updated],

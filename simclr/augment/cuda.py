@@ -26,7 +26,7 @@ from a sum over the block's pixels.
 import numpy
 
 from autograd.backend import array_module
-from nn.functional.cuda.kernels import Kernel, blocks_for
+from nn.runtime.cuda import Kernel, blocks_for
 
 from ._batch import apply_to_chosen
 from .blur import blur_kernel_size, convolve_axis, gaussian_kernels

@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import test_distributed as steps  # noqa: E402  (the same steps as the world of threads)
 from nn.distributed import MPIComm  # noqa: E402
-from nn.functional.cpu import threads  # noqa: E402
+from nn.runtime import threads  # noqa: E402
 
 threads.set_num_threads(1)
 group = MPIComm()

@@ -12,8 +12,9 @@ product. Three choices make it fast on a CPU, none of which changes the arithmet
    a plain matrix product with no im2col at all (ResNet-50 has 36 of them).
 2. Chunks. im2col of a whole batch is kh*kw times the size of the input (hundreds of MB);
    a few images at a time keeps the column buffer small, and the buffer is reused from chunk
-   to chunk and step to step (scratch.py). The chunks are pieces for the threads (threads.py),
-   each thread with its own buffer; a 1x1 convolution's one product is split by rows instead.
+   to chunk and step to step (nn/runtime/scratch.py). The chunks are pieces for the threads
+   (nn/runtime/threads.py), each thread with its own buffer; a 1x1 convolution's one product
+   is split by rows instead.
 3. The window view. The columns of a chunk are one strided view of the padded input
    (as_strided: no copy), copied once into the buffer.
 
@@ -25,28 +26,25 @@ Backward, by one of three routes (`_backward_route`):
 - by col2im (otherwise, and for an input of few channels, an RGB image): dW = cols^T dout,
   dcols = dout W^T, and col2im adds dcols back onto the input's pixels (one strided
   slice-add per kernel offset, no atomics).
-db sums the output gradient's rows in short runs (passes.column_sum).
-
-On CuPy arrays the same code runs, in one chunk, its products by cuBLAS and its two copies,
-im2col and col2im, by the gather kernels of cuda/conv.py (one launch each).
+db sums the output gradient's rows in short runs (parallel.column_sum).
 """
-from autograd import Function, array_module
-from autograd.backend import device_of
+import numpy
+
+from autograd import Function
+from nn.runtime import parallel
+from nn.runtime.scratch import buffer, padded_images
+from nn.runtime.threads import for_pieces, map_ranges, split
 
 from ..windows import check_conv_inputs, output_size, window_slices
-from ..cuda import conv as cuda_conv
-from . import passes
-from .scratch import buffer, padded_images
-from .threads import for_pieces, map_ranges, split
 
-CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 512 * 2**20}  # column-buffer size per chunk
+CHUNK_BYTES = 4 * 2**20  # column-buffer size per chunk
 MIN_CHUNK_ROWS = 512  # but at least this many rows of columns per chunk (see image_chunks)
 
 
 def channels_last(x):
     """(N, C, H, W) -> a C-contiguous (N, H, W, C) array: a free view when x already has
     channels-last strides (the output of conv2d and of elementwise ops on it), else a copy."""
-    return array_module(x).ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return numpy.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 class Conv2dGemm(Function):
@@ -67,7 +65,7 @@ class Conv2dGemm(Function):
         ctx.save_for_backward(x_last, w_rows)
         # (K, F): BLAS multiplies by a C-contiguous matrix a few percent faster than by the
         # transposed view; a 1x1 kernel's (many large products) is left a view all the same
-        w_matrix = w_rows.T if kh == kw == 1 else passes.copy(w_rows.T)
+        w_matrix = w_rows.T if kh == kw == 1 else parallel.copy(w_rows.T)
         out = _convolve(x_last, w_matrix, ctx.geometry)              # (N, Ho, Wo, F)
         if bias is not None:
             out += bias
@@ -86,11 +84,11 @@ class Conv2dGemm(Function):
         grad_w = grad_bias = None
         if grad_w_rows is not None:  # (F, kh, kw, C) -> (F, C, kh, kw)
             grad_w = grad_w_rows.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
-            grad_w = grad_w if kh == kw == 1 else passes.copy(grad_w)
+            grad_w = grad_w if kh == kw == 1 else parallel.copy(grad_w)
         if grad_x is not None:
             grad_x = grad_x.transpose(0, 3, 1, 2)                    # (N, C, H, W) view
         if len(ctx.needs_input_grad) == 3 and ctx.needs_input_grad[2]:
-            grad_bias = passes.column_sum(grad_last.reshape(-1, F))
+            grad_bias = parallel.column_sum(grad_last.reshape(-1, F))
         return (grad_x, grad_w, grad_bias)[:len(ctx.needs_input_grad)]
 
 
@@ -100,7 +98,7 @@ def _backward_route(geometry, channels, needs_x):
     By the flipped kernel only for stride 1, padding below the kernel and C >= 16: for an
     input of few channels (C = 3: an RGB image) both of its products would be thin, (M, 9F)
     @ (9F, 3) and x^T @ columns; col2im is faster there, and dx then sums runs of F values
-    where the flipped kernel's product sums 9F (half the error, measured)."""
+    where the flipped kernel's product sums 9F, which rounds less."""
     (kh, kw), stride, (ph, pw), _ = geometry
     if kh == kw == 1 and (ph, pw) == (0, 0):
         return _pointwise_grads
@@ -117,10 +115,10 @@ def _pointwise_grads(grad_last, x_last, w_rows, geometry, needs_x, needs_weight)
     grad_rows = grad_last.reshape(-1, w_rows.shape[0])               # (N*Ho*Wo, F)
     grad_x = grad_w_rows = None
     if needs_weight:
-        grad_w_rows = passes.matmul_transposed(grad_rows, _strided_pixels(x_last, stride)
+        grad_w_rows = parallel.matmul_transposed(grad_rows, _strided_pixels(x_last, stride)
                                                .reshape(-1, C))
     if needs_x:
-        grad_x = passes.matmul(grad_rows, w_rows).reshape(grad_last.shape[:3] + (C,))
+        grad_x = parallel.matmul(grad_rows, w_rows).reshape(grad_last.shape[:3] + (C,))
         if stride != (1, 1):
             grad_x = _spread_pixels(grad_x, (N, H, W, C), stride)
     return grad_x, grad_w_rows
@@ -128,7 +126,6 @@ def _pointwise_grads(grad_last, x_last, w_rows, geometry, needs_x, needs_weight)
 
 def _grads_by_col2im(grad_last, x_last, w_rows, geometry, needs_x, needs_weight):
     """dW = sum over chunks of dout^T cols (F, K); dx = col2im(dout W), chunk by chunk."""
-    xp = array_module(grad_last)
     N, H, W, C = x_last.shape
     F = w_rows.shape[0]
     _, _, (ph, pw), _ = geometry
@@ -138,10 +135,9 @@ def _grads_by_col2im(grad_last, x_last, w_rows, geometry, needs_x, needs_weight)
         def weight_grad(start, stop):  # the sum over images start..stop-1: (F, K)
             cols = _columns(x_last, geometry, start, stop, capacity)
             return grad_last[start:stop].reshape(-1, F).T @ cols
-        grad_w_rows = passes.total(chunks(weight_grad))
+        grad_w_rows = parallel.total(chunks(weight_grad))
     if needs_x:
-        grad_padded = (xp.empty if device_of(grad_last) == "cuda" else xp.zeros)(
-            (N, H + 2 * ph, W + 2 * pw, C), dtype=grad_last.dtype)      # see _col2im
+        grad_padded = numpy.zeros((N, H + 2 * ph, W + 2 * pw, C), dtype=grad_last.dtype)
 
         def input_grad(start, stop):  # adds onto images start..stop-1 only
             grad_cols = grad_last[start:stop].reshape(-1, F) @ w_rows  # (n*Ho*Wo, K)
@@ -166,45 +162,43 @@ def _grads_by_flipped_kernel(grad_last, x_last, w_rows, geometry, needs_x, needs
     j = kw-1-j': the weight gradient without a column matrix of x (one im2col fewer).
     (In this order, not x^T @ columns, each filter's values lie in kh*kw runs of C: the
     final copy into (F, C, kh, kw) gathers from a few runs, not from every F-th value.)"""
-    xp = array_module(grad_last)
     (kh, kw), _, (ph, pw), _ = geometry
     N, Ho, Wo, F = grad_last.shape
     C = w_rows.shape[1] // (kh * kw)
     flipped = w_rows.reshape(F, kh, kw, C)[:, ::-1, ::-1].transpose(1, 2, 0, 3)  # (kh, kw, F, C)
-    flipped = passes.copy(flipped).reshape(kh * kw * F, C)
+    flipped = parallel.copy(flipped).reshape(kh * kw * F, C)
     H, W = Ho + kh - 1 - 2 * ph, Wo + kw - 1 - 2 * pw
     flipped_geometry = ((kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw), (H, W))
-    grad_x = xp.empty((N, H, W, C), dtype=grad_last.dtype)
+    grad_x = numpy.empty((N, H, W, C), dtype=grad_last.dtype)
     chunks, capacity = image_chunks(grad_last, flipped_geometry)
 
     def chunk(start, stop):
         cols = _columns(grad_last, flipped_geometry, start, stop, capacity)  # (n*H*W, kh*kw*F)
-        xp.matmul(cols, flipped, out=grad_x[start:stop].reshape(-1, C))
+        numpy.matmul(cols, flipped, out=grad_x[start:stop].reshape(-1, C))
         if needs_weight:  # (kh*kw*F, C), summed over these images' pixels
             return cols.T @ x_last[start:stop].reshape(-1, C)
     parts = chunks(chunk)
     if not needs_weight:
         return grad_x, None
-    grad_w = passes.total(parts).reshape(kh, kw, F, C)[::-1, ::-1]   # (i, j, F, C)
+    grad_w = parallel.total(parts).reshape(kh, kw, F, C)[::-1, ::-1]  # (i, j, F, C)
     return grad_x, grad_w.transpose(2, 0, 1, 3)                         # (F, i, j, C) view
 
 
 def _convolve(x_last, w_matrix, geometry):
     """The convolution of channels-last x_last (N, H, W, C) by the (K, F) weight matrix:
     (N, Ho, Wo, F), one GEMM per chunk of images (none but one GEMM for a 1x1 kernel)."""
-    xp = array_module(x_last)
     (kh, kw), stride, padding, (Ho, Wo) = geometry
     N, C, F = x_last.shape[0], x_last.shape[3], w_matrix.shape[1]
-    out = xp.empty((N, Ho, Wo, F), dtype=x_last.dtype)
+    out = numpy.empty((N, Ho, Wo, F), dtype=x_last.dtype)
     if kh == kw == 1 and padding == (0, 0):  # no windows overlap: the input is the columns
         rows = _strided_pixels(x_last, stride).reshape(-1, C)
-        passes.matmul(rows, w_matrix, out.reshape(-1, F))
+        parallel.matmul(rows, w_matrix, out.reshape(-1, F))
     else:
         chunks, capacity = image_chunks(x_last, geometry)
 
         def convolve_chunk(start, stop):
             cols = _columns(x_last, geometry, start, stop, capacity)
-            xp.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
+            numpy.matmul(cols, w_matrix, out=out[start:stop].reshape(-1, F))
         chunks(convolve_chunk)
     return out
 
@@ -215,7 +209,7 @@ def _filter_rows(weight):
     F, C, kh, kw = weight.shape
     if kh == kw == 1:
         return weight.reshape(F, C)
-    return passes.copy(weight.transpose(0, 2, 3, 1)).reshape(F, -1)
+    return parallel.copy(weight.transpose(0, 2, 3, 1)).reshape(F, -1)
 
 
 def _strided_pixels(x_last, stride):
@@ -223,14 +217,13 @@ def _strided_pixels(x_last, stride):
     a C-contiguous array (copied by the threads), or x_last itself for stride 1."""
     if stride == (1, 1):
         return x_last
-    return passes.copy(x_last[:, ::stride[0], ::stride[1]])
+    return parallel.copy(x_last[:, ::stride[0], ::stride[1]])
 
 
 def _spread_pixels(grad_strided, shape, stride):
     """The adjoint of _strided_pixels: an array of `shape` (N, H, W, C), zero except at the
     strided pixels, which receive grad_strided; split over the threads by images."""
-    xp = array_module(grad_strided)
-    grad = xp.empty(shape, dtype=grad_strided.dtype)
+    grad = numpy.empty(shape, dtype=grad_strided.dtype)
 
     def fill(start, stop):
         grad[start:stop] = 0
@@ -252,7 +245,7 @@ def image_chunks(x_last, geometry):
     N = x_last.shape[0]
     per_image = Ho * Wo * kh * kw * x_last.shape[3] * x_last.itemsize
     fewest = -(-MIN_CHUNK_ROWS // (Ho * Wo))
-    chunks = split(N, per_image, x_last, CHUNK_BYTES[device_of(x_last)], fewest)
+    chunks = split(N, per_image, x_last, CHUNK_BYTES, fewest)
     capacity = max(stop - start for start, stop in chunks)
     return (lambda fn: map_ranges(fn, chunks, N * per_image, x_last)), capacity
 
@@ -260,11 +253,10 @@ def image_chunks(x_last, geometry):
 def _windows(x_padded, kernel, stride, out_size):
     """Every filter window of x_padded (n, Hp, Wp, C) as a view (n, Ho, Wo, kh, kw, C):
     windows[n, p, q, i, j, c] = x_padded[n, sh*p + i, sw*q + j, c]. No data is copied."""
-    xp = array_module(x_padded)
     (kh, kw), (sh, sw), (Ho, Wo) = kernel, stride, out_size
     n, _, _, C = x_padded.shape
     s_n, s_h, s_w, s_c = x_padded.strides
-    return xp.lib.stride_tricks.as_strided(
+    return numpy.lib.stride_tricks.as_strided(
         x_padded, (n, Ho, Wo, kh, kw, C), (s_n, s_h * sh, s_w * sw, s_h, s_w, s_c))
 
 
@@ -272,13 +264,9 @@ def _columns(x_last, geometry, start, stop, capacity):
     """The column matrix (n*Ho*Wo, K) of images start..stop-1, in a buffer of `capacity`
     images that this thread reuses for its next chunk: the windows of the padded images,
     copied once (im2col)."""
-    xp = array_module(x_last)
     kernel, stride, padding, (Ho, Wo) = geometry
     K = kernel[0] * kernel[1] * x_last.shape[3]
-    cols = buffer("columns", xp, (capacity * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
-    if device_of(x_last) == "cuda":  # one gather kernel, the padding read as zeros
-        cuda_conv.im2col(x_last[start:stop], cols, geometry)
-        return cols
+    cols = buffer("columns", (capacity * Ho * Wo, K), x_last.dtype)[:(stop - start) * Ho * Wo]
     windows = _windows(padded_images(x_last[start:stop], padding, capacity), kernel, stride,
                        (Ho, Wo))
     cols.reshape(windows.shape)[...] = windows                      # the one copy: im2col
@@ -287,10 +275,7 @@ def _columns(x_last, geometry, start, stop, capacity):
 
 def _col2im(grad_cols, grad_padded, geometry):
     """Add grad_cols (n*Ho*Wo, K) back onto the padded image gradient (n, Hp, Wp, C) they were
-    copied from: one strided slice-add per kernel offset (i, j). (On the GPU, one gather
-    kernel writes the sums instead: grad_padded need not start as zeros.)"""
-    if device_of(grad_cols) == "cuda":
-        return cuda_conv.col2im(grad_cols, grad_padded, geometry)
+    copied from: one strided slice-add per kernel offset (i, j)."""
     kernel, stride, _, (Ho, Wo) = geometry
     n, _, _, C = grad_padded.shape
     grad_windows = grad_cols.reshape(n, Ho, Wo, *kernel, C)

@@ -1,12 +1,13 @@
-"""Max pooling as it runs: channels-last memory, the images split over the threads.
+"""Max pooling as it runs on the CPU: channels-last memory, the images split over the threads.
 
 The math and the reference are in nn/functional/pooling.py (read that first).
 """
-from autograd import Function, array_module
-from autograd.backend import device_of
+import numpy
+
+from autograd import Function
+from nn.runtime.threads import for_pieces
 
 from ..windows import check_pool_window, crop2d, window_slices
-from .threads import for_pieces
 
 
 class MaxPool2dChannelsLast(Function):
@@ -18,28 +19,27 @@ class MaxPool2dChannelsLast(Function):
     The arrays are (N, C, H, W)-shaped views of channels-last memory, the layout of conv2d's
     output that this op follows in a ResNet: a window offset's view then runs over the C
     channels of a pixel contiguously, where in NCHW memory its stride-2 pixels have no two
-    values side by side. The images are split over the threads (cpu/threads.py).
+    values side by side. The images are split over the threads (nn/runtime/threads.py).
     """
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride, padding):
         out_size = check_pool_window("max_pool2d", x, kernel_size, stride, padding)
-        xp = array_module(x)
         N, C, H, W = x.shape
         (ph, pw), kw = padding, kernel_size[1]
-        x_padded = (_empty_channels_last(xp, (N, C, H + 2 * ph, W + 2 * pw), x.dtype)
+        x_padded = (_empty_channels_last((N, C, H + 2 * ph, W + 2 * pw), x.dtype)
                     if ph or pw else x)
-        out = _empty_channels_last(xp, (N, C) + out_size, x.dtype)
+        out = _empty_channels_last((N, C) + out_size, x.dtype)
         # which kernel offset i*kw + j holds the maximum so far (one byte suffices up to 16x16)
         offsets = kernel_size[0] * kernel_size[1]
-        argmax = _empty_channels_last(xp, out.shape, xp.uint8 if offsets <= 256 else xp.int32)
+        argmax = _empty_channels_last(out.shape, numpy.uint8 if offsets <= 256 else numpy.int32)
 
         def pool(start, stop):  # images start..stop-1
             padded = x_padded[start:stop]
             if ph or pw:  # -inf around x
                 for border in (padded[:, :, :ph], padded[:, :, ph + H:],
                                padded[:, :, :, :pw], padded[:, :, :, pw + W:]):
-                    border[...] = -xp.inf
+                    border[...] = -numpy.inf
                 padded[:, :, ph:ph + H, pw:pw + W] = x[start:stop]
             windows = window_slices(kernel_size, stride, out_size)
             best, best_offset = out[start:stop], argmax[start:stop]
@@ -48,14 +48,12 @@ class MaxPool2dChannelsLast(Function):
             for i, j, window in windows:
                 candidate = padded[window]
                 # strict >: a later equal value leaves the first maximum in place
-                xp.copyto(best_offset, i * kw + j, where=candidate > best)
-                xp.maximum(best, candidate, out=best)  # NaN wins: it reaches the output
-            nan = xp.isnan(best)
-            # a NaN's window sends its gradient to its last NaN, as PyTorch (on a GPU, always
-            # redone: asking any() would make the host wait for the device)
-            if device_of(x) != "cpu" or nan.any():
+                numpy.copyto(best_offset, i * kw + j, where=candidate > best)
+                numpy.maximum(best, candidate, out=best)  # NaN wins: it reaches the output
+            nan = numpy.isnan(best)
+            if nan.any():  # a NaN's window sends its gradient to its last NaN, as PyTorch
                 for i, j, window in window_slices(kernel_size, stride, out_size):
-                    xp.copyto(best_offset, i * kw + j, where=nan & xp.isnan(padded[window]))
+                    numpy.copyto(best_offset, i * kw + j, where=nan & numpy.isnan(padded[window]))
         for_pieces(pool, N, x_padded[:1].nbytes, x)
         ctx.geometry = kernel_size, stride, padding, out_size
         ctx.padded_shape = x_padded.shape
@@ -66,8 +64,7 @@ class MaxPool2dChannelsLast(Function):
     def backward(ctx, grad):
         (argmax,) = ctx.saved
         kernel, stride, padding, out_size = ctx.geometry
-        xp = array_module(grad)
-        grad_padded = _empty_channels_last(xp, ctx.padded_shape, grad.dtype)
+        grad_padded = _empty_channels_last(ctx.padded_shape, grad.dtype)
 
         def unpool(start, stop):  # images start..stop-1
             grad_part, offsets_part = grad[start:stop], argmax[start:stop]
@@ -79,8 +76,8 @@ class MaxPool2dChannelsLast(Function):
         return crop2d(grad_padded, padding)
 
 
-def _empty_channels_last(xp, shape, dtype):
+def _empty_channels_last(shape, dtype):
     """An uninitialised (N, C, H, W)-shaped array whose memory is (N, H, W, C)."""
     N, C, H, W = shape
-    return xp.empty((N, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
+    return numpy.empty((N, H, W, C), dtype=dtype).transpose(0, 3, 1, 2)
 

@@ -15,10 +15,7 @@ lse is kept for the backward instead of the softmax, which the backward recomput
 import numpy
 
 from autograd import Function, array_module
-
-from .kernels import Kernel, blocks_for
-
-THREADS = 256
+from nn.runtime.cuda import THREADS, Kernel, grid
 
 
 def rows_twin(logits, target, losses, lse, N, C):
@@ -31,9 +28,9 @@ def rows_twin(logits, target, losses, lse, N, C):
 ROWS = Kernel("ce_rows", r"""
 extern "C" __global__ void ce_rows(const data_t* logits, const long long* target,
                                    data_t* losses, double* lse, long long N, long long C) {
-    __shared__ double shared[256];
+    __shared__ double shared[256];                  // THREADS: one value per thread
     const data_t* row = logits + blockIdx.x * C;
-    // every thread's maximum starts at an element of the row (no -INFINITY: see kernels.py)
+    // every thread's maximum starts at an element of the row (no -INFINITY: nn/runtime/cuda.py)
     double peak = (double)row[0];
     for (long long k = threadIdx.x; k < C; k += blockDim.x) peak = fmax(peak, (double)row[k]);
     shared[threadIdx.x] = peak;
@@ -105,7 +102,7 @@ class CrossEntropyCuda(Function):
         N, C = logits.shape
         grad_logits = xp.empty_like(logits)
         grad = xp.ascontiguousarray(grad, dtype=logits.dtype)   # NumPy gives a scalar: an array
-        BACKWARD.run(xp, (min(blocks_for(N * C, THREADS), 65535 * 16),), (THREADS,),
+        BACKWARD.run(xp, *grid(N * C),
                      (logits, target, lse, grad, grad_logits,
                       numpy.int64(N), numpy.int64(C)), {"data_t": logits.dtype})
         return grad_logits

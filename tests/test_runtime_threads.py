@@ -1,7 +1,8 @@
-"""nn/functional/cpu/threads.py, the CPU's thread pool and its one policy for cutting work into
+"""nn/runtime/threads.py, the CPU's thread pool and its one policy for cutting work into
 pieces, through its public functions: who works (threads_for), how work is cut (split), how
-pieces run (run, map_ranges, for_pieces); and memory.py's reuse_freed_memory. The passes built
-on them are in tests/test_cpu_passes.py, the ops that split in each op's own test file.
+pieces run (run, map_ranges, for_pieces); and memory.py's reuse_freed_memory. The operations
+built on them are in tests/test_runtime_parallel.py, the ops that split in each op's own test
+file.
 
 Tests that need several threads skip where NumPy's BLAS is not OpenBLAS (the pool then keeps
 one thread). The `threads` fixture (conftest.py) restores the thread count; it is named with
@@ -13,9 +14,9 @@ import time
 import numpy
 import pytest
 
-from nn.functional.cpu import threads
-from nn.functional.cpu.memory import reuse_freed_memory
-from nn.functional.cpu.passes import matmul
+from nn.runtime import threads
+from nn.runtime.memory import reuse_freed_memory
+from nn.runtime.parallel import matmul
 
 ARRAY = numpy.zeros(1)  # split and map_ranges only ask it where the work runs: the CPU
 
@@ -386,7 +387,7 @@ def test_reuse_freed_memory_serves_big_arrays_from_the_heap_and_keeps_them():
     if platform.libc_ver()[0] != "glibc":
         assert reuse_freed_memory() is False
         return
-    from nn.functional.cpu import memory
+    from nn.runtime import memory
     env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     done = subprocess.run([sys.executable, "-c", MALLOC_PROBE, memory.__file__], env=env,
                           capture_output=True, text=True, timeout=60)

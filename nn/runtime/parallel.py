@@ -1,4 +1,4 @@
-"""Whole-array passes on every core: sums, copies and matrix products, cut by threads.py.
+"""Whole-array operations on every core: sums, copies and matrix products, cut by threads.py.
 
     add(a, b)               a + b, the first axis split over the threads
     total(arrays)           arrays[0] + arrays[1] + ..., added in that order, split likewise
@@ -12,8 +12,15 @@ Each is the NumPy expression in its name: to the last bit for add, copy and tota
 threads only share out rows of elementwise work; as accurate for the products, whose pieces
 BLAS rounds as it rounds any product (a row at a piece's edge may differ in its last bit from
 the same row of one product), and whose sums over rows are added in a fixed order (see
-matmul_transposed). CuPy arrays run as one piece, the plain expression.
+matmul_transposed). They take any array module's arrays: a GPU's run as one piece, the same
+arithmetic in the same order (for matmul_transposed and column_sum, the same runs).
+
+    use_threaded_gradients()  makes the engine sum and copy gradients with add and copy
+
+A program calls use_threaded_gradients() once at its start (simclr.train does): the engine
+itself runs no threads, and importing this module changes nothing in it.
 """
+import autograd
 from autograd.backend import array_module
 
 from .threads import for_pieces, map_ranges, split
@@ -121,14 +128,13 @@ def run_rows(M, part_bytes):
     MAX_RUN_ROWS or more, or partial products of more than RUNS_BYTES in all.
 
     Why: BLAS adds a product's terms one after another in float32, in blocks of a few hundred
-    (on SkylakeX a product over 512 rows erred exactly as two over 256 added), so a sum over
-    512 rows in two pieces, one per thread, erred 2.2-2.7x more than PyTorch's, which adds
-    the 64 pixels of each image in a product of its own. In runs of 64 rows, their products
-    added in float32, it errs as PyTorch's. Each run costs one more (F, K) partial product,
-    written and added, so runs are taken only while they are few and their partials fit in
-    cache, and only where they are shorter than BLAS's blocks: a long sum keeps its pieces
-    (threads.split), whose error measured 0.6-0.75x PyTorch's at 65536 rows and 1.2-1.4x at
-    4096, and which 8 runs of 8192 rows made 2-3% slower on one thread."""
+    rows, so a short sum over a few hundred rows in one or two pieces adds each term onto a
+    long running total and errs several times more than PyTorch's, which adds the 64 pixels
+    of each image in a product of its own. In runs of 64 rows, their products added in
+    float32, it errs as PyTorch's. Each run costs one more (F, K) partial product, written
+    and added, so runs are taken only while they are few and their partials fit in cache,
+    and only where they are shorter than BLAS's blocks: a long sum keeps its pieces
+    (threads.split), already many partial sums, where runs would only cost time."""
     rows = max(MIN_RUN_ROWS, -(-M // SUM_RUNS))
     count = -(-M // rows)
     if count <= 1 or rows >= MAX_RUN_ROWS or count * part_bytes > RUNS_BYTES:
@@ -140,9 +146,9 @@ def _sum_of_runs(a, b, rows):
     """a.T @ b = sum_p a_p.T @ b_p over the runs a_p, b_p of `rows` rows (the last one may be
     shorter): the P products in one batched product (P, F, K), the threads taking runs of it
     (for_pieces), then added in order (a sum over the first axis), so the result does not
-    depend on the threads. One batched product, not a product per run: a product per run
-    (map_ranges) made a (512, 64)^T (512, 256) product 1.3-1.8x slower than one over all
-    the rows, the batched one at most 1.25x (50 us), measured at 512-1984 rows."""
+    depend on the threads. One batched product, not a product per run: a call per run would
+    pay BLAS's set-up and the threads' hand-off once a run, which on products this short
+    costs more than the products themselves."""
     xp = array_module(a)
     M, F = a.shape
     K = b.shape[1]
@@ -166,9 +172,9 @@ def column_sum(rows):
     One batched product with a ones vector gives each run's (F,) sum in the array's dtype,
     and those P = M/run partial sums are added in float64 and rounded once. Each float32 sum
     then adds at most COLUMN_SUM_RUN values, where rows.sum(axis=0) adds all M rows one after
-    another, its rounding error growing with M (at 512 rows 4.6x PyTorch's; this, as
-    PyTorch's). The product is also the fastest pass over the array (at 65536 rows, 0.4x the
-    row-by-row sum's time), and the float64 additions are only M/run per column."""
+    another, its rounding error growing with M (this errs as PyTorch's). The product is also
+    a faster pass over the array than the row-by-row sum, and the float64 additions are only
+    M/run per column."""
     xp = array_module(rows)
     M, F = rows.shape
     run = max(1, min(M, COLUMN_SUM_RUN))
@@ -179,3 +185,12 @@ def column_sum(rows):
     if whole < M:
         result += rows[whole:].sum(axis=0, dtype=xp.float64)
     return result.astype(rows.dtype)
+
+
+def use_threaded_gradients(enabled=True):
+    """Make autograd's backward pass sum the gradients that meet at a tensor, and copy a
+    leaf's first gradient, with add and copy above (enabled=False: the plain expressions
+    again). A leaf's gradient can be as large as a batch of images, so on a CPU these two
+    passes are worth every core. Returns the previous (add, copy) of the engine."""
+    return autograd.set_gradient_passes(add=add if enabled else None,
+                                        copy=copy if enabled else None)

@@ -1,17 +1,17 @@
-"""Scratch arrays that the convolutions reuse from call to call (and step to step), one set
-per thread: a column matrix or a padded copy of a few images is allocated once, not at every
-chunk of every layer.
+"""Scratch arrays that the CPU's convolutions reuse from call to call (and step to step), one
+set per thread: a column matrix or a padded copy of a few images is allocated once, not at
+every chunk of every layer. (A GPU's memory pool reuses freed memory by itself.)
 
 What one call leaves in a scratch array for the next is safe only if the next call depends on
 nothing it does not write itself, or on nothing the key does not fix. Three rules keep it so:
 
-- An array is found again by everything its contents depend on: what it is for, its
-  device, dtype and shape. Plain scratch arrays hold garbage, which every user overwrites
-  before reading. A padded array keeps its zero border from call to call, so its key holds
-  the padding as well: the border is then the same region at every call, which no call
-  writes (the view handed out is read-only on the CPU). Keyed by its shape alone, an array
-  padded by 1 around 9x9 images and one padded by 2 around 7x7 images were one array, and
-  the second read the first's pixels as zeros.
+- An array is found again by everything its contents depend on: what it is for, its dtype
+  and shape. Plain scratch arrays hold garbage, which every user overwrites before reading.
+  A padded array keeps its zero border from call to call, so its key holds the padding as
+  well: the border is then the same region at every call, which no call writes (the view
+  handed out is read-only). Keyed by its shape alone, an array padded by 1 around 9x9 images
+  and one padded by 2 around 7x7 images would be one array (both are 11x11), and the second
+  would read the first's pixels as zeros.
 - Each thread has arrays of its own (threading.local), whether it is one of
   threads.py's threads or a thread of the caller's: two threads never share one.
 - An array is valid until the same thread asks for the same key again. Every user here takes
@@ -24,16 +24,8 @@ import threading
 
 import numpy
 
-from autograd import array_module
-
 MAX_ARRAYS = 64  # arrays per thread before they are all forgotten: a model's shapes, and more
 _local = threading.local()  # .arrays: this thread's {key: array}
-
-
-def _where(xp):
-    """The device a new array of module xp is made on: "cpu", or the current GPU's number
-    (an array of one GPU cannot serve a convolution on another)."""
-    return "cpu" if xp is numpy else xp.cuda.Device().id
 
 
 def _reused(key, make):
@@ -49,11 +41,11 @@ def _reused(key, make):
     return array
 
 
-def buffer(purpose, xp, shape, dtype):
+def buffer(purpose, shape, dtype):
     """A scratch array of `shape` for `purpose`, reused by the calling thread from call to
     call. It holds garbage: the caller writes every element it reads."""
-    key = ("scratch", purpose, _where(xp), str(dtype), shape)
-    return _reused(key, lambda: xp.empty(shape, dtype=dtype))
+    key = ("scratch", purpose, str(dtype), shape)
+    return _reused(key, lambda: numpy.empty(shape, dtype=dtype))
 
 
 def padded_images(x, padding, capacity):
@@ -66,13 +58,11 @@ def padded_images(x, padding, capacity):
     ph, pw = padding
     if ph == pw == 0:
         return x
-    xp = array_module(x)
     n, H, W, C = x.shape
     shape = (capacity, H + 2 * ph, W + 2 * pw, C)
-    key = ("padded", (ph, pw), _where(xp), str(x.dtype), shape)
-    padded = _reused(key, lambda: xp.zeros(shape, dtype=x.dtype))
+    key = ("padded", (ph, pw), str(x.dtype), shape)
+    padded = _reused(key, lambda: numpy.zeros(shape, dtype=x.dtype))
     padded[:n, ph:ph + H, pw:pw + W] = x
     images = padded[:n]
-    if xp is numpy:  # the border stays zero: nobody can write through this view
-        images.flags.writeable = False
+    images.flags.writeable = False  # the border stays zero: nobody can write through this view
     return images

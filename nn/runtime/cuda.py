@@ -1,7 +1,7 @@
-"""Our CUDA kernels, each beside its NumPy twin.
+"""The launcher of our CUDA kernels: each kernel beside its NumPy twin, one block size, one grid.
 
 A GPU step is fast when it asks the GPU for few, large pieces of work: every kernel launch
-costs the host 5-20 us of Python and CuPy, and every pass over memory costs bandwidth. So
+costs the host microseconds of Python and CuPy, and every pass over memory costs bandwidth. So
 where CuPy would take many small kernels for one op (batch norm as a dozen elementwise
 passes and reductions, LARS as a dozen per parameter), a kernel of ours does the work in one.
 
@@ -33,6 +33,16 @@ Each array must be C-contiguous and of its parameter's dtype, each scalar a NumP
 parameter's type, and the count must match; a launch with nothing to do (a grid or block
 dimension of 0) returns before reaching CUDA. The twin is held to the same contract.
 
+One block size and one grid for every kernel. A block has THREADS = 256 threads (a multiple
+of the 32 of a warp, and a block size at which a GPU keeps several blocks per multiprocessor
+busy; the kernels that reduce in shared memory declare arrays of that many values, so their
+source says 256 too). A kernel over `count` elements is written as a grid-stride loop (each
+thread takes element i, then i + the grid's threads, ...), so any number of blocks covers any
+count: grid(count) gives one thread per element, ceil(count / THREADS) blocks, but at most
+MAX_BLOCKS. A million blocks of 256 threads are hundreds of times what a GPU runs at once,
+so beyond that more blocks only cost the scheduler; the cap also keeps far inside CUDA's limit
+of 2^31 - 1 blocks.
+
 KERNELS: name -> Kernel, every kernel defined (the tests compile each, every variant).
 """
 import math
@@ -52,6 +62,8 @@ C_TYPES = {numpy.dtype("float32"): "float", numpy.dtype("float64"): "double",
 DTYPES = {c_type: dtype for dtype, c_type in C_TYPES.items()}
 # CUDA's limits on a launch's shape, for every GPU since compute capability 3.0
 GRID_LIMITS, BLOCK_LIMITS, THREADS_PER_BLOCK = (2 ** 31 - 1, 65535, 65535), (1024, 1024, 64), 1024
+THREADS = 256  # threads per block, for every kernel (see the module docstring)
+MAX_BLOCKS = 65535 * 16  # grid(): at most this many blocks of a grid-stride loop
 
 
 class Kernel:
@@ -219,3 +231,9 @@ def launch(kernel, xp, grid, block, args, types, shared_mem=0, twin_args=None):
 def blocks_for(count, per_block):
     """How many blocks of per_block items cover count items (at least 1)."""
     return max(1, -(-int(count) // int(per_block)))
+
+
+def grid(count):
+    """(grid, block) for a grid-stride loop over `count` elements: THREADS threads a block,
+    one thread per element up to MAX_BLOCKS blocks (see the module docstring)."""
+    return (min(blocks_for(count, THREADS), MAX_BLOCKS),), (THREADS,)

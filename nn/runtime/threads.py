@@ -11,9 +11,9 @@ every core.
 
 The policy, all of it here:
 - Who works: `threads_for` gives one thread (the caller's) to small work (under
-  MIN_BYTES_PER_THREAD a thread), to CuPy arrays (a GPU kernel is already parallel) and to
-  work started inside a parallel section (a nested split would wait for a pool thread that is
-  waiting); otherwise every thread of the pool.
+  MIN_BYTES_PER_THREAD a thread), to arrays of another module than NumPy (a GPU's, whose
+  operations are parallel already) and to work started inside a parallel section (a nested
+  split would wait for a pool thread that is waiting); otherwise every thread of the pool.
 - How work is cut: work that comes in pieces of its own (parameters, the 16 positions of a
   Winograd tile, batch norm's cache-sized blocks) keeps them; a long axis is cut by `split`,
   at least PIECES_PER_THREAD pieces a thread, the last ones shrinking, down to SHRINK_TO
@@ -21,9 +21,8 @@ The policy, all of it here:
   small last piece keeps the others' wait short). A matrix product's pieces are also at most
   PIECE_BYTES (BLAS packs the other operand once per piece, and pieces that size balance
   well); an elementwise pass streams through memory and takes no such bound, as more pieces
-  would only cost more hand-offs (bounded at 4 MiB, an add of ResNet-50's gradients made a
-  step 7% slower). A caller whose piece fills a buffer of its own (a convolution's column
-  matrix) bounds it by that buffer, on one thread too.
+  would only cost more hand-offs. A caller whose piece fills a buffer of its own (a
+  convolution's column matrix) bounds it by that buffer, on one thread too.
 - How pieces run: `map_ranges`, each thread taking the next piece as it comes free, so a slow
   piece or a busy core delays nobody; results come back in the order of the pieces, and
   callers that add them up do so in that order. The pieces depend only on the sizes and the
@@ -39,8 +38,8 @@ The policy, all of it here:
     set_num_threads(n)      how many threads (default: $OMP_NUM_THREADS, else the cores)
 
 With one thread, or when OpenBLAS's thread count cannot be set (NumPy built on another
-BLAS), everything runs in the calling thread and the BLAS keeps its own threads. The passes
-that use this (sums, copies, products) are in passes.py.
+BLAS), everything runs in the calling thread and the BLAS keeps its own threads. The
+whole-array operations that use this (sums, copies, products) are in parallel.py.
 """
 import ctypes
 import glob
@@ -52,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy
 
-from autograd.backend import is_cupy_array
+from autograd.backend import array_module
 
 MIN_BYTES_PER_THREAD = 256 * 2**10  # smaller passes are not worth a thread hand-off
 PIECE_BYTES = 4 * 2**20  # a product's pieces: at most this size (of the widest operand) ...
@@ -163,11 +162,12 @@ def thread_index():
 
 def threads_for(pieces, total_bytes, array):
     """How many threads to split `pieces` pieces of work (total_bytes in all) over: one when
-    the work is small (under MIN_BYTES_PER_THREAD per thread), on the GPU, or when called from
-    inside a parallel section (a nested split would wait for a pool thread that is waiting)."""
+    the work is small (under MIN_BYTES_PER_THREAD per thread), for an array that is not
+    NumPy's (a GPU's), or when called from inside a parallel section (a nested split would
+    wait for a pool thread that is waiting)."""
     threads = get_num_threads()
     nested = thread_index() != 0 or getattr(_local, "busy", False)
-    if threads == 1 or is_cupy_array(array) or nested:
+    if threads == 1 or array_module(array) is not numpy or nested:
         return 1
     return int(max(1, min(threads, pieces, total_bytes // MIN_BYTES_PER_THREAD)))
 

@@ -19,11 +19,9 @@ compute the same, parameter by parameter.
 import numpy
 
 from autograd import array_module
-
-from .kernels import Kernel
+from nn.runtime.cuda import THREADS, Kernel
 
 CHUNK = 4096     # elements of one parameter that one block of the kernels takes
-THREADS = 256
 
 
 def lars_norms_twin(weights, grads, excluded, chunk_norms, weight_decay, tables):
@@ -64,7 +62,7 @@ __device__ void chunk_of(const long long* table, long long parameters, long long
 
 // The sums of every thread's a and b in the block (256 threads), added in a fixed tree
 __device__ void block_sums(double* a, double* b) {
-    __shared__ double s1[256], s2[256];
+    __shared__ double s1[256], s2[256];            // THREADS: one value per thread
     s1[threadIdx.x] = *a;
     s2[threadIdx.x] = *b;
     __syncthreads();

@@ -3,15 +3,16 @@
 A training step allocates and frees the same large arrays (activations, gradients) step after
 step. glibc's malloc hands every block over 128 KiB (up to 32 MiB after it adapts) straight to
 the kernel with mmap and returns it with munmap when freed, so the next step's array of the
-same size starts as fresh pages, which the kernel must fault in and zero one by one: on the
-machine of bench/RESULTS.md, allocating and filling a new 64 MiB array took 12 ms, filling an
-existing one 8 ms, and a ResNet-50 step allocates gigabytes. `reuse_freed_memory()` tells
+same size starts as fresh pages, which the kernel must fault in and zero one by one, page
+after page, for every array of every step (and a ResNet-50 step allocates gigabytes), where
+filling pages that are already mapped costs only the writes. `reuse_freed_memory()` tells
 malloc to serve every size from its heap and never to give freed memory back to the kernel,
 so a step reuses the pages of the last one. Peak memory stays what the step needs at its
 peak (plus fragmentation), but the process does not shrink after it.
 
 This is the same as starting Python with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>;
-it only applies to glibc (Linux) and is a no-op elsewhere. CuPy has its own memory pool.
+it only applies to glibc (Linux) and is a no-op elsewhere. A GPU's memory has a pool of its
+own.
 """
 import ctypes
 import ctypes.util
