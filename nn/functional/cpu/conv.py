@@ -238,8 +238,8 @@ def image_chunks(x_last, geometry):
     images of the largest chunk, which a thread's column buffer holds.
 
     A chunk has at least MIN_CHUNK_ROWS rows of columns: each chunk's product packs the whole
-    weight matrix into BLAS's buffers again, and at the last stages (an image is 16-64 rows
-    there, the weights up to 9 MiB) chunks of a few images spent more time packing than
+    weight matrix into BLAS's buffers again, and at a network's last stages (few rows an
+    image, large weights) a chunk of a few images would spend more time packing than
     multiplying."""
     (kh, kw), _, _, (Ho, Wo) = geometry
     N = x_last.shape[0]
