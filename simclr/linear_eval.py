@@ -91,6 +91,7 @@ def _main(argv):
     args = parse_args(argv)
     validate(args)
     runtime.reuse_freed_memory()  # see nn/runtime/memory.py
+    runtime.use_threaded_gradients()  # the probe's backward sums its gradients on every core
     xp = cli.require_backend(args.backend)
     data_config = dict(vars(args))
     checkpoint = None
