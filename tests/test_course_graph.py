@@ -69,7 +69,7 @@ def test_parameters_constants_and_names_are_marked():
     graph = Graph(y, names=layer.named_parameters())
     kinds = {graph.label(i)[0]: graph.kind(i) for i in range(len(graph.tensors))}
     assert kinds == {"constant": "constant", "weight (parameter)": "parameter",
-                     "bias (parameter)": "parameter", "Linear": "op", "Mul": "op"}
+                     "bias (parameter)": "parameter", "LinearThreaded": "op", "Mul": "op"}
     assert len(graph.label(0)) == 2  # before backward: no gradient line
     graph.backward(numpy.ones((4, 2)))
     constants = [i for i in range(len(graph.tensors)) if graph.kind(i) == "constant"]
