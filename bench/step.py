@@ -2,9 +2,9 @@
 
     python -m bench.step --arch resnet50 --cifar-stem --batch-size 32 --compare torch
 
-A step is what simclr.train.training_step does after augmentation: the 2N views of N images
+A step is what simclr.pretraining.training_step does after augmentation: the 2N views of N images
 through the encoder and the nonlinear head, NT-Xent, backward and a LARS update (the model and
-optimiser are built by simclr.train's own functions). Augmenting the two views is timed on
+optimiser are built by simclr.pretraining's own functions). Augmenting the two views is timed on
 its own, outside the step. After --warmup untimed steps, --steps steps are timed; reported are
 the median and min-max seconds per step, images per second (an image = its two views, so N
 images per step), achieved GFLOP/s (3 forward passes of conv + linear FLOPs per step, see
@@ -88,7 +88,7 @@ def parse_args(argv=None):
 
 
 class PrecomputedViews:
-    """Stands in for the augmentation inside simclr.train.training_step: hands back the two
+    """Stands in for the augmentation inside simclr.pretraining.training_step: hands back the two
     views made before timing, so that the timed step is the network, loss, backward and update."""
 
     def __init__(self, first, second):
@@ -100,7 +100,7 @@ class PrecomputedViews:
 
 def build_ours(args):
     """Our side, ready to time: synthetic uint8 images, the augmentation, the model and LARS
-    (built by simclr.train's own functions) on the chosen device, and `step()`, one training
+    (built by simclr.pretraining's own functions) on the chosen device, and `step()`, one training
     step on two views augmented once. Returns a SimpleNamespace of these (and `sync`, `xp`)."""
     import numpy
 

@@ -26,14 +26,13 @@ from a sum over the block's pixels.
 import numpy
 
 from autograd.backend import array_module
-from nn.runtime.cuda import Kernel, blocks_for
+from nn.runtime.cuda import THREADS, Kernel, blocks_for
 
 from ._batch import apply_to_chosen
 from .blur import blur_kernel_size, convolve_axis, gaussian_kernels
 from .color import apply_jitter, rgb_to_grayscale
 from .crop import horizontal_flip, resized_crop, to_float_nchw
 
-THREADS = 256
 MAX_SHRINK = 15  # crop_resize_flip: a crop side at most this many times the output's (64 taps)
 COLUMNS = 10  # a table row: jittered, grayscale, 4 op parameters, the 4 ops in order
 
