@@ -46,6 +46,7 @@ FREED = _FreedNode()
 
 def topological_order(root):
     """Tensors made by ops, reachable from `root`, each after all of its inputs."""
+    # course: begin topological-order
     order, visited = [], set()
     stack = [(root, False)]
     while stack:
@@ -65,6 +66,7 @@ def topological_order(root):
             if parent._node is not None and id(parent) not in visited:
                 stack.append((parent, False))
     return order
+    # course: end topological-order
 
 
 def backward(root, grad):
@@ -91,6 +93,7 @@ def backward(root, grad):
                 raise RuntimeError(
                     f"{name}.backward returned a gradient of shape {g.shape} and dtype {g.dtype} "
                     f"for input {position} of shape {parent.shape} and dtype {parent.dtype}")
+            # course: begin accumulate
             if parent._node is None:  # a leaf: accumulate into .grad
                 if parent.grad is None:
                     parent.grad = _passes["copy"](g)  # own it: g may alias another gradient
@@ -100,3 +103,4 @@ def backward(root, grad):
                 grads[id(parent)] = _passes["add"](grads[id(parent)], g)
             else:
                 grads[id(parent)] = g
+            # course: end accumulate

@@ -12,6 +12,7 @@ def unbroadcast(grad, shape):
 
     (2, 3, 4) -> (3, 1): sum over the leading axis, then over the axis where shape has 1.
     """
+    # course: begin unbroadcast
     if grad.shape == shape:
         return grad
     leading = grad.ndim - len(shape)
@@ -21,6 +22,7 @@ def unbroadcast(grad, shape):
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)
     return grad
+    # course: end unbroadcast
 
 
 def check_same_float_dtype(name, a, b):
@@ -39,8 +41,10 @@ class Add(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin add-backward
         shape_a, shape_b = ctx.shapes
         return unbroadcast(grad, shape_a), unbroadcast(grad, shape_b)
+        # course: end add-backward
 
 
 class Sub(Function):
@@ -75,10 +79,12 @@ class Mul(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin mul-backward
         a, b = ctx.saved
         grad_a = unbroadcast(grad * b, a.shape) if ctx.needs_input_grad[0] else None
         grad_b = unbroadcast(grad * a, b.shape) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b
+        # course: end mul-backward
 
 
 class Div(Function):
@@ -138,6 +144,7 @@ class MatMul(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin matmul-backward
         a, b = ctx.saved
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -145,3 +152,4 @@ class MatMul(Function):
         if ctx.needs_input_grad[1]:
             grad_b = unbroadcast(a.swapaxes(-1, -2) @ grad, b.shape)
         return grad_a, grad_b
+        # course: end matmul-backward

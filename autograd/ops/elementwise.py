@@ -12,8 +12,10 @@ class Exp(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin exp-backward
         (out,) = ctx.saved
         return grad * out  # d e^x / dx = e^x
+        # course: end exp-backward
 
 
 class Log(Function):
@@ -24,8 +26,10 @@ class Log(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin log-backward
         (x,) = ctx.saved
         return grad / x
+        # course: end log-backward
 
 
 class Sqrt(Function):

@@ -16,10 +16,12 @@ def normalize_axes(axis, ndim):
 
 def expand_to(grad, axes, keepdims, shape):
     """Broadcast the gradient of a reduction back to the input's `shape`."""
+    # course: begin expand-to
     xp = array_module(grad)
     if not keepdims:
         grad = xp.expand_dims(grad, axes)
     return xp.broadcast_to(grad, shape)
+    # course: end expand-to
 
 
 class Sum(Function):
@@ -46,7 +48,9 @@ class Mean(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin mean-backward
         return expand_to(grad / ctx.count, ctx.axes, ctx.keepdims, ctx.shape)
+        # course: end mean-backward
 
 
 class Max(Function):
@@ -63,9 +67,11 @@ class Max(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin max-backward
         x, out = ctx.saved
         winners = (x == out).astype(x.dtype)  # 1 where an element is the maximum
         winners /= winners.sum(axis=ctx.axes, keepdims=True)
         if not ctx.keepdims:
             grad = array_module(grad).expand_dims(grad, ctx.axes)
         return grad * winners
+        # course: end max-backward

@@ -24,8 +24,10 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin relu-backward
         (positive,) = ctx.saved
         return grad * positive
+        # course: end relu-backward
 
 
 class LogSoftmax(Function):
@@ -46,9 +48,11 @@ class LogSoftmax(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin log-softmax-backward
         (out,) = ctx.saved
         softmax = array_module(out).exp(out)
         return grad - softmax * grad.sum(axis=ctx.dim, keepdims=True)
+        # course: end log-softmax-backward
 
 
 class LogSumExp(Function):

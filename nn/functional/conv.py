@@ -47,12 +47,14 @@ def im2col(x_padded, kh, kw, stride, Ho, Wo):
 
     One strided slice copy per kernel offset (kh*kw copies of N*C*Ho*Wo values each) into one
     preallocated buffer: no loop over pixels, and the same code runs on CuPy."""
+    # course: begin im2col
     xp = array_module(x_padded)
     N, C = x_padded.shape[:2]
     cols = xp.empty((N, C, kh, kw, Ho, Wo), dtype=x_padded.dtype)
     for i, j, window in window_slices((kh, kw), stride, (Ho, Wo)):
         cols[:, :, i, j] = x_padded[window]
     return cols.reshape(N, C * kh * kw, Ho * Wo)  # a view: the buffer is contiguous
+    # course: end im2col
 
 
 def col2im(cols, padded_shape, kh, kw, stride, Ho, Wo):
@@ -61,6 +63,7 @@ def col2im(cols, padded_shape, kh, kw, stride, Ho, Wo):
     cols (N, C*kh*kw, Ho*Wo) -> (N, C, Hp, Wp). Where windows overlap (stride < kernel) a
     pixel receives several entries; one strided slice-add per kernel offset sums them, and
     within one offset the slice holds each pixel at most once, so no atomics are needed."""
+    # course: begin col2im
     xp = array_module(cols)
     N, C = padded_shape[:2]
     cols = cols.reshape(N, C, kh, kw, Ho, Wo)
@@ -68,6 +71,7 @@ def col2im(cols, padded_shape, kh, kw, stride, Ho, Wo):
     for i, j, window in window_slices((kh, kw), stride, (Ho, Wo)):
         x_padded[window] += cols[:, :, i, j]
     return x_padded
+    # course: end col2im
 
 
 class Conv2dReference(Function):
@@ -96,6 +100,7 @@ class Conv2dReference(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin conv2d-backward
         x, weight = ctx.saved
         xp = array_module(grad)
         N, F = grad.shape[:2]
@@ -114,6 +119,7 @@ class Conv2dReference(Function):
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(axis=(0, 2))
         return grad_x, grad_weight, grad_bias
+        # course: end conv2d-backward
 
 
 def _columns(x, ctx):

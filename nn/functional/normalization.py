@@ -65,6 +65,7 @@ class BatchNormReference(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # course: begin batch-norm-backward
         x_hat, sigma, gamma, out = ctx.saved
         if ctx.relu:
             grad = grad * (out > 0)                       # the ReLU's derivative: g, masked
@@ -79,6 +80,7 @@ class BatchNormReference(Function):
         if len(ctx.needs_input_grad) == 4:
             grads += (grad,)                              # the residual's: the masked g
         return grads
+        # course: end batch-norm-backward
 
 
 def _update_running_stats(x, running_mean, running_var, momentum):

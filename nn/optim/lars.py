@@ -23,7 +23,9 @@ def trust_ratio(weight, grad, eta):
 def one_dimensional(name, param):
     """LARS's default exclusion: parameters with at most one dimension (biases, batch-norm
     weights and biases) get no weight decay and no trust ratio."""
+    # course: begin lars-exclusion
     return param.data.ndim <= 1
+    # course: end lars-exclusion
 
 
 class LARS(Optimizer):
@@ -82,6 +84,7 @@ class LARS(Optimizer):
                       self.weight_decay, self.eta)
 
     def update(self, index):
+        # course: begin lars-update
         param, excluded = self.params[index], self.excluded[index]
         weight, grad = param.data, param.grad
         if excluded:
@@ -95,3 +98,4 @@ class LARS(Optimizer):
         velocity *= self.momentum
         velocity += scaled_lr * grad
         weight -= velocity
+        # course: end lars-update

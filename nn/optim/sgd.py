@@ -29,6 +29,7 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def update(self, index):
+        # course: begin sgd-update
         param = self.params[index]
         direction = param.grad
         if self.weight_decay:
@@ -42,3 +43,4 @@ class SGD(Optimizer):
                 buffer += direction
             direction = direction + self.momentum * buffer if self.nesterov else buffer
         param.data -= self.lr * direction
+        # course: end sgd-update
