@@ -2,12 +2,15 @@
 
     python -m course graph --out graph.png [--dot graph.dot] [--demo conv|mlp|expression]
     python -m course nt-xent --out nt_xent.png [--images 4] [--temperature 0.5] [--row 0]
+    python -m course handout DIR [--solutions]
+    python -m course check DIR [EXERCISE ...] [--json FILE]     (EXERCISE may be `capstone`)
 
-(`handout` and `check` join them with the exercises.) A mistake on the command line ends in one
+A mistake on the command line ends in one
 line naming the flag and what is expected, exit status 2; a traceback is a bug in the kit.
 """
 import argparse
 import math
+import os
 import sys
 
 EXIT_USAGE = 2
@@ -47,7 +50,8 @@ positive_int.__name__, positive_float.__name__ = "positive integer", "positive n
 
 def parser():
     top = ArgumentParser(prog="python -m course",
-                         description="The course kit: pictures of the graph and of NT-Xent.")
+                         description="The course kit: exercises, a grader, pictures of the "
+                                     "graph and of NT-Xent.")
     verbs = top.add_subparsers(dest="verb", metavar="VERB", parser_class=ArgumentParser)
     verbs.required = True
     graph = verbs.add_parser("graph", help="draw the computation graph of a small demo",
@@ -73,7 +77,55 @@ def parser():
     picture.add_argument("--row", type=int, default=0, help="the row whose softmax is drawn "
                          "(0 .. 2N-1; default 0)")
     picture.add_argument("--seed", type=int, default=0, help="the made-up projections' seed")
+    handout = verbs.add_parser("handout", help="write a student's workspace: one file per "
+                               "exercise", description="One file per exercise, cut from the "
+                               "library's references, the blanks raising NotImplementedError.")
+    handout.add_argument("folder", metavar="DIR", help="the folder to write (made if missing)")
+    handout.add_argument("--solutions", action="store_true",
+                         help="write the filled-in files (for instructors and the kit's tests)")
+    check = verbs.add_parser("check", help="grade a student's folder",
+                             description="Grade each exercise (all, or those named; `capstone` "
+                                         "runs SimCLR steps with the student's ops): PASS or "
+                                         "FAIL with a hint, a score; exit 0 only if all pass.")
+    check.add_argument("folder", metavar="DIR", help="the student's folder")
+    check.add_argument("exercises", metavar="EXERCISE", nargs="*",
+                       help="exercises to grade (default: all but the capstone)")
+    check.add_argument("--json", metavar="FILE", help="also write the verdicts as JSON")
     return top
+
+
+def write_handout(args):
+    from .handout import write_handout as write
+
+    try:
+        paths = write(args.folder, solutions=args.solutions)
+    except (FileExistsError, OSError) as error:
+        raise UsageError(f"DIR {args.folder!r}: {error.strerror or error}"
+                         if not isinstance(error, FileExistsError) else str(error))
+    kind = "solutions" if args.solutions else "exercises"
+    print(f"wrote {len(paths)} {kind} in {args.folder}: {os.path.basename(paths[0])} .. "
+          f"{os.path.basename(paths[-1])}; grade them with python -m course check "
+          f"{args.folder}")
+
+
+def check_folder(args):
+    from .check import check_folder as grade, report, selected, write_json
+
+    if not os.path.isdir(args.folder):
+        raise UsageError(f"DIR {args.folder!r} is not a folder (write one with python -m course "
+                         f"handout DIR)")
+    try:
+        selected(args.exercises)
+    except ValueError as error:
+        raise UsageError(str(error))
+    verdicts = grade(args.folder, args.exercises)
+    print(report(verdicts))
+    if args.json:
+        try:
+            write_json(verdicts, args.json)
+        except OSError as error:
+            raise UsageError(f"--json {args.json!r}: cannot write it ({error.strerror or error})")
+    return 0 if all(verdict.passed for verdict in verdicts) else 1
 
 
 def draw_graph(args):
@@ -127,11 +179,12 @@ def write_text(text, path):
 def main(argv=None):
     try:
         args = parser().parse_args(argv)
-        {"graph": draw_graph, "nt-xent": draw_nt_xent}[args.verb](args)
+        verbs = {"graph": draw_graph, "nt-xent": draw_nt_xent, "handout": write_handout,
+                 "check": check_folder}
+        return verbs[args.verb](args) or 0
     except UsageError as error:
         print(f"python -m course: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    return 0
 
 
 if __name__ == "__main__":
