@@ -7,7 +7,7 @@ reference inside `with use_reference():`, else the kernel of the input's device,
 CPU room (cpu/) or the CUDA room (cuda/)."""
 from autograd import cat, stack
 
-from .dispatch import use_reference
+from .dispatch import use_implementation, use_reference
 from .activation import log_softmax, logsumexp, relu
 from .conv import conv2d
 from .linear import linear
@@ -17,4 +17,4 @@ from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 __all__ = ["linear", "conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
            "relu", "log_softmax", "logsumexp", "cross_entropy", "normalize", "cat", "stack",
-           "use_reference"]
+           "use_reference", "use_implementation"]

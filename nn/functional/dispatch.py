@@ -18,8 +18,13 @@ kernels to it.
 
     with use_reference():
         loss = model(x).sum()      # every conv2d, batch_norm, ... by its reference
+
+`use_implementation(conv2d=MyConv2d, ...)` does the same with your own Functions in place of
+the references of the families you name (a course's students run their ops in a ResNet so;
+course/capstone.py): see its docstring.
 """
 import contextlib
+import importlib
 import threading
 
 from autograd import Tensor
@@ -47,3 +52,64 @@ def reference_chosen():
 def on_gpu(x):
     """Whether x (a Tensor or an array) lives on a GPU: a CuPy array, for the CUDA room."""
     return device_of(x.data if isinstance(x, Tensor) else x) == "cuda"
+
+
+# op family -> (module, name of its reference Function there), for use_implementation
+FAMILIES = {
+    "conv2d": ("nn.functional.conv", "Conv2dReference"),
+    "batch_norm": ("nn.functional.normalization", "BatchNormReference"),
+    "linear": ("nn.functional.linear", "LinearReference"),
+    "max_pool2d": ("nn.functional.pooling", "MaxPool2dReference"),
+    "cross_entropy": ("nn.functional.loss", "CrossEntropy"),
+    "relu": ("nn.functional.activation", "ReLU"),
+    "log_softmax": ("nn.functional.activation", "LogSoftmax"),
+}
+_swap = {"owner": None}
+
+
+@contextlib.contextmanager
+def use_implementation(**functions):
+    """Run the named op families by the given Functions, every other one by its reference.
+
+        with use_implementation(conv2d=MyConv2d, batch_norm=MyBatchNorm):
+            loss = nt_xent(model(views))     # every conv2d by MyConv2d, ...
+
+    Each Function takes the reference's place, so it must take the reference's arguments
+    (the inputs its `apply` is given, the same keyword settings) and return what it returns:
+    a copy of the reference with your own forward or backward is the intended use. Families
+    (keyword: the reference it replaces): conv2d: Conv2dReference, batch_norm:
+    BatchNormReference, linear: LinearReference, max_pool2d: MaxPool2dReference,
+    cross_entropy: CrossEntropy, relu: ReLU, log_softmax: LogSoftmax.
+
+    How: inside the block use_reference() holds, and each named reference's name in its family's
+    module is bound to your Function (restored when the block ends), so the family's one
+    dispatcher (or its op, for relu and log_softmax, which have no other implementation) finds
+    yours where it would find the reference. Those bindings are the module's, seen by every
+    thread: one thread at a time may hold the block, and another thread's attempt is refused.
+    """
+    from autograd import Function
+    for family, function in functions.items():
+        if family not in FAMILIES:
+            raise ValueError(f"use_implementation: no op family {family!r}; expected some of "
+                             f"{', '.join(FAMILIES)}")
+        if not (isinstance(function, type) and issubclass(function, Function)):
+            raise TypeError(f"use_implementation: {family}={function!r} is not a Function "
+                            f"subclass (a class with static forward and backward)")
+    owner = threading.get_ident()
+    if _swap["owner"] not in (None, owner):
+        raise RuntimeError("use_implementation: another thread holds a swap; the swapped "
+                           "names are module-wide, so one thread at a time")
+    outer, _swap["owner"] = _swap["owner"], owner
+    previous = {}
+    try:
+        for family, function in functions.items():
+            module_name, name = FAMILIES[family]
+            module = importlib.import_module(module_name)
+            previous[family] = (module, name, getattr(module, name))
+            setattr(module, name, function)
+        with use_reference():
+            yield
+    finally:
+        for module, name, original in previous.values():
+            setattr(module, name, original)
+        _swap["owner"] = outer
