@@ -39,7 +39,8 @@ TOLERANCE = 1e-10
 LARS_SETTINGS = dict(lr=1.0, momentum=0.9, weight_decay=1e-6, eta=0.001)
 
 # (part, its exercise, the student's name for it); the first five are use_implementation's
-PARTS = (("conv2d", "conv2d", "Conv2dReference"), ("batch_norm", "batch-norm", "BatchNormReference"),
+PARTS = (("conv2d", "conv2d", "Conv2dReference"),
+         ("batch_norm", "batch-norm", "BatchNormReference"),
          ("linear", "linear", "LinearReference"), ("relu", "relu", "ReLU"),
          ("max_pool2d", "max-pool", "MaxPool2dReference"), ("nt_xent", "nt-xent", "NTXent"),
          ("lars", "lars", "LARS"))
@@ -67,7 +68,8 @@ def train(parts, batches):
     else:
         def loss_of(z):
             return nt_xent(z, TEMPERATURE)
-    swapped = {part: function for part, function in parts.items() if part not in ("nt_xent", "lars")}
+    swapped = {part: function for part, function in parts.items()
+               if part not in ("nt_xent", "lars")}
     losses = []
     with use_implementation(**swapped):
         for batch in batches:

@@ -1,8 +1,8 @@
 """The cases of the network-level exercises: im2col and col2im, conv2d, max pooling, batch
-norm, NT-Xent, the SGD and LARS updates, and the engine's topological sort and accumulation."""
+norm, NT-Xent, and the SGD and LARS updates (the engine's are in graders_engine.py)."""
 import numpy
 
-from autograd import Tensor, engine
+from autograd import Tensor
 from nn.functional import conv as library_conv
 from nn.functional.windows import output_size, pad2d
 
@@ -59,14 +59,16 @@ def conv2d(m):
                                  *t, stride=s, padding=p), make,
                              "dW = sum over the batch of dout[n] @ cols[n]^T (every image uses "
                              "the same filters); db = dout summed over n and the pixels; dx = "
-                             "col2im(W^T @ dout) with the padding cut off"))
+                             "col2im(W^T @ dout) with the padding cut off",
+                             names=("x", "weight", "bias")))
     return cases
 
 
 def max_pool(m):
     from nn.functional.pooling import MaxPool2dReference
     cases = []
-    for shape, k, s, p in (((2, 2, 4, 4), 2, 2, 0), ((1, 2, 7, 7), 3, 2, 1), ((2, 1, 5, 6), 3, 1, 1)):
+    for shape, k, s, p in (((2, 2, 4, 4), 2, 2, 0), ((1, 2, 7, 7), 3, 2, 1),
+                           ((2, 1, 5, 6), 3, 1, 1)):
         settings = dict(kernel_size=(k, k), stride=(s, s), padding=(p, p))
         cases.append(op_case(f"x {shape}, kernel {k}, stride {s}, padding {p}",
                              lambda x, st=settings: m.MaxPool2dReference.apply(x, **st),
@@ -74,7 +76,7 @@ def max_pool(m):
                              lambda rng, shape=shape: [tensor(rng, shape)],
                              "each window's g goes to its argmax alone; a pixel that is the "
                              "maximum of several overlapping windows gets the SUM (+=); cut the "
-                             "padding off at the end"))
+                             "padding off at the end", names=("x",)))
     settings = dict(kernel_size=(2, 2), stride=(1, 1), padding=(0, 0))
     cases.append(grads_case("an image of ties (every pixel 1), kernel 2, stride 1",
                             lambda x: m.MaxPool2dReference.apply(x, **settings),
@@ -116,8 +118,46 @@ def batch_norm(m):
                              "per channel over every axis but 1, n values each, sigma from the "
                              "BIASED variance as in forward; dgamma = sum(g x_hat), dbeta = "
                              "sum(g); mask g by out > 0 first when relu; evaluation: gamma g / "
-                             "sigma"))
+                             "sigma", names=("x", "gamma", "beta", "residual"),
+                             diagnose=batch_norm_diagnosis if train else None))
     return cases
+
+
+def batch_norm_diagnosis(inputs, student):
+    """Which known wrong formula the student's training-mode dx matches, in words, or None."""
+    tensors = [copy(t) for t in inputs]
+    out = student(*tensors)
+    upstream = numpy.random.default_rng(0).standard_normal(out.shape)
+    out.backward(upstream)
+    x, gamma = inputs[0].data, inputs[1].data
+    axes = (0,) + tuple(range(2, x.ndim))
+    gamma = gamma.reshape((1, -1) + (1,) * (x.ndim - 2))
+    n = x.size // x.shape[1]
+    x_hat = (x - x.mean(axis=axes, keepdims=True)) / numpy.sqrt(x.var(axis=axes, keepdims=True)
+                                                               + 1e-5)
+    sigma = numpy.sqrt(x.var(axis=axes, keepdims=True) + 1e-5)
+    masked = upstream * (out.data > 0) if len(inputs) == 4 else upstream
+
+    def formula(g, count, mean_term=True, x_hat_term=True):
+        total = g.sum(axis=axes, keepdims=True) if mean_term else 0
+        along = (g * x_hat).sum(axis=axes, keepdims=True) if x_hat_term else 0
+        return gamma / (count * sigma) * (count * g - total - x_hat * along)
+    variants = {
+        "the formula without its -sum(g) term (the mean of the gradient, from mu)":
+            formula(masked, n, mean_term=False),
+        "the formula without its -x_hat sum(g x_hat) term (from sigma)":
+            formula(masked, n, x_hat_term=False),
+        "gamma g / sigma: mu and sigma treated as constants (evaluation mode's formula)":
+            formula(masked, n, False, False),
+        "the formula with n - 1 values per channel (the unbiased count; forward divides by n)":
+            formula(masked, n - 1),
+        "the formula applied to g before the ReLU's mask": formula(upstream, n),
+    }
+    for words, dx in variants.items():
+        if tensors[0].grad is not None and numpy.allclose(tensors[0].grad, dx, rtol=1e-8,
+                                                          atol=1e-10):
+            return f"your dx equals {words}"
+    return None
 
 
 def nt_xent(m):
@@ -127,7 +167,8 @@ def nt_xent(m):
                     lambda z, t=t: library_nt_xent(z, t),
                     lambda rng, rows=rows, d=d: [tensor(rng, (rows, d))],
                     "D = g (p - onehot(pos)) / 2N; u meets itself twice in u u^T, so du = "
-                    "(D + D^T) u / T; then dz = (du - u (u . du)) / ||z|| row by row")
+                    "(D + D^T) u / T; then dz = (du - u (u . du)) / ||z|| row by row",
+                    names=("z",))
             for rows, d, t in ((4, 3, 0.5), (6, 5, 0.1), (8, 2, 1.0))]
 
 

@@ -8,7 +8,7 @@ autograd.gradcheck in float64 with a random upstream gradient of the grader's se
 """
 import numpy
 
-from autograd import Tensor, gradcheck
+from autograd import GradcheckError, Tensor, gradcheck
 from autograd.ops import arithmetic, elementwise, reduce
 
 from .grading import Case, Mismatch
@@ -40,13 +40,24 @@ def same(actual, expected, what, rtol=1e-10, atol=1e-12):
                        f"reference's {expected[worst]:.10g}")
 
 
-def op_case(label, student, library, make, hint, check_forward=True):
-    """A Case: inputs from make(rng), forward equal to the library's, then gradcheck."""
+def op_case(label, student, library, make, hint, names=(), diagnose=None):
+    """A Case: inputs from make(rng), forward equal to the library's, then gradcheck.
+
+    names: the inputs' names, put into gradcheck's message ("input 0 (x)"). diagnose(inputs,
+    student): when the check fails, a sentence saying which known mistake the student's
+    gradients match, if one does (None otherwise)."""
     def run(rng):
         inputs = make(rng)
-        if check_forward:
-            same(student(*inputs), library(*(copy(t) for t in inputs)), f"{label}: forward")
-        gradcheck(student, inputs, seed=int(rng.integers(1 << 30)))
+        same(student(*inputs), library(*(copy(t) for t in inputs)), f"{label}: forward")
+        try:
+            gradcheck(student, inputs, seed=int(rng.integers(1 << 30)))
+        except GradcheckError as error:
+            message = str(error)
+            for position, name in enumerate(names):
+                message = message.replace(f"input {position} (shape", f"input {position} "
+                                                                      f"({name}, shape")
+            found = diagnose(inputs, student) if diagnose else None
+            raise GradcheckError(message + (f"\n  diagnosis: {found}" if found else ""))
     return Case(label, run, hint)
 
 
@@ -86,7 +97,8 @@ def broadcast(m):
                                  lambda rng, a=a, b=b: [tensor(rng, a), tensor(rng, b)],
                                  f"{name}'s gradients must have the inputs' shapes: "
                                  f"{UNBROADCAST_HINT}" + (" (d(a*b)/da = b, d(a*b)/db = a)"
-                                                          if name == "mul" else "")))
+                                                          if name == "mul" else ""),
+                                 names=("a", "b")))
     cases.append(op_case("x * x (one tensor as both inputs)", lambda x: m.Mul.apply(x, x),
                          lambda x: arithmetic.Mul.apply(x, x), lambda rng: [tensor(rng, (3, 2))],
                          "each input's gradient is g times the OTHER input; the engine adds the "
@@ -95,10 +107,12 @@ def broadcast(m):
 
 
 def matmul(m):
-    hint = ("dA = dC @ B^T (n, m) @ (m, k) and dB = A^T @ dC (k, n) @ (n, m): the transpose goes on "
-            "the other operand, on the side where the inner sizes meet; batch axes unbroadcast")
+    hint = ("dA = dC @ B^T (n, m) @ (m, k) and dB = A^T @ dC (k, n) @ (n, m): the transpose "
+            "goes on the other operand, on the side where the inner sizes meet; batch axes "
+            "unbroadcast")
     cases = [op_case(f"{a} @ {b}", m.MatMul.apply, arithmetic.MatMul.apply,
-                     lambda rng, a=a, b=b: [tensor(rng, a), tensor(rng, b)], hint)
+                     lambda rng, a=a, b=b: [tensor(rng, a), tensor(rng, b)], hint,
+                     names=("a", "b"))
              for a, b in (((3, 4), (4, 5)), ((1, 3), (3, 1)), ((2, 3, 4), (4, 2)),
                           ((2, 1, 3, 4), (3, 4, 2)))]
     cases.append(op_case("x @ x", lambda x: m.MatMul.apply(x, x),
@@ -188,7 +202,8 @@ def linear(m):
             tensors = [tensor(rng, x), tensor(rng, (out, x[-1]))]
             return tensors + [tensor(rng, (out,))] if bias else tensors
         cases.append(op_case(f"x {x}, weight ({out}, {x[-1]}), {'a' if bias else 'no'} bias",
-                             m.LinearReference.apply, LinearReference.apply, make, hint))
+                             m.LinearReference.apply, LinearReference.apply, make, hint,
+                             names=("x", "weight", "bias")))
     return cases
 
 

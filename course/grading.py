@@ -151,6 +151,9 @@ def grade(exercise, number, path, cases_for):
         rng = numpy.random.default_rng([GRADER_SEED, number, index])
         failure = run_case(case, rng, path)
         if failure:
+            if ", line " not in failure:     # a wrong result, not an error: say where to look
+                failure += (f"\n  look at: {', '.join(label for _, label in exercise.blanks)} "
+                            f"in {os.path.basename(path)}")
             verdict.case, verdict.message, verdict.hint = case.label, failure, case.hint
             break
         verdict.cases += 1
