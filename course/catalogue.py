@@ -146,6 +146,14 @@ MISTAKES = (
         "trust_ratio(weight, grad, self.eta)",
         "            scaled_lr = self.lr * trust_ratio(weight, grad, self.eta)\n"
         "            grad = grad + self.weight_decay * weight"),), ("'conv.weight'",)),
+    M("engine", "the topological sort by recursion (as micrograd's): a deep graph overflows",
+      (("    order, visited = [], set()\n    stack = [(root, False)]\n",
+        "    order, visited = [], set()\n\n    def visit(tensor):\n"
+        "        if id(tensor) in visited or tensor._node is None:\n            return\n"
+        "        visited.add(id(tensor))\n        for parent in tensor._node.inputs:\n"
+        "            visit(parent)\n        order.append(tensor)\n"
+        "    visit(root)\n    return order\n    stack = [(root, False)]\n"),),
+      ("3000 ops deep", "RecursionError", "explicit stack")),
     M("engine", "the topological sort visits a shared node twice",
       (("        if id(tensor) in visited:\n            continue\n", ""),), ("twice",)),
     M("engine", "gradients meeting at a tensor overwrite each other instead of adding",

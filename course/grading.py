@@ -116,12 +116,13 @@ def load_student_module(path, exercise):
     name = f"course_student_{exercise.name.replace('-', '_')}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # as an import would (dataclasses, pickle look it up there)
     try:
         spec.loader.exec_module(module)
     except Exception as error:   # the student's code failed while importing: say where
+        sys.modules.pop(name, None)
         raise StudentFileError(f"{where(error, path)}: importing it raised "
                                f"{type(error).__name__}: {error}")
-    sys.modules.pop(name, None)
     return module
 
 

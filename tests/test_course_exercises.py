@@ -141,3 +141,11 @@ def test_handout_refuses_to_overwrite_and_check_refuses_an_unknown_exercise(blan
     assert "exists already" in capsys.readouterr().err
     assert main(["check", blanks, "softmax"]) == 2
     assert "no exercise 'softmax'" in capsys.readouterr().err
+
+
+def test_the_readme_lists_every_catalogued_mistake():
+    readme = open(os.path.join(os.path.dirname(handout.__file__), "README.md")).read()
+    assert f"`course/catalogue.py` lists {len(MISTAKES)}," in readme
+    flat = " ".join(readme.split())
+    for mistake in MISTAKES:
+        assert mistake.what in flat
