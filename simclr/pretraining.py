@@ -10,10 +10,12 @@ from (seed, 1, epoch), a step's augmentations from (seed, 2, step)), so a run re
 checkpoint continues exactly as if it had never stopped.
 """
 import sys
+from contextlib import contextmanager
 
 import numpy
 
-from autograd import Tensor
+import nn
+from autograd import Tensor, no_grad
 from autograd.backend import array_module
 from nn.distributed import average_gradients, same_on_every_rank
 from nn.layers import synchronize_batch_norm
@@ -25,7 +27,7 @@ from simclr.data import load_from_arguments
 from simclr.evaluate import encode, knn_accuracy
 from simclr.loss import nt_xent
 from simclr.model import build_model
-from simclr.pretraining_settings import transformations, validate
+from simclr.pretraining_settings import check_micro_batch, transformations, validate
 from simclr.training import distributed, loop
 
 
@@ -71,6 +73,7 @@ class Pretraining(loop.TrainingRun):
         self.images = self.splits.train.images
         super().__init__(config, xp, len(self.images), group)
         check_data(config, self.splits, self.steps_per_epoch)
+        check_micro_batch(config.get("micro_batch"), self.batch_size, self.size)
         self.model = build_model(config, self.images.shape[1]).to(device=self.device)
         if group is not None:
             synchronize_batch_norm(self.model, group)
@@ -95,7 +98,7 @@ class Pretraining(loop.TrainingRun):
         rows = None if self.group is None else (self.rank * self.local_batch, self.batch_size)
         loss = training_step(self.model, self.optimizer, self.augment, images, self.step_rng(),
                              self.schedule(self.step), self.config["temperature"], self.group,
-                             rows)
+                             rows, self.config.get("micro_batch"))
         self.step += 1
         return (loss,)
 
@@ -132,7 +135,7 @@ def check_data(config, splits, steps_per_epoch):
 
 
 def training_step(model, optimizer, augment, images, rng, lr, temperature, group=None,
-                  rows=None):
+                  rows=None, micro_batch=None):
     """One SimCLR step on a batch of uint8 images (N, H, W, 3); returns the loss, a 0-d array
     on the images' device (float(loss) reads it: on a GPU, after the step is done).
 
@@ -140,17 +143,83 @@ def training_step(model, optimizer, augment, images, rng, lr, temperature, group
     global batch: their views are those the whole batch would get, NT-Xent compares them with
     every rank's, batch norm takes the global batch's statistics (synchronize_batch_norm),
     and the gradients are averaged over the ranks before the update, which every rank then
-    makes alike (nn/distributed/collectives.py)."""
+    makes alike (nn/distributed/collectives.py).
+
+    micro_batch: M images (2M views) through the encoder at a time, by cached embedding
+    gradients (backward_in_micro_batches); None, or M = N, is the plain step. The views are
+    drawn for the whole batch at once either way, so the random streams do not depend on M."""
     xp = array_module(images)
     views = xp.concatenate(augment.pair(images, rng, rows))  # both views of each: (2N, 3, H, W)
-    loss = nt_xent(model(Tensor(views)), temperature, group)
     optimizer.zero_grad()
-    loss.backward()
+    if micro_batch is None or micro_batch == len(images):
+        loss = nt_xent(model(Tensor(views)), temperature, group)
+        loss.backward()
+    else:
+        loss = backward_in_micro_batches(model, views, temperature, micro_batch, group)
     if group is not None and group.size > 1:
         average_gradients(optimizer.params, group)
     optimizer.lr = lr
     optimizer.step()
     return loss.data
+
+
+def backward_in_micro_batches(model, views, temperature, micro_batch, group=None):
+    """NT-Xent over all the views (2N, 3, H, W) with the model run on 2M of them at a time;
+    returns the loss, having added its gradient to every parameter's .grad (Gao et al. 2021).
+
+    The loss L(z) couples every embedding z_i with every other (each is a negative of the
+    rest), but the model maps each micro-batch's views to its own rows of z. So, by the chain
+    rule, dL/dtheta = sum over micro-batches m of (dz_m/dtheta)^T g_m with g = dL/dz:
+        1. z for every micro-batch, without a graph (the memory of one micro-batch at a time);
+        2. L and g = dL/dz from z as a leaf: a small graph of (2N, d) rows;
+        3. each micro-batch again, with its graph, and backward from z_m with upstream g_m;
+           the parameters' gradients add up over the micro-batches.
+    Micro-batch k holds images kM .. kM + M - 1 and both their views (rows i and i + N of
+    `views`), so that it holds whole positive pairs.
+
+    Batch norm normalises each micro-batch by its own statistics (in a data-parallel run: the
+    k-th micro-batch of every rank together), the same in both passes, so that the two passes
+    compute the same z; its running statistics are updated in the second pass alone, once per
+    micro-batch (running_statistics_left_alone)."""
+    two_n = views.shape[0]
+    n = two_n // 2
+    pairs = views.reshape((2, n) + views.shape[1:])                   # (2, N, 3, H, W)
+    starts = range(0, n, micro_batch)
+
+    def views_of(start):                                             # (2M, 3, H, W)
+        chunk = pairs[:, start:start + micro_batch]
+        return Tensor(chunk.reshape((2 * chunk.shape[1],) + views.shape[1:]))
+    with no_grad(), running_statistics_left_alone(model):
+        z = [model(views_of(start)).data for start in starts]          # each (2M, d)
+    xp = array_module(views)
+    d = z[0].shape[1]
+    z = xp.concatenate([rows.reshape(2, -1, d) for rows in z], axis=1)  # (2, N, d)
+    z = Tensor(z.reshape(two_n, d), requires_grad=True)
+    loss = nt_xent(z, temperature, group)
+    loss.backward()
+    upstream = z.grad.reshape(2, n, d)                                # dL/dz, (2, N, d)
+    for start in starts:
+        rows = upstream[:, start:start + micro_batch]
+        model(views_of(start)).backward(rows.reshape(2 * rows.shape[1], d))
+    return loss
+
+
+@contextmanager
+def running_statistics_left_alone(model):
+    """Inside: the batch-norm layers of `model` normalise by the batch's statistics as in
+    training, but keep no running statistics and count no batch (F.batch_norm, given no running
+    statistics, keeps none); outside, each layer has its own arrays back, untouched."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    kept = [(layer.running_mean, layer.running_var, layer.num_batches_tracked)
+            for layer in layers]
+    try:
+        for layer in layers:
+            layer.running_mean = layer.running_var = None
+            layer.num_batches_tracked = numpy.zeros((), dtype="int64")  # a count thrown away
+        yield
+    finally:
+        for layer, (mean, var, count) in zip(layers, kept):
+            layer.running_mean, layer.running_var, layer.num_batches_tracked = mean, var, count
 
 
 def monitor_knn(model, train, held_out, max_train=10000):

@@ -21,7 +21,8 @@ from simclr.training.checkpoint import checkpoint_path, load_checkpoint
 # checkpoint. --max-steps is not inherited: a resumed run goes to the end unless it is given again.
 RESUMABLE_OVERRIDES = {"backend": "numpy", "knn_every": 0}
 # What else a resumed run may be given anew (see resolve_config)
-CHANGEABLE_ON_RESUME = {"backend", "knn_every", "out", "max_steps", "data_dir", "download", "epochs"}
+CHANGEABLE_ON_RESUME = {"backend", "knn_every", "out", "max_steps", "data_dir", "download", "epochs",
+                        "micro_batch"}
 
 
 def parse_args(argv=None):
@@ -34,6 +35,17 @@ def parse_args(argv=None):
     parser.add_argument("--cifar-stem", action=argparse.BooleanOptionalAction, default=None,
                         help="3x3 stride-1 first conv and no max-pool (default: on for images <= 32 px)")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--micro-batch", type=int, default=None, metavar="M",
+                        help="run the encoder on M images (2M views) at a time, for big batches "
+                             "on small memory: NT-Xent, its negatives and the update stay those "
+                             "of the whole --batch-size, through cached embedding gradients "
+                             "(one more forward pass); with --distributed, M of each rank's "
+                             "share. Batch norm then normalises each micro-batch by its own "
+                             "statistics, as data-parallel training without global batch norm "
+                             "does (a batch of M, not of --batch-size, for its noise and its "
+                             "regularisation), and updates its running statistics once per "
+                             "micro-batch. Default: the whole batch at once. May be changed on "
+                             "--resume (it changes memory and batch norm's groups)")
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--optimizer", choices=["lars", "sgd"], default="lars")
     parser.add_argument("--lr", type=float, default=1.0,
@@ -57,7 +69,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the run saved in DIR with its saved settings, in DIR or "
                              "in --out (a new folder); only --epochs (to extend it), --max-steps, "
-                             "--knn-every, --backend, --threads, --data-dir may be given anew")
+                             "--knn-every, --backend, --threads, --data-dir, --micro-batch may be "
+                             "given anew")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop (with a checkpoint) after this many steps in all, at least 1; "
                              "the schedule still spans --epochs (for smoke runs and tests)")
@@ -87,7 +100,8 @@ def resolve_config(args, given=None):
     not make it another run: where it runs (--backend, --threads), where it writes (--out: the
     run continues there, its history copied, the resumed folder left as it was), where its data
     lies (--data-dir, --download), how far it goes (--epochs, to extend it; --max-steps) and
-    what it monitors (--knn-every). Any other setting given with a value other than the saved
+    what it monitors (--knn-every), and how much of the batch the encoder takes at a time
+    (--micro-batch: memory, and the groups batch norm normalises over). Any other setting given with a value other than the saved
     one is refused, naming it: it would silently be ignored, or make a different run."""
     values = vars(args)
     if given is None:
@@ -107,7 +121,8 @@ def resolve_config(args, given=None):
                        given - CHANGEABLE_ON_RESUME - {"resume", "threads", "distributed"})
     config["out"] = values["out"] if "out" in given else source
     config["max_steps"] = values["max_steps"]
-    for key in ("data_dir", "download", "epochs"):
+    config.setdefault("micro_batch", None)  # saved before --micro-batch existed
+    for key in ("data_dir", "download", "epochs", "micro_batch"):
         if key in given:
             config[key] = values[key]
     for key in RESUMABLE_OVERRIDES:
@@ -128,6 +143,7 @@ def validate(config):
         cli.positive_number("--" + key, config[key])
     for key in ("weight_decay", "color_strength"):
         cli.non_negative_number("--" + key.replace("_", "-"), config[key])
+    check_micro_batch(config.get("micro_batch"), config["batch_size"])
     cli.at_least("--proj-dim", config["proj_dim"], 1)
     cli.at_least("--seed", config["seed"], 0)
     if config["max_steps"] is not None:
@@ -143,6 +159,20 @@ def validate(config):
         raise UsageError(f"--warmup-epochs must lie in [0, --epochs {config['epochs']}], got {warmup}")
     transformations(config)
     cli.require_backend(config["backend"])
+
+
+def check_micro_batch(micro_batch, batch, ranks=1):
+    """Refuse a --micro-batch that does not split each rank's share of the batch (`batch`
+    images over `ranks`) into whole micro-batches; None (the plain step) passes."""
+    if micro_batch is None:
+        return
+    cli.at_least("--micro-batch", micro_batch, 1)
+    share = batch // ranks
+    if share % micro_batch:
+        where = (f"--batch-size {batch}" if ranks == 1 else
+                 f"the {share} images of each of the {ranks} ranks (--batch-size {batch})")
+        raise UsageError(f"--micro-batch {micro_batch} does not divide {where}: give a "
+                         f"divisor of {share}")
 
 
 def transformations(config):

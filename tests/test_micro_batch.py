@@ -1,0 +1,196 @@
+"""Big batches on small memory (--micro-batch M): NT-Xent over the whole batch with the encoder
+run on M images at a time, by cached embedding gradients (simclr.pretraining.
+backward_in_micro_batches).
+
+The claim, in float64 to 1e-10: a micro-batched step is the full-batch step (loss, every
+gradient, the weights after LARS, batch norm's running statistics and counts) of a network
+whose batch norm normalises each group of M images by the group's statistics. The reference
+here builds that network's step as one graph: the model run on each group with its graph, the
+embeddings put back in the batch's order, one NT-Xent and one backward. Batch norm is the only
+layer that mixes images, so this is the full-batch step with grouped batch norm, made without
+cached gradients. The same holds for 2 ranks (threads, and real MPI processes), each
+micro-batching its share, where the groups are the k-th micro-batch of every rank together
+(global batch norm). Then the program: its mistakes are one line naming --micro-batch, a
+run resumes with another M, Ctrl-C inside a micro-batched step saves whole steps only.
+"""
+import os
+
+import numpy
+import pytest
+
+import nn
+from autograd import Tensor, cat
+from nn.distributed import LocalWorld
+from nn.layers import synchronize_batch_norm
+from nn.optim import LARS
+from simclr import pretraining, train
+from simclr.cli import UsageError
+from simclr.loss import nt_xent
+from simclr.pretraining_settings import check_micro_batch
+from helpers import relative_error
+
+TOLERANCE = 1e-10
+IMAGES = 8                     # per step; both views of each, 8 x 8 px
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread(threads):
+    """One CPU thread: every sum in one order (the ranks of LocalWorld are threads already)."""
+    from nn.runtime import threads as cpu_threads
+    cpu_threads.set_num_threads(1)
+
+
+def _model():
+    from simclr.model import SimCLR
+    model = SimCLR(nn.resnet18(cifar_stem=True, width=0.0625, zero_init_residual=False, rng=0),
+                   proj_dim=16, rng=numpy.random.default_rng(1))
+    return model.to(dtype="float64")
+
+
+def _views(images=IMAGES, steps=2):
+    """Both views of `images` images for each of `steps` steps: (steps, 2, images, 3, 8, 8)."""
+    return numpy.random.default_rng(3).random((steps, 2, images, 3, 8, 8))
+
+
+class FixedViews:
+    """An augmentation that returns given views, so that a test can choose each rank's."""
+
+    def __init__(self, views):
+        self.views = views                                    # (2, N, 3, H, W)
+
+    def pair(self, images, rng, rows=None):
+        return self.views[0], self.views[1]
+
+
+def _results(model, optimizer, losses):
+    """What a test compares: the losses, the gradients before the last update, the buffers
+    (running statistics and counts) and the weights after it."""
+    return (numpy.array(losses), [p.grad.copy() for p in optimizer.params],
+            {name: numpy.array(b) for name, b in model.named_buffers()},
+            [p.data.copy() for p in model.parameters()])
+
+
+def _micro_batched_steps(views, micro_batch, group=None):
+    """training_step, as the program runs it, on each step's fixed views (this rank's)."""
+    model = _model()
+    if group is not None:
+        synchronize_batch_norm(model, group)
+    optimizer = LARS(model.named_parameters(), lr=0.0, weight_decay=1e-4)
+    images = numpy.zeros((views.shape[2], 1, 1, 3), dtype=numpy.uint8)   # only their count
+    losses = [float(pretraining.training_step(model, optimizer, FixedViews(step_views), images,
+                                              None, 0.5, 0.5, group, None, micro_batch))
+              for step_views in views]
+    return _results(model, optimizer, losses)
+
+
+def _grouped_batch_norm_steps(views, groups):
+    """The reference: the full-batch step of the network whose batch norm normalises each
+    group of images (a list of image indices) by its own statistics, as one graph."""
+    model = _model()
+    optimizer = LARS(model.named_parameters(), lr=0.0, weight_decay=1e-4)
+    n = views.shape[2]
+    losses = []
+    for step_views in views:
+        all_views = step_views.reshape((2 * n,) + step_views.shape[2:])       # (2N, 3, H, W)
+        rows = [numpy.concatenate([group, group + n]) for group in groups]    # both views
+        z = cat([model(Tensor(all_views[r])) for r in rows])                  # groups' order
+        z = z[numpy.argsort(numpy.concatenate(rows))]                          # batch's order
+        loss = nt_xent(z, 0.5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.lr = 0.5
+        optimizer.step()
+        losses.append(float(loss.data))
+    return _results(model, optimizer, losses)
+
+
+def _compare(ours, reference):
+    """Losses, buffers to 1e-10 relative; gradients and weights relative to the largest of all
+    (a bias before a batch norm has a gradient of 0 analytically: its own relative error means
+    nothing)."""
+    losses, grads, buffers, weights = reference
+    assert relative_error(ours[0], losses) < TOLERANCE, "loss"
+    for name, buffer in buffers.items():
+        assert relative_error(ours[2][name], buffer) < TOLERANCE, name
+    scale = max(numpy.abs(g).max() for g in grads)
+    weight_scale = max(numpy.abs(w).max() for w in weights)
+    for index, (mine, theirs) in enumerate(zip(ours[1], grads)):
+        assert numpy.abs(mine - theirs).max() < TOLERANCE * scale, f"gradient {index}"
+    for index, (mine, theirs) in enumerate(zip(ours[3], weights)):
+        assert numpy.abs(mine - theirs).max() < TOLERANCE * weight_scale, f"weight {index}"
+
+
+def _groups_of(micro_batch, images=IMAGES):
+    return [numpy.arange(start, start + micro_batch) for start in range(0, images, micro_batch)]
+
+
+@pytest.mark.parametrize("micro_batch", [2, 4])
+def test_a_micro_batched_step_equals_the_full_batch_step_with_batch_norm_per_group(micro_batch):
+    """Two LARS steps: the loss, every gradient, the weights, the running statistics and
+    num_batches_tracked (once per micro-batch: the first pass leaves them alone)."""
+    views = _views()
+    _compare(_micro_batched_steps(views, micro_batch),
+             _grouped_batch_norm_steps(views, _groups_of(micro_batch)))
+
+
+def test_a_micro_batch_of_the_whole_batch_is_the_plain_step_bit_for_bit():
+    views = _views()
+    plain, whole = _micro_batched_steps(views, None), _micro_batched_steps(views, IMAGES)
+    assert numpy.array_equal(plain[0], whole[0])
+    for a, b in zip(plain[1] + plain[3] + list(plain[2].values()),
+                    whole[1] + whole[3] + list(whole[2].values())):
+        assert numpy.array_equal(a, b)
+
+
+def test_micro_batches_differ_from_the_plain_step_only_through_batch_norms_groups():
+    """The check above has something to see: with M < N the step is not the plain one (batch
+    norm's groups), and the plain step is the reference with one group."""
+    views = _views(steps=1)
+    plain = _micro_batched_steps(views, None)
+    _compare(plain, _grouped_batch_norm_steps(views, _groups_of(IMAGES)))
+    assert relative_error(_micro_batched_steps(views, 2)[0], plain[0]) > 1e-6
+
+
+def _rank_groups(micro_batch, size, images=IMAGES):
+    """The k-th micro-batch of every rank's share, together: batch norm's groups when the
+    ranks share its statistics."""
+    share = images // size
+    return [numpy.concatenate([numpy.arange(rank * share + start, rank * share + start
+                                            + micro_batch) for rank in range(size)])
+            for start in range(0, share, micro_batch)]
+
+
+def test_two_ranks_each_micro_batching_their_share_equal_one_process():
+    """Two ranks (threads) of 4 images, M = 2 on each, global batch norm, gathered negatives:
+    the loss of the global batch, gradients, running statistics and weights of one process
+    with the groups of 2 x 2 images that the ranks' micro-batches make together."""
+    views = _views()
+    ranks = LocalWorld(2).run(lambda comm: _micro_batched_steps(
+        views[:, :, comm.rank * 4:(comm.rank + 1) * 4], 2, comm))
+    reference = _grouped_batch_norm_steps(views, _rank_groups(2, 2))
+    mean_loss = numpy.mean([r[0] for r in ranks], axis=0)
+    for rank in ranks:
+        _compare((mean_loss,) + rank[1:], reference)
+
+
+def test_micro_batch_mistakes_are_one_line_naming_the_flag():
+    with pytest.raises(UsageError, match=r"^--micro-batch must be at least 1, got 0$"):
+        check_micro_batch(0, 16)
+    with pytest.raises(UsageError, match=r"^--micro-batch 5 does not divide --batch-size 16: "
+                                         r"give a divisor of 16$"):
+        check_micro_batch(5, 16)
+    with pytest.raises(UsageError, match=r"^--micro-batch 16 does not divide the 8 images of "
+                                         r"each of the 2 ranks \(--batch-size 16\): give a "
+                                         r"divisor of 8$"):
+        check_micro_batch(16, 16, ranks=2)
+    check_micro_batch(4, 16, ranks=2)
+    check_micro_batch(None, 16)
+
+
+def test_the_program_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_path, capsys):
+    status = train.main(["--dataset", "synthetic", "--synthetic-size", "48", "--batch-size",
+                         "16", "--micro-batch", "3", "--out", str(tmp_path / "run")])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err == ("python -m simclr.train: error: --micro-batch 3 does not divide "
+                   "--batch-size 16: give a divisor of 16\n")
