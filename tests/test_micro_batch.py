@@ -13,7 +13,9 @@ micro-batching its share, where the groups are the k-th micro-batch of every ran
 (global batch norm). Then the program: its mistakes are one line naming --micro-batch, a
 run resumes with another M, Ctrl-C inside a micro-batched step saves whole steps only.
 """
+import json
 import os
+import signal
 
 import numpy
 import pytest
@@ -27,7 +29,10 @@ from simclr import pretraining, train
 from simclr.cli import UsageError
 from simclr.loss import nt_xent
 from simclr.pretraining_settings import check_micro_batch
+from simclr.training.interrupts import Interrupted
 from helpers import relative_error
+from test_distributed_mpi import TESTS, mpiexec, needs_mpi
+from test_train import assert_same_run, parameters, resume, run
 
 TOLERANCE = 1e-10
 IMAGES = 8                     # per step; both views of each, 8 x 8 px
@@ -173,6 +178,21 @@ def test_two_ranks_each_micro_batching_their_share_equal_one_process():
         _compare((mean_loss,) + rank[1:], reference)
 
 
+@needs_mpi
+def test_two_mpi_ranks_each_micro_batching_their_share_equal_one_process(tmp_path):
+    """The same as above over real MPI processes (tests/mpi/micro_batch_steps.py)."""
+    finished = mpiexec(2, os.path.join(TESTS, "mpi", "micro_batch_steps.py"), str(tmp_path))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    ranks = [numpy.load(tmp_path / f"rank{rank}.npz") for rank in range(2)]
+    reference = _grouped_batch_norm_steps(_views(), _rank_groups(2, 2))
+    mean_loss = numpy.mean([r["losses"] for r in ranks], axis=0)
+    count = len(reference[1])
+    for r in ranks:
+        _compare((mean_loss, [r[f"grad{i}"] for i in range(count)],
+                  {name: r[f"buffer:{name}"] for name in reference[2]},
+                  [r[f"weight{i}"] for i in range(len(reference[3]))]), reference)
+
+
 def test_micro_batch_mistakes_are_one_line_naming_the_flag():
     with pytest.raises(UsageError, match=r"^--micro-batch must be at least 1, got 0$"):
         check_micro_batch(0, 16)
@@ -194,3 +214,71 @@ def test_the_program_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_pa
     err = capsys.readouterr().err
     assert err == ("python -m simclr.train: error: --micro-batch 3 does not divide "
                    "--batch-size 16: give a divisor of 16\n")
+
+
+# ----- the program -------------------------------------------------------------------------
+
+def _losses(out):
+    return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+
+
+def test_the_views_of_a_step_are_drawn_once_whatever_the_micro_batch(tmp_path, monkeypatch):
+    """The random streams of a run do not depend on M: every step draws its two views once,
+    for the whole batch, and the same ones with M = 4, 8 or none."""
+    from simclr.augment import SimCLRAugment
+    real_pair, drawn = SimCLRAugment.pair, []
+
+    def recording_pair(self, *args, **kwargs):
+        views = real_pair(self, *args, **kwargs)
+        drawn.append(numpy.concatenate(views))
+        return views
+    monkeypatch.setattr(SimCLRAugment, "pair", recording_pair)
+    draws = {}
+    for micro_batch in (None, 4, 8):
+        drawn.clear()
+        extra = [] if micro_batch is None else ["--micro-batch", str(micro_batch)]
+        run(tmp_path / f"m{micro_batch}", "--max-steps", "2", *extra)
+        draws[micro_batch] = list(drawn)
+    assert len(draws[None]) == 2
+    for micro_batch in (4, 8):
+        assert len(draws[micro_batch]) == 2
+        for ours, plain in zip(draws[micro_batch], draws[None]):
+            assert numpy.array_equal(ours, plain)
+
+
+def test_a_micro_batched_run_resumes_bitwise_and_may_change_m_on_resume(tmp_path):
+    """Stopped after 2 of 6 steps and resumed with the same M: the run that never stopped, bit
+    for bit. Resumed with another M: the run goes on to its end with the new M saved (batch
+    norm's groups change, so its later losses are close to, not equal to, the first run's)."""
+    run(tmp_path / "whole", "--micro-batch", "4")
+    run(tmp_path / "parts", "--micro-batch", "4", "--max-steps", "2")
+    resume(tmp_path / "parts")
+    assert_same_run(tmp_path / "whole", tmp_path / "parts")
+    run(tmp_path / "changed", "--micro-batch", "4", "--max-steps", "2")
+    resume(tmp_path / "changed", "--micro-batch", "8")
+    assert json.load(open(tmp_path / "changed" / "config.json"))["micro_batch"] == 8
+    whole, changed = _losses(tmp_path / "whole"), _losses(tmp_path / "changed")
+    assert len(changed) == 6 and changed[:2] == whole[:2]
+    assert changed[2:] != whole[2:] and relative_error(changed, whole) < 0.1
+
+
+def test_ctrl_c_inside_a_micro_batched_step_saves_that_whole_step_and_resumes_exactly(
+        tmp_path, monkeypatch):
+    """SIGINT arrives between the two passes of step 4: the step is finished (every
+    micro-batch), saved, and the resumed run is the run that never stopped, bit for bit."""
+    run(tmp_path / "whole", "--micro-batch", "4")
+    real_loss, calls = pretraining.nt_xent, []
+
+    def interrupted_loss(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args)
+    monkeypatch.setattr(pretraining, "nt_xent", interrupted_loss)
+    with pytest.raises(Interrupted) as stopped:
+        run(tmp_path / "parts", "--micro-batch", "4")
+    assert stopped.value.saved
+    monkeypatch.setattr(pretraining, "nt_xent", real_loss)
+    assert parameters(tmp_path / "parts")[2] == 4
+    resume(tmp_path / "parts")
+    assert_same_run(tmp_path / "whole", tmp_path / "parts")
