@@ -282,3 +282,29 @@ def test_ctrl_c_inside_a_micro_batched_step_saves_that_whole_step_and_resumes_ex
     assert parameters(tmp_path / "parts")[2] == 4
     resume(tmp_path / "parts")
     assert_same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+# Kernel launches of one micro-batch of a micro-batched ResNet-50 step on the rehearsal (CIFAR
+# stem, both views augmented once for the whole batch): its forward pass without the graph, its
+# forward and backward with it, its share of the augmentation, the loss and LARS. About a third
+# more than a plain step of the same images (tests/test_device_path.py), the first pass's.
+RESNET50_MICRO_BATCH_LAUNCH_BUDGET = 1350
+
+
+def test_a_micro_batched_resnet50_step_takes_the_device_path_per_micro_batch_without_syncs():
+    """--backend cupy runs the same code: on the rehearsal, a step of 4 images in micro-batches
+    of 2 never waits for the device, and launches at most the budget per micro-batch."""
+    from bench.rehearsal import rehearsal
+    from test_device_path import _step_parts
+    with rehearsal() as device:
+        model, optimizer, augment, images = _step_parts(device)
+        for step in range(2):  # the first step makes the momentum buffers
+            before = device.snapshot()
+            loss = pretraining.training_step(model, optimizer, augment, images,
+                                             numpy.random.default_rng(step), 0.1, 0.5,
+                                             micro_batch=2)
+        launches, syncs, _ = (now - then for now, then in zip(device.snapshot(), before))
+        assert syncs == 0, f"the step waited for the device: {device.sync_sites}"
+        assert launches <= 2 * RESNET50_MICRO_BATCH_LAUNCH_BUDGET, \
+            sorted(device.by_name.items(), key=lambda kv: -kv[1])[:20]
+        assert numpy.isfinite(float(loss))
