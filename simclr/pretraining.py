@@ -4,6 +4,8 @@ training loop (simclr/training/loop.py) from the settings of python -m simclr.tr
 One step: a batch of N images -> two augmented views each -> encoder and head on the 2N views
 -> NT-Xent -> backward -> LARS (or SGD) update, at the learning rate the warm-up + cosine
 schedule gives for this step. Defaults are the official CIFAR-10 recipe (docs/SIMCLR.md, Recipe).
+With --micro-batch M the encoder takes M images at a time and NT-Xent is still the whole batch's
+(backward_in_micro_batches; docs/SIMCLR.md, "Big batches on small memory").
 
 Everything random is derived from --seed and the position in training (the epoch's batch order
 from (seed, 1, epoch), a step's augmentations from (seed, 2, step)), so a run resumed from its

@@ -207,6 +207,18 @@ def test_micro_batch_mistakes_are_one_line_naming_the_flag():
     check_micro_batch(None, 16)
 
 
+@needs_mpi
+def test_two_ranks_refuse_a_micro_batch_that_does_not_divide_a_ranks_share(tmp_path):
+    bad = mpiexec(2, "-m", "simclr.train", "--dataset", "synthetic", "--synthetic-size", "48",
+                  "--arch", "resnet18", "--width", "0.0625", "--epochs", "1", "--batch-size",
+                  "16", "--micro-batch", "16", "--distributed", "--out", str(tmp_path / "bad"),
+                  timeout=120)
+    assert bad.returncode == 2
+    lines = [line for line in bad.stderr.splitlines() if line.startswith("python -m")]
+    assert lines == ["python -m simclr.train: error: --micro-batch 16 does not divide the 8 "
+                     "images of each of the 2 ranks (--batch-size 16): give a divisor of 8"]
+
+
 def test_the_program_refuses_a_micro_batch_that_does_not_divide_the_batch(tmp_path, capsys):
     status = train.main(["--dataset", "synthetic", "--synthetic-size", "48", "--batch-size",
                          "16", "--micro-batch", "3", "--out", str(tmp_path / "run")])
