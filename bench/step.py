@@ -26,6 +26,10 @@ most bytes in live arrays at once (model and optimiser state included), and "GPU
 the library's memory pool holds from the device (device_memory_mib in bench/common.py).
 bench/gpu_check.sh runs this on a lent GPU.
 
+--micro-batch M times our step as simclr.train --micro-batch M runs it (the encoder on M images
+at a time: one more forward pass, whose FLOPs the GFLOP/s column leaves out, counting the work
+of the plain step). bench/micro_batch.py tabulates it against the plain step.
+
 Each side fails alone: a side whose process fails, or runs past --side-timeout, is named in the
 report's last lines and in the JSON ("failed": its exit status and the last lines of its
 stderr), and the other sides are still measured; the exit status is then 1.
@@ -56,6 +60,9 @@ def parse_args(argv=None):
     parser.add_argument("--image-size", type=int, default=None,
                         help="image side in pixels (default 32 with the CIFAR stem, else 224)")
     parser.add_argument("--batch-size", type=int, default=32, help="N images, 2N views per step")
+    parser.add_argument("--micro-batch", type=int, default=None, metavar="M",
+                        help="ours: the step of simclr.train --micro-batch M (the encoder on M "
+                             "images at a time, one more forward pass; bench/micro_batch.py)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=1,
@@ -82,6 +89,12 @@ def parse_args(argv=None):
                          f"got {getattr(args, name)}")
     if args.width <= 0:
         parser.error(f"--width must be positive, got {args.width}")
+    if args.micro_batch is not None and (args.micro_batch < 1
+                                         or args.batch_size % args.micro_batch):
+        parser.error(f"--micro-batch {args.micro_batch}: expected a divisor of --batch-size "
+                     f"{args.batch_size}")
+    if args.micro_batch is not None and args.compare != "none":
+        parser.error(f"--micro-batch {args.micro_batch} times our step only: give --compare none")
     if args.image_size is None:
         args.image_size = 32 if args.cifar_stem else 224
     return args
@@ -127,7 +140,7 @@ def build_ours(args):
 
     def step():
         losses.append(training_step(model, optimizer, views, images, rng, LEARNING_RATE,
-                                    TEMPERATURE))
+                                    TEMPERATURE, micro_batch=args.micro_batch))
 
     return SimpleNamespace(xp=xp, device=device, sync=synchronizer(args.backend), rng=rng,
                            images=images, augment=augment, model=model, optimizer=optimizer,

@@ -320,3 +320,16 @@ def test_a_micro_batched_resnet50_step_takes_the_device_path_per_micro_batch_wit
         assert launches <= 2 * RESNET50_MICRO_BATCH_LAUNCH_BUDGET, \
             sorted(device.by_name.items(), key=lambda kv: -kv[1])[:20]
         assert numpy.isfinite(float(loss))
+
+
+def test_bench_micro_batch_tabulates_the_micro_batched_step_beside_the_plain_ones(capsys):
+    """python -m bench.micro_batch on a tiny model: one row per batch with images/s and peak
+    memory of the micro-batched step, the plain step of B and the plain step of M."""
+    from bench import micro_batch
+    assert micro_batch.main(["--archs", "resnet18", "--width", "0.0625", "--batches", "8",
+                             "--micro-batch", "4", "--plain-up-to", "8", "--steps", "1",
+                             "--warmup", "0", "--threads", "1"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines()
+           if line.startswith("| resnet18")]
+    assert len(row) == 1 and "failed" not in row[0] and row[0].count("%") == 1
+    assert row[0].rstrip(" |").endswith("x")
