@@ -25,6 +25,16 @@ CHANGEABLE_ON_RESUME = {"backend", "knn_every", "out", "max_steps", "data_dir", 
                         "micro_batch"}
 
 
+MICRO_BATCH_HELP = (
+    "run the encoder on M images (2M views) at a time, for big batches on small memory: NT-Xent, "
+    "its negatives and the update stay those of the whole --batch-size, through cached embedding "
+    "gradients (one more forward pass); with --distributed, M of each rank's share. Batch norm "
+    "then normalises each micro-batch by its own statistics, as data-parallel training without "
+    "global batch norm does (a batch of M, not of --batch-size, for its noise and its "
+    "regularisation), and updates its running statistics once per micro-batch. Default: the "
+    "whole batch at once. May be changed on --resume (it changes memory and batch norm's groups)")
+
+
 def parse_args(argv=None):
     parser = cli.ArgumentParser(prog="python -m simclr.train", description="SimCLR pre-training.")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None,
@@ -36,16 +46,7 @@ def parse_args(argv=None):
                         help="3x3 stride-1 first conv and no max-pool (default: on for images <= 32 px)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--micro-batch", type=int, default=None, metavar="M",
-                        help="run the encoder on M images (2M views) at a time, for big batches "
-                             "on small memory: NT-Xent, its negatives and the update stay those "
-                             "of the whole --batch-size, through cached embedding gradients "
-                             "(one more forward pass); with --distributed, M of each rank's "
-                             "share. Batch norm then normalises each micro-batch by its own "
-                             "statistics, as data-parallel training without global batch norm "
-                             "does (a batch of M, not of --batch-size, for its noise and its "
-                             "regularisation), and updates its running statistics once per "
-                             "micro-batch. Default: the whole batch at once. May be changed on "
-                             "--resume (it changes memory and batch norm's groups)")
+                        help=MICRO_BATCH_HELP)
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--optimizer", choices=["lars", "sgd"], default="lars")
     parser.add_argument("--lr", type=float, default=1.0,
