@@ -103,23 +103,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
     both values and the tolerance.
     """
     inputs = _checked_inputs(inputs)
-    out = fn(*inputs)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"gradcheck: fn returned a {type(out).__name__}, expected a Tensor")
-    xp = array_module(out.data)
-    upstream = xp.asarray(numpy.random.default_rng(seed).standard_normal(out.shape))
-    saved_grads = [t.grad for t in inputs]
-    for t in inputs:
-        t.grad = None
-    try:
-        if out.requires_grad:
-            out.backward(upstream)
-        analytic = [None if not t.requires_grad else
-                    (t.grad if t.grad is not None else xp.zeros(t.shape, dtype=t.dtype))
-                    for t in inputs]
-    finally:
-        for t, g in zip(inputs, saved_grads):
-            t.grad = g
+    upstream, analytic = _backward_grads(fn, inputs, seed)
     numeric = numerical_grad(fn, inputs, upstream, eps)
 
     for position, (t, a, n) in enumerate(zip(inputs, analytic, numeric)):
