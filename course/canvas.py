@@ -1,29 +1,17 @@
 """What the kit's pictures are drawn with: Pillow alone, a few primitives (text, boxes, arrows,
-a diverging colour scale, hatching for a masked cell)."""
-import functools
+a diverging colour scale, hatching for a masked cell) on the charts' fonts, sizes and text colour
+(simclr/plot/drawing.py)."""
 import math
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-TEXT, LINE, MUTED = (25, 25, 25), (110, 110, 110), (150, 150, 150)
+from simclr.plot.drawing import LARGE, NORMAL, SMALL, TEXT, font, line_height  # noqa: F401
+
+LINE, MUTED = (110, 110, 110), (150, 150, 150)
 LEAF, PARAMETER = (219, 233, 246), (253, 226, 196)    # light blue, light orange
 CONSTANT, OPERATION = (236, 236, 236), (255, 255, 255)
 HIGHLIGHT = (213, 94, 0)                  # orange (Okabe & Ito): the positives
 MASKED, HATCH = (225, 225, 225), (175, 175, 175)
-SMALL, NORMAL, LARGE = 12, 14, 17         # font sizes in pixels
-
-
-@functools.lru_cache(maxsize=None)
-def font(size=NORMAL):
-    """Pillow's own scalable font at `size` px (Pillow >= 10.1 with FreeType), else its bitmap."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):
-        return ImageFont.load_default()
-
-
-def line_height(size=NORMAL):
-    return font(size).getbbox("Ag")[3] + 3
 
 
 def text_size(text, size=NORMAL):
