@@ -48,6 +48,30 @@ def window_slices(kernel, stride, out_size):
                          slice(j, j + sw * (Wo - 1) + 1, sw))
 
 
+
+def running_maximum(padded, best, offset, kernel, stride, out_size):
+    """Max pooling without stacking the windows, on either device: best[..., p, q] = the maximum
+    of each window of `padded` (..., Hp, Wp), and offset = i*kw + j, the kernel offset that
+    holds it, written into `best` and `offset` (..., Ho, Wo). One window offset at a time: its
+    strided view compared with the maximum so far; strict >, so a later equal value leaves the
+    first maximum in place; NaN wins (numpy's and CuPy's maximum), so it reaches the output."""
+    xp = array_module(padded)
+    windows = window_slices(kernel, stride, out_size)
+    best[...] = padded[next(windows)[2]]                             # offset (0, 0)
+    offset[...] = 0
+    for i, j, window in windows:
+        candidate = padded[window]
+        xp.copyto(offset, i * kernel[1] + j, where=candidate > best)
+        xp.maximum(best, candidate, out=best)
+
+
+def offsets_to_last_nan(padded, nan, offset, kernel, stride, out_size):
+    """Where a window's maximum is NaN (`nan`), its offset becomes that of the window's last
+    NaN, where PyTorch sends the gradient."""
+    xp = array_module(padded)
+    for i, j, window in window_slices(kernel, stride, out_size):
+        xp.copyto(offset, i * kernel[1] + j, where=nan & xp.isnan(padded[window]))
+
 def pad2d(x, padding, value=0):
     """x (N, C, H, W) with `value` added around the last two axes: (N, C, H+2ph, W+2pw)."""
     ph, pw = padding

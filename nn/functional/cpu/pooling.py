@@ -7,7 +7,8 @@ import numpy
 from autograd import Function
 from nn.runtime.threads import for_pieces
 
-from ..windows import check_pool_window, crop2d, window_slices
+from ..windows import (check_pool_window, crop2d, offsets_to_last_nan, running_maximum,
+                       window_slices)
 
 
 class MaxPool2dChannelsLast(Function):
@@ -26,7 +27,7 @@ class MaxPool2dChannelsLast(Function):
     def forward(ctx, x, kernel_size, stride, padding):
         out_size = check_pool_window("max_pool2d", x, kernel_size, stride, padding)
         N, C, H, W = x.shape
-        (ph, pw), kw = padding, kernel_size[1]
+        ph, pw = padding
         x_padded = (_empty_channels_last((N, C, H + 2 * ph, W + 2 * pw), x.dtype)
                     if ph or pw else x)
         out = _empty_channels_last((N, C) + out_size, x.dtype)
@@ -41,19 +42,11 @@ class MaxPool2dChannelsLast(Function):
                                padded[:, :, :, :pw], padded[:, :, :, pw + W:]):
                     border[...] = -numpy.inf
                 padded[:, :, ph:ph + H, pw:pw + W] = x[start:stop]
-            windows = window_slices(kernel_size, stride, out_size)
             best, best_offset = out[start:stop], argmax[start:stop]
-            best[...] = padded[next(windows)[2]]                     # offset (0, 0)
-            best_offset[...] = 0
-            for i, j, window in windows:
-                candidate = padded[window]
-                # strict >: a later equal value leaves the first maximum in place
-                numpy.copyto(best_offset, i * kw + j, where=candidate > best)
-                numpy.maximum(best, candidate, out=best)  # NaN wins: it reaches the output
+            running_maximum(padded, best, best_offset, kernel_size, stride, out_size)
             nan = numpy.isnan(best)
-            if nan.any():  # a NaN's window sends its gradient to its last NaN, as PyTorch
-                for i, j, window in window_slices(kernel_size, stride, out_size):
-                    numpy.copyto(best_offset, i * kw + j, where=nan & numpy.isnan(padded[window]))
+            if nan.any():
+                offsets_to_last_nan(padded, nan, best_offset, kernel_size, stride, out_size)
         for_pieces(pool, N, x_padded[:1].nbytes, x)
         ctx.geometry = kernel_size, stride, padding, out_size
         ctx.padded_shape = x_padded.shape

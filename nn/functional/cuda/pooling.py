@@ -8,7 +8,8 @@ all kh*kw views into one array first.
 """
 from autograd import Function, array_module
 
-from ..windows import check_pool_window, crop2d, window_slices
+from ..windows import (check_pool_window, crop2d, offsets_to_last_nan, running_maximum,
+                       window_slices)
 
 
 class MaxPool2dCuda(Function):
@@ -22,7 +23,7 @@ class MaxPool2dCuda(Function):
         out_size = check_pool_window("max_pool2d", x, kernel_size, stride, padding)
         xp = array_module(x)
         N, C, H, W = x.shape
-        (ph, pw), kw = padding, kernel_size[1]
+        ph, pw = padding
         padded = x
         if ph or pw:  # -inf around x
             padded = _empty_channels_last(xp, (N, C, H + 2 * ph, W + 2 * pw), x.dtype)
@@ -34,19 +35,9 @@ class MaxPool2dCuda(Function):
         # which kernel offset i*kw + j holds the maximum so far (one byte suffices up to 16x16)
         offsets = kernel_size[0] * kernel_size[1]
         argmax = _empty_channels_last(xp, best.shape, xp.uint8 if offsets <= 256 else xp.int32)
-        windows = window_slices(kernel_size, stride, out_size)
-        best[...] = padded[next(windows)[2]]                         # offset (0, 0)
-        argmax[...] = 0
-        for i, j, window in windows:
-            candidate = padded[window]
-            # strict >: a later equal value leaves the first maximum in place
-            xp.copyto(argmax, i * kw + j, where=candidate > best)
-            xp.maximum(best, candidate, out=best)  # NaN wins: it reaches the output
-        # a NaN's window sends its gradient to its last NaN, as PyTorch: always redone, as
-        # asking whether there is a NaN at all would make the host wait for the device
-        nan = xp.isnan(best)
-        for i, j, window in window_slices(kernel_size, stride, out_size):
-            xp.copyto(argmax, i * kw + j, where=nan & xp.isnan(padded[window]))
+        running_maximum(padded, best, argmax, kernel_size, stride, out_size)
+        # always redone: asking whether there is a NaN at all would make the host wait
+        offsets_to_last_nan(padded, xp.isnan(best), argmax, kernel_size, stride, out_size)
         ctx.geometry = kernel_size, stride, padding, out_size
         ctx.padded_shape = padded.shape
         ctx.save_for_backward(argmax)
