@@ -98,24 +98,27 @@ def test_use_implementation_runs_the_given_function_and_restores_the_reference()
     assert conv.implementation(x, w, (1, 1), (1, 1)) is not CountingConv
 
 
-def test_use_implementation_refuses_unknown_families_non_functions_and_a_second_thread():
+def test_use_implementation_refuses_unknown_families_and_non_functions_and_is_the_threads_own():
     with pytest.raises(ValueError, match="no op family 'conv3d'"):
         with F.use_implementation(conv3d=CountingConv):
             pass
     with pytest.raises(TypeError, match="is not a Function subclass"):
         with F.use_implementation(conv2d=lambda x: x):
             pass
-    errors = []
+    x = Tensor(numpy.zeros((1, 3, 5, 5)))
+    w = Tensor(numpy.zeros((4, 3, 3, 3)))
+    seen = {}
 
-    def other_thread():
-        try:
-            with F.use_implementation(conv2d=CountingConv):
-                pass
-        except RuntimeError as error:
-            errors.append(str(error))
-    with F.use_implementation(linear=LINEAR_REFERENCE):
+    def other_thread():  # runs the library's own conv2d while this thread swaps its own in
+        seen["other"] = conv.implementation(x, w, (1, 1), (1, 1))
+        with F.use_implementation(linear=LINEAR_REFERENCE):
+            seen["other swapped"] = conv.implementation(x, w, (1, 1), (1, 1))
+    with F.use_implementation(conv2d=CountingConv):
         thread = threading.Thread(target=other_thread)
         thread.start()
         thread.join()
-    assert errors and "another thread" in errors[0]
+        seen["this"] = conv.implementation(x, w, (1, 1), (1, 1))
+    assert seen["this"] is CountingConv
+    assert seen["other"] is not CountingConv and seen["other"] is not conv.Conv2dReference
+    assert seen["other swapped"] is conv.Conv2dReference
     assert conv.Conv2dReference.__name__ == "Conv2dReference"

@@ -35,7 +35,7 @@ from autograd import Function, array_module
 from .cpu.conv import Conv2dGemm
 from .cpu.winograd import Conv2dWinograd
 from .cuda.conv import Conv2dCuda
-from .dispatch import on_gpu, reference_chosen
+from .dispatch import on_gpu, reference, reference_chosen
 from .windows import check_conv_inputs, crop2d, output_size, pad2d, pair, window_slices
 
 WINOGRAD_MAX_PIXELS = 64  # 3x3 stride-1 convolutions of images this small: see implementation
@@ -146,7 +146,7 @@ def implementation(x, weight, stride, padding):
     saves time, and with few channels its 16 small products run slower than im2col's one
     product over 9 times as many columns. (The measurements: bench/HISTORY.md.)"""
     if reference_chosen():
-        return Conv2dReference
+        return reference("conv2d", Conv2dReference)
     if on_gpu(x):
         return Conv2dCuda
     if getattr(x, "ndim", None) != 4 or getattr(weight, "ndim", None) != 4:

@@ -24,7 +24,6 @@ the references of the families you name (a course's students run their ops in a 
 course/capstone.py): see its docstring.
 """
 import contextlib
-import importlib
 import threading
 
 from autograd import Tensor
@@ -54,17 +53,16 @@ def on_gpu(x):
     return device_of(x.data if isinstance(x, Tensor) else x) == "cuda"
 
 
-# op family -> (module, name of its reference Function there), for use_implementation
-FAMILIES = {
-    "conv2d": ("nn.functional.conv", "Conv2dReference"),
-    "batch_norm": ("nn.functional.normalization", "BatchNormReference"),
-    "linear": ("nn.functional.linear", "LinearReference"),
-    "max_pool2d": ("nn.functional.pooling", "MaxPool2dReference"),
-    "cross_entropy": ("nn.functional.loss", "CrossEntropy"),
-    "relu": ("nn.functional.activation", "ReLU"),
-    "log_softmax": ("nn.functional.activation", "LogSoftmax"),
-}
-_swap = {"owner": None}
+# the op families whose reference use_implementation can replace, and that reference's name
+FAMILIES = {"conv2d": "Conv2dReference", "batch_norm": "BatchNormReference",
+            "linear": "LinearReference", "max_pool2d": "MaxPool2dReference",
+            "cross_entropy": "CrossEntropy", "relu": "ReLU", "log_softmax": "LogSoftmax"}
+
+
+def reference(family, function):
+    """The reference Function of op family `family` for the calling thread: `function`, the
+    family's own, or the Function that use_implementation put in its place."""
+    return getattr(_local, "swapped", {}).get(family, function)
 
 
 @contextlib.contextmanager
@@ -81,11 +79,10 @@ def use_implementation(**functions):
     BatchNormReference, linear: LinearReference, max_pool2d: MaxPool2dReference,
     cross_entropy: CrossEntropy, relu: ReLU, log_softmax: LogSoftmax.
 
-    How: inside the block use_reference() holds, and each named reference's name in its family's
-    module is bound to your Function (restored when the block ends), so the family's one
-    dispatcher (or its op, for relu and log_softmax, which have no other implementation) finds
-    yours where it would find the reference. Those bindings are the module's, seen by every
-    thread: one thread at a time may hold the block, and another thread's attempt is refused.
+    How: inside the block use_reference() holds, and each family's dispatcher (or its op, for
+    relu and log_softmax, which have no other implementation) asks `reference(family, ...)`
+    for the reference to run, which answers with yours. Like use_reference(), it is the calling
+    thread's: another thread meanwhile runs the library's own ops.
     """
     from autograd import Function
     for family, function in functions.items():
@@ -95,21 +92,10 @@ def use_implementation(**functions):
         if not (isinstance(function, type) and issubclass(function, Function)):
             raise TypeError(f"use_implementation: {family}={function!r} is not a Function "
                             f"subclass (a class with static forward and backward)")
-    owner = threading.get_ident()
-    if _swap["owner"] not in (None, owner):
-        raise RuntimeError("use_implementation: another thread holds a swap; the swapped "
-                           "names are module-wide, so one thread at a time")
-    outer, _swap["owner"] = _swap["owner"], owner
-    previous = {}
+    previous = getattr(_local, "swapped", {})
+    _local.swapped = {**previous, **functions}
     try:
-        for family, function in functions.items():
-            module_name, name = FAMILIES[family]
-            module = importlib.import_module(module_name)
-            previous[family] = (module, name, getattr(module, name))
-            setattr(module, name, function)
         with use_reference():
             yield
     finally:
-        for module, name, original in previous.values():
-            setattr(module, name, original)
-        _swap["owner"] = outer
+        _local.swapped = previous

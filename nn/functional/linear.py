@@ -20,7 +20,7 @@ from autograd.ops.arithmetic import check_same_float_dtype
 
 from .cpu.linear import LinearThreaded
 from .cuda.linear import LinearCuda
-from .dispatch import on_gpu, reference_chosen
+from .dispatch import on_gpu, reference, reference_chosen
 
 
 class LinearReference(Function):
@@ -57,7 +57,7 @@ class LinearReference(Function):
 def implementation(x):
     """The Function that computes this layer (see the module docstring)."""
     if reference_chosen():
-        return LinearReference
+        return reference("linear", LinearReference)
     if on_gpu(x):
         return LinearCuda
     return LinearThreaded

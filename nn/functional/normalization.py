@@ -25,7 +25,7 @@ from autograd import Function, Tensor, array_module
 
 from .cpu.batch_norm import BatchNormBlocked
 from .cuda.batch_norm import BatchNormCuda
-from .dispatch import on_gpu, reference_chosen
+from .dispatch import on_gpu, reference, reference_chosen
 
 
 class BatchNormReference(Function):
@@ -123,7 +123,7 @@ def batch_norm_reference(x, weight, bias, eps=1e-5, residual=None, relu=False, m
 def implementation(x):
     """The Function that computes batch norm of x (see the module docstring)."""
     if reference_chosen():
-        return BatchNormReference
+        return reference("batch_norm", BatchNormReference)
     if on_gpu(x):
         return BatchNormCuda
     return BatchNormBlocked

@@ -17,7 +17,7 @@ from autograd import Function, array_module
 
 from .cpu.pooling import MaxPool2dChannelsLast
 from .cuda.pooling import MaxPool2dCuda
-from .dispatch import on_gpu, reference_chosen
+from .dispatch import on_gpu, reference, reference_chosen
 from .windows import check_pool_window, crop2d, pad2d, pair, window_slices
 
 
@@ -88,7 +88,7 @@ class AvgPool2d(Function):
 def implementation(x):
     """The Function that computes max_pool2d of x (see the module docstring)."""
     if reference_chosen():
-        return MaxPool2dReference
+        return reference("max_pool2d", MaxPool2dReference)
     if on_gpu(x):
         return MaxPool2dCuda
     return MaxPool2dChannelsLast
