@@ -29,18 +29,21 @@ SCALES = {
     "cpu": {"shared": dict(arch="resnet18", width=0.125, train_per_class=500, batch_size=128,
                            epochs=12),
             "epochs": {"augmentations": 3},  # 20 runs: a quarter of the others' epochs each
+            "micro_batch": {"batch-epochs": 256},
             "axes": {}},
     "gpu": {"shared": dict(arch="resnet18", width=1.0, batch_size=512, epochs=100,
                            backend="cupy"),
             "epochs": {},
-            "axes": {"batches": (128, 256, 512, 1024), "epochs": (100, 200, 400)}},
+            "micro_batch": {"batch-epochs": 512},
+            "axes": {"batches": (256, 512, 1024, 2048, 4096), "epochs": (100, 200, 400)}},
     "tiny": {"shared": dict(dataset="synthetic", synthetic_size=48, val_fraction=0.25,
                             arch="resnet18", width=0.0625, batch_size=12, epochs=1),
              "epochs": {},
+             "micro_batch": {"batch-epochs": 6},
              "axes": {"strengths": (0.0, 1.0), "dims": (8,), "batches": (6, 12),
                       "epochs": (1, 2), "temperatures": (0.1, 1.0)}},
 }
-SHARED_FLAGS = ("arch", "width", "batch_size", "epochs", "lr", "backend", "seed")
+SHARED_FLAGS = ("arch", "width", "batch_size", "micro_batch", "epochs", "lr", "backend", "seed")
 DATA_KEYS = ("dataset", "data_dir", "download", "val_fraction", "val_per_class", "image_size",
              "limit", "synthetic_size", "train_per_class")
 
@@ -57,6 +60,11 @@ def parse_args(argv=None):
     parser.add_argument("--width", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None,
                         help="every run's batch (batch-epochs: see --batches)")
+    parser.add_argument("--micro-batch", type=int, default=None, metavar="M",
+                        help="runs of a batch larger than M pre-train M images at a time "
+                             "(simclr.train --micro-batch: NT-Xent is still the whole batch's, "
+                             "batch norm normalises each M); runs of M or fewer images take the "
+                             "plain step (batch-epochs' default: 256 at --scale cpu)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="every run's epochs (batch-epochs: see --epoch-counts)")
     parser.add_argument("--lr", type=float, default=None, help="simclr.train's --lr")
@@ -85,6 +93,8 @@ def shared_settings(args, given):
     shared = dict(scale["shared"])
     if args.name in scale["epochs"]:
         shared["epochs"] = scale["epochs"][args.name]
+    if args.name in scale["micro_batch"]:
+        shared["micro_batch"] = scale["micro_batch"][args.name]
     if given & set(DATA_KEYS):
         shared = {key: value for key, value in shared.items() if key not in DATA_KEYS}
     for key in DATA_KEYS + SHARED_FLAGS:
@@ -138,8 +148,10 @@ def describe(shared, results):
     subset = f"{images} images" + (f" ({per_class} per class)" if per_class else "")
     held_out = (f"{results[0]['test_images']} {results[0]['split']} images" if results
                 else "the held-out split")
+    micro = (f" (micro-batches of {shared['micro_batch']})" if shared.get("micro_batch")
+             else "")
     return (f"{data}: {subset}; {shared['arch']} width {shared['width']:g}, "
-            f"batch {shared['batch_size']}, {shared['epochs']} epoch"
+            f"batch {shared['batch_size']}{micro}, {shared['epochs']} epoch"
             f"{'s' if shared['epochs'] != 1 else ''} (unless varied); "
             f"evaluated on {held_out}")
 

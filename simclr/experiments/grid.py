@@ -78,6 +78,16 @@ class Grid:
         self.description = {"experiment": experiment, "shared": self.shared,
                             "runs": {p.name: p.settings for p in points}}
 
+    def settings(self, point):
+        """simclr.train's settings for `point`: the shared ones, the point's, its folder. A
+        micro-batch as large as the run's batch is left out: that run takes the plain step
+        (which is what a micro-batch of the whole batch computes, bit for bit)."""
+        settings = {**self.shared, **point.settings, "out": self.run_folder(point)}
+        micro, batch = settings.get("micro_batch"), settings.get("batch_size")
+        if micro is not None and batch is not None and micro >= batch:
+            settings["micro_batch"] = None
+        return settings
+
     def run_folder(self, point):
         return os.path.join(self.out, "runs", point.name)
 
@@ -133,8 +143,7 @@ class Grid:
         load the data (the held-out split for the evaluations), before the folder is made the
         grid's: a mistake leaves no folder that only the mistaken flags could continue."""
         for point in self.points:
-            argv = train_flags({**self.shared, **point.settings, "out": self.run_folder(point)})
-            validate(resolve_config(parse_args(argv))[0])
+            validate(resolve_config(parse_args(train_flags(self.settings(point))))[0])
         return load_from_arguments(self.shared)
 
     def finished(self, point):
@@ -153,8 +162,7 @@ class Grid:
         else:
             if os.path.isdir(folder):  # stopped before its first checkpoint: nothing to keep
                 shutil.rmtree(folder)
-            argv = train_flags({**self.shared, **point.settings, "out": folder})
-            config, resumed = resolve_config(parse_args(argv))
+            config, resumed = resolve_config(parse_args(train_flags(self.settings(point))))
         train(config, resumed, stream=self.stream)
 
     def evaluate(self, point, splits):

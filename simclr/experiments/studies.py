@@ -119,7 +119,7 @@ class Head:
 
 class BatchEpochs:
     name = "batch-epochs"
-    axes = {"batches": (64, 128, 256), "epochs": (3, 6, 12)}
+    axes = {"batches": (64, 128, 256, 512, 1024, 2048), "epochs": (3, 6, 12)}
 
     def points(self, axes):
         return [Point(f"batch{batch}-epochs{epochs}", {"batch_size": batch, "epochs": epochs},
