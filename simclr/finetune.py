@@ -20,9 +20,11 @@ otherwise; batch 256, or a smaller power of two that gives an epoch at least MIN
 on a small subset (the official 1% of ImageNet, 12,811 images in batches of 4,096, takes 3
 steps an epoch; 1% of CIFAR-10's 40,000 training images, 400, would take one step of 256 and
 leave 144 unseen: here it takes six of 64). The last, incomplete batch of an epoch is dropped,
-as in pre-training. Batch norm trains with batch statistics and updates
-its running averages; evaluation uses the running averages. The network: simclr/model.py
-(FineTuneNet); the step and its evaluation: simclr/finetuning.py.
+as in pre-training. Batch norm trains with batch statistics and updates its running averages;
+evaluation uses the running averages. --micro-batch M takes each batch M images at a time, by
+plain gradient accumulation: exact for cross-entropy, a mean over images (batch norm then
+normalises each micro-batch by its own statistics). The network: simclr/model.py (FineTuneNet);
+the step and its evaluation: simclr/finetuning.py.
 
 The run's folder (--out) holds config.json, labels.txt (the labelled indices: give it back to
 --label-indices to train on the same images), metrics.jsonl, checkpoint.npz (after every epoch,
@@ -55,7 +57,14 @@ BASE_LR = 0.05
 MODEL_KEYS = ("arch", "width", "cifar_stem", "head", "proj_dim")  # the architecture's settings
 # what --resume may be given anew; everything else comes from the checkpoint
 CHANGEABLE_ON_RESUME = {"backend", "threads", "out", "max_steps", "eval_every", "data_dir",
-                        "download", "resume"}
+                        "download", "resume", "micro_batch"}
+MICRO_BATCH_HELP = (
+    "take each batch M images at a time, for big batches on small memory: plain gradient "
+    "accumulation (each micro-batch's forward and backward of its share M/B of the batch's "
+    "mean cross-entropy, the gradients added up, one update), exact for cross-entropy, a mean "
+    "over images. Batch norm normalises each micro-batch by its own statistics (a batch of M, "
+    "not of --batch-size, for its noise) and updates its running statistics once per "
+    "micro-batch. Default: the whole batch at once. May be changed on --resume")
 
 
 def parse_args(argv=None):
@@ -91,6 +100,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"default {BATCH_SIZE}, or the largest power of two that makes "
                              f"{MIN_STEPS} steps of the labelled subset")
+    parser.add_argument("--micro-batch", type=int, default=None, metavar="M",
+                        help=MICRO_BATCH_HELP)
     parser.add_argument("--lr", type=float, default=BASE_LR,
                         help=f"base learning rate, times B/256 (default {BASE_LR})")
     parser.add_argument("--seed", type=int, default=0,
@@ -105,8 +116,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="the folder of the fine-tuning run")
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the fine-tuning run saved in DIR (in DIR, or in --out); "
-                             "only --max-steps, --eval-every, --backend, --threads, --data-dir, "
-                             "--download may be given anew")
+                             "only --max-steps, --eval-every, --micro-batch, --backend, --threads, "
+                             "--data-dir, --download may be given anew")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: $OMP_NUM_THREADS, else every core)")
     args = parser.parse_args(argv)
@@ -120,7 +131,8 @@ def validate(args):
     for flag, value, minimum in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 2),
                                  ("--max-steps", args.max_steps, 1), ("--seed", args.seed, 0),
                                  ("--label-seed", args.label_seed, 0),
-                                 ("--eval-every", args.eval_every, 0)):
+                                 ("--eval-every", args.eval_every, 0),
+                                 ("--micro-batch", args.micro_batch, 1)):
         if value is not None:
             cli.at_least(flag, value, minimum)
     cli.positive_number("--lr", args.lr)
@@ -266,7 +278,8 @@ def resumed_run(args, given):
     source = os.path.dirname(os.path.abspath(path))
     config["out"] = args.out if args.out is not None else source
     config["max_steps"], config["backend"] = args.max_steps, args.backend
-    for key in ("eval_every", "data_dir", "download"):
+    config.setdefault("micro_batch", None)  # saved before --micro-batch existed
+    for key in ("eval_every", "data_dir", "download", "micro_batch"):
         if key in given:
             config[key] = values[key]
     return config, (model_state, optimizer_state, meta, source)
@@ -328,8 +341,8 @@ def _main(argv, stream=sys.stderr):
               "train_images": config["train_images"], "split": split_name,
               "test_images": len(held_out), "freeze_until": config["freeze_until"],
               "from_head_layer": config["from_head_layer"], "epochs": config["epochs"],
-              "batch_size": config["batch_size"], "base_lr": config["lr"], "lr": run.lr,
-              "steps": run.step,
+              "batch_size": config["batch_size"], "micro_batch": config["micro_batch"],
+              "base_lr": config["lr"], "lr": run.lr, "steps": run.step,
               "total_steps": run.total_steps, "top1": evaluation["top1"],
               "top5": evaluation["top5"], "seconds": time.perf_counter() - start}
     output = os.path.join(config["out"], "finetune.json")

@@ -8,6 +8,11 @@ weight decay, cosine decay to 0 evaluated at every step, augmentation by random 
 flip only. As in pre-training, the epoch's order of the labelled images comes from (seed, 1,
 epoch) and a step's augmentation from (seed, 2, step), so a resumed run equals one never
 interrupted, bit for bit.
+
+With --micro-batch M the step takes the batch M images at a time, by plain gradient
+accumulation (finetune_step): cross-entropy is a mean over images, so the micro-batches' shares
+of it add up to the whole batch's loss and their gradients to its gradient. (Pre-training
+cannot do this: NT-Xent couples every image with every other; simclr/pretraining.py.)
 """
 import sys
 
@@ -19,6 +24,7 @@ from simclr.atomic_files import atomic_write
 from simclr.augment import LinearEvalAugment
 from simclr.evaluate import to_network_input
 from simclr.model import build_finetune_model
+from simclr.pretraining_settings import check_micro_batch
 from simclr.training import loop
 from simclr.training.runfolder import prepare_folder
 
@@ -57,6 +63,7 @@ class FineTuning(loop.TrainingRun):
         self.lr = linear_scaled_lr(config["lr"], self.batch_size)
         self.schedule = WarmupCosine(self.lr, 0, self.total_steps)   # no warm-up, cosine per step
         self.augment = LinearEvalAugment(image_size)
+        check_micro_batch(config.get("micro_batch"), self.batch_size)
         if resumed is not None:
             self.resume(*resumed)
 
@@ -74,7 +81,7 @@ class FineTuning(loop.TrainingRun):
         views = self.augment(self.xp.asarray(self.labelled.images[indices]), self.step_rng())
         labels = self.xp.asarray(self.labelled.labels[indices])
         loss, correct = finetune_step(self.model, self.optimizer, views, labels,
-                                      self.schedule(self.step))
+                                      self.schedule(self.step), self.config.get("micro_batch"))
         self.step += 1
         return loss, correct
 
@@ -98,16 +105,47 @@ class FineTuning(loop.TrainingRun):
         return record
 
 
-def finetune_step(model, optimizer, views, labels, lr):
-    """One step of supervised training: cross-entropy of the logits, backward, Nesterov SGD at
-    `lr`. Returns (the loss, the number of correct predictions), as arrays on the device."""
-    logits = model(Tensor(views))
-    loss = F.cross_entropy(logits, labels, check_targets=False)  # the data set's valid labels
+def finetune_step(model, optimizer, views, labels, lr, micro_batch=None):
+    """One step of supervised training on views (B, 3, H, W) and their labels (B,):
+    cross-entropy of the logits, backward, Nesterov SGD at `lr`. Returns (the batch's mean
+    loss, its number of correct predictions), 0-d arrays on the device.
+
+    micro_batch: M images through the network at a time (M divides B), by plain gradient
+    accumulation. The loss is a mean over the batch, L = (1/B) sum_i l_i, so with the batch
+    cut into micro-batches m of M images,
+        L = sum_m (M/B) L_m,   L_m = (1/M) sum_{i in m} l_i,   dL/dtheta = sum_m (M/B) dL_m/dtheta:
+    each micro-batch's forward and backward of (M/B) L_m adds its share to the gradients, and
+    one update follows, exactly the whole batch's. Batch norm is the one layer that mixes
+    images: it normalises each micro-batch by that micro-batch's statistics and updates its
+    running statistics once per micro-batch. None, or M = B, is the plain step."""
     optimizer.zero_grad()
-    loss.backward()
+    if micro_batch is None or micro_batch == len(views):
+        logits = model(Tensor(views))
+        loss = F.cross_entropy(logits, labels, check_targets=False)  # the data set's labels
+        loss.backward()
+        loss, correct = loss.data, (logits.data.argmax(axis=1) == labels).sum()
+    else:
+        loss, correct = backward_in_micro_batches(model, views, labels, micro_batch)
     optimizer.lr = lr
     optimizer.step()
-    return loss.data, (logits.data.argmax(axis=1) == labels).sum()
+    return loss, correct
+
+
+def backward_in_micro_batches(model, views, labels, micro_batch):
+    """Forward and backward of each micro-batch's share (M/B) L_m of the batch's mean
+    cross-entropy, M images at a time (see finetune_step); the parameters' gradients add up.
+    Returns (the batch's loss, its number of correct predictions), summed over the
+    micro-batches on the device (no wait for it)."""
+    loss = correct = 0
+    for start in range(0, len(views), micro_batch):
+        rows = slice(start, start + micro_batch)
+        logits = model(Tensor(views[rows]))                                # (M, classes)
+        share = F.cross_entropy(logits, labels[rows], check_targets=False) \
+            * (micro_batch / len(views))                                   # (M/B) L_m
+        share.backward()
+        loss = loss + share.data
+        correct = correct + (logits.data.argmax(axis=1) == labels[rows]).sum()
+    return loss, correct
 
 
 def top_k_accuracy(model, images, labels, k=5, batch_size=256):
