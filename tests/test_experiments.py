@@ -182,6 +182,16 @@ def test_the_scale_and_the_flags_make_the_shared_settings():
     assert shared["dataset"] == "folder" and shared["val_per_class"] == 3
     assert "val_fraction" not in shared and "synthetic_size" not in shared
     assert shared["width"] == 0.5
+    # a data set given keeps the scale's budget: the cpu scale's 500 images of each class
+    argv = ["batch-epochs", "--out", "x", "--dataset", "folder", "--data-dir", "d"]
+    shared = experiments.shared_settings(experiments.parse_args(argv),
+                                         experiments.given_flags(argv))
+    assert shared["train_per_class"] == 500 and shared["dataset"] == "folder"
+    assert shared["micro_batch"] == experiments.SCALES["cpu"]["micro_batch"]["batch-epochs"]
+    argv += ["--train-per-class", "20", "--micro-batch", "32"]
+    shared = experiments.shared_settings(experiments.parse_args(argv),
+                                         experiments.given_flags(argv))
+    assert shared["train_per_class"] == 20 and shared["micro_batch"] == 32
 
 
 def test_every_study_names_its_runs_uniquely():

@@ -44,8 +44,11 @@ SCALES = {
                       "epochs": (1, 2), "temperatures": (0.1, 1.0)}},
 }
 SHARED_FLAGS = ("arch", "width", "batch_size", "micro_batch", "epochs", "lr", "backend", "seed")
-DATA_KEYS = ("dataset", "data_dir", "download", "val_fraction", "val_per_class", "image_size",
-             "limit", "synthetic_size", "train_per_class")
+# the data flags: where the images come from and how they split (a scale's are replaced as a
+# whole when any is given), and the budget's subset (kept unless --train-per-class is given)
+SOURCE_KEYS = ("dataset", "data_dir", "download", "val_fraction", "val_per_class", "image_size",
+               "limit", "synthetic_size")
+DATA_KEYS = SOURCE_KEYS + ("train_per_class",)
 
 
 def parse_args(argv=None):
@@ -88,15 +91,17 @@ def parse_args(argv=None):
 
 def shared_settings(args, given):
     """simclr.train's settings that every run of the grid shares: the scale's, then those of
-    the flags `given` on the command line (a data set given replaces the scale's data flags)."""
+    the flags `given` on the command line. A data set given replaces the scale's data source
+    (the tiny scale's synthetic images) but keeps its budget: --scale cpu with --dataset folder
+    still trains on 500 images of each class."""
     scale = SCALES[args.scale]
     shared = dict(scale["shared"])
     if args.name in scale["epochs"]:
         shared["epochs"] = scale["epochs"][args.name]
     if args.name in scale["micro_batch"]:
         shared["micro_batch"] = scale["micro_batch"][args.name]
-    if given & set(DATA_KEYS):
-        shared = {key: value for key, value in shared.items() if key not in DATA_KEYS}
+    if given & set(SOURCE_KEYS):
+        shared = {key: value for key, value in shared.items() if key not in SOURCE_KEYS}
     for key in DATA_KEYS + SHARED_FLAGS:
         if key in given:
             shared[key] = getattr(args, key)
