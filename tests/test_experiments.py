@@ -192,6 +192,11 @@ def test_the_scale_and_the_flags_make_the_shared_settings():
     shared = experiments.shared_settings(experiments.parse_args(argv),
                                          experiments.given_flags(argv))
     assert shared["train_per_class"] == 20 and shared["micro_batch"] == 32
+    argv += ["--lr", "0.075", "--lr-scaling", "sqrt"]
+    shared = experiments.shared_settings(experiments.parse_args(argv),
+                                         experiments.given_flags(argv))
+    assert shared["lr_scaling"] == "sqrt" and shared["lr"] == 0.075
+    assert "micro-batches of 32), lr 0.075 x sqrt(B)," in experiments.describe(shared, [])
 
 
 def test_every_study_names_its_runs_uniquely():

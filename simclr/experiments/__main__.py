@@ -43,7 +43,8 @@ SCALES = {
              "axes": {"strengths": (0.0, 1.0), "dims": (8,), "batches": (6, 12),
                       "epochs": (1, 2), "temperatures": (0.1, 1.0)}},
 }
-SHARED_FLAGS = ("arch", "width", "batch_size", "micro_batch", "epochs", "lr", "backend", "seed")
+SHARED_FLAGS = ("arch", "width", "batch_size", "micro_batch", "epochs", "lr", "lr_scaling",
+                "backend", "seed")
 # the data flags: where the images come from and how they split (a scale's are replaced as a
 # whole when any is given), and the budget's subset (kept unless --train-per-class is given)
 SOURCE_KEYS = ("dataset", "data_dir", "download", "val_fraction", "val_per_class", "image_size",
@@ -71,6 +72,9 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=int, default=None,
                         help="every run's epochs (batch-epochs: see --epoch-counts)")
     parser.add_argument("--lr", type=float, default=None, help="simclr.train's --lr")
+    parser.add_argument("--lr-scaling", choices=["linear", "sqrt", "none"], default=None,
+                        help="simclr.train's --lr-scaling (linear: lr x B/256; sqrt: lr x "
+                             "sqrt(B), the paper's 0.075 x sqrt(B) with --lr 0.075)")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
@@ -155,6 +159,10 @@ def describe(shared, results):
                 else "the held-out split")
     micro = (f" (micro-batches of {shared['micro_batch']})" if shared.get("micro_batch")
              else "")
+    scaling = shared.get("lr_scaling")
+    if scaling is not None or "lr" in shared:   # simclr.train's defaults: 1.0, linear
+        rate = {"linear": " x B/256", "sqrt": " x sqrt(B)", "none": ""}[scaling or "linear"]
+        micro += f", lr {shared.get('lr', 1.0):g}{rate}"
     return (f"{data}: {subset}; {shared['arch']} width {shared['width']:g}, "
             f"batch {shared['batch_size']}{micro}, {shared['epochs']} epoch"
             f"{'s' if shared['epochs'] != 1 else ''} (unless varied); "
