@@ -6,22 +6,25 @@ own timeout inside one overall deadline, and writes what it has to OUT after eve
 stage that hangs costs only its own time and a call cut short still brings back the stages done.
 The order is the order of need (budgets in seconds; bench/gpu_stages.py holds the list):
 
-    probe        25  versions; mpiexec, mpi4py and NCCL (what the nccl stage needs); the device;
+    probe        20  versions; mpiexec, mpi4py and NCCL (what the nccl stage needs); the device;
                      an elementwise kernel and a 4096^2 GEMM timed; cupy.show_config; nvidia-smi
     kernels      50  tests/test_cuda_kernels.py: each of our CUDA kernels against its twin
     selfcheck    45  python -m nn.selfcheck --backend cupy: every op's gradient, every case
                      reported (a case that raises does not hide the next)
     train        70  a 6-step ResNet-50 SimCLR run on synthetic images, k-NN on a held-out split
     step-resnet50-tf32-off  70  bench.step against PyTorch, ResNet-50 at batch 256
-    tests       100  the other tests marked gpu, each named as it finishes (pytest -v), the 15
+    tests        90  the other tests marked gpu, each named as it finishes (pytest -v), the 15
                      slowest at the end, with xdist and per-test timeouts when they import
-    resume       25  the run resumed to 12 steps (a second epoch, a second k-NN)
-    linear-eval  20  linear evaluation of its checkpoint
+    resume       15  the run resumed to 12 steps (a second epoch, a second k-NN)
+    linear-eval  15  linear evaluation of its checkpoint
     step-resnet50-tf32-on   40  the same comparison with TensorFloat-32
     step-resnet18           30  ResNet-18 at batch 512
-    nccl         25  mpiexec -n 1 python -m simclr.train --distributed: a world of one NCCL
+    nccl         20  mpiexec -n 1 python -m simclr.train --distributed: a world of one NCCL
                      rank (skipped, saying how to carry one, where there is no mpiexec)
-    profile      25  python -m bench.profile: ResNet-50 at batch 256, op by op
+    profile      20  python -m bench.profile: ResNet-50 at batch 256, op by op
+    micro-batch  40  bench.micro_batch: ResNet-50 at batch 4,096 in micro-batches of 128 beside
+                     the plain step of 128 (images/s, GPU peak MiB, ratio), its table ending its
+                     log; last, it takes the slack left before it (the whole table: gpu_check.sh)
 
 A comparison's sides fail alone (bench/common.py): a broken side of ours is recorded as failed,
 with the last lines of its stderr, and PyTorch's is still measured. What a stage's programs note

@@ -4,11 +4,18 @@
 # Every GPU check of this project in one command, for the few lent minutes of a GPU machine:
 # the environment probe, our CUDA kernels' tests, nn.selfcheck on CuPy, a short ResNet-50
 # training run, bench.step against PyTorch, the other tests marked gpu, the run resumed and
-# linearly evaluated, more bench.step comparisons, a world of one NCCL rank and bench.profile,
-# in that order (what a first call must bring back comes first). Each stage runs under its own
-# timeout inside a 9-minute deadline (--deadline), and OUT is rewritten after every stage: a
-# stage that hangs costs only its own time, and a call cut short still brings back what was
-# done. bench/gpu_check.py (the driver this calls) describes every stage and the clock.
+# linearly evaluated, more bench.step comparisons, a world of one NCCL rank, bench.profile and
+# bench.micro_batch (ResNet-50 at batch 4,096 in micro-batches of 128 beside the plain step of
+# 128: images/s and GPU peak memory), in that order (what a first call must bring back comes
+# first). The micro-batch table of the issue, in a call of its own:
+#
+#     python -m bench.micro_batch --backend cupy --archs resnet18,resnet50 \
+#         --batches 256,512,1024,2048,4096 --micro-batch 128 --plain-up-to 1024
+#
+# Each stage runs under its own timeout inside a 9-minute deadline (--deadline), and OUT is
+# rewritten after every stage: a stage that hangs costs only its own time, and a call cut short
+# still brings back what was done. bench/gpu_check.py (the driver this calls) describes every
+# stage and the clock.
 #
 # From the device tool, in one call (timeout_s 600 leaves a minute beyond the deadline):
 #

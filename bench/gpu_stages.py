@@ -52,12 +52,17 @@ class Sizes:
     warmup: int = 3
     steps: int = 10
     nccl_width: str = "0.25"   # the nccl stage's ResNet-18
+    micro_batches: str = "4096"   # the micro-batch stage's B (a comma list), at arch and width
+    micro_batch: int = 128        # its M: one step of B is B/M micro-batches x 3 passes
+    micro_plain_up_to: int = 128  # the plain step of B only up to this B: here, M's alone
+    micro_steps: int = 1          # warm-up steps and timed steps per process, each
     tests: list = field(default_factory=list)   # the tests stage's files: all when empty
 
 
 FULL = Sizes()
 TINY = Sizes(arch="resnet18", width="0.0625", batch=8, images=60, step_batch=4, step18_batch=4,
-             warmup=1, steps=2, nccl_width="0.0625", tests=TINY_TESTS)
+             warmup=1, steps=2, nccl_width="0.0625", tests=TINY_TESTS, micro_batches="8",
+             micro_batch=4, micro_plain_up_to=8)
 
 
 def pytest_command(python, plugins, junit, tests, timeout):
@@ -80,11 +85,25 @@ def mpi_stage(python, mpi, data, sizes, out):
                sizes.nccl_width, "--batch-size", str(sizes.batch), "--epochs", "1",
                "--max-steps", "3", "--distributed", "--backend", "cupy", "--out", out]
     if not mpi or not mpi.get("mpiexec"):
-        return Stage("nccl", 25, [["mpiexec", "-n", "1", *command]],
+        return Stage("nccl", 20, [["mpiexec", "-n", "1", *command]],
                      skip="skipped: no MPI runtime (carry Open MPI's wheel in "
                           ".gpu-cache/wheels: bench/gpu_check.sh's header says how)")
     flags = ["--oversubscribe"] if mpi.get("flavour") == "Open MPI" else []
-    return Stage("nccl", 25, [[mpi["mpiexec"], *flags, "-n", "1", *command]])
+    return Stage("nccl", 20, [[mpi["mpiexec"], *flags, "-n", "1", *command]])
+
+
+def micro_batch_stage(python, sizes, json_path):
+    """The micro-batch stage: bench.micro_batch's step of B in micro-batches of M beside the
+    plain step of M (images/s, GPU peak MiB and its ratio), its table at the end of the log.
+    Last, with a modest budget: it may take all the slack the stages before it leave. At full
+    size, ResNet-50 at B = 4,096: a warm-up step, a timed one and the memory step, each 32
+    micro-batches x 3 passes; the kernels are compiled by then (the plain step of M warms
+    up first). bench/gpu_check.sh's header gives the command of the whole table."""
+    return Stage("micro-batch", 40, [[
+        python, "-m", "bench.micro_batch", "--backend", "cupy", "--archs", sizes.arch,
+        "--width", sizes.width, "--batches", sizes.micro_batches, "--micro-batch",
+        str(sizes.micro_batch), "--plain-up-to", str(sizes.micro_plain_up_to), "--warmup",
+        str(sizes.micro_steps), "--steps", str(sizes.micro_steps), "--json", json_path]])
 
 
 def rehearsed(command, python):
@@ -119,7 +138,7 @@ def plan(work, python, plugins, mpi=None, rehearse=False, sizes=FULL):
             os.path.join(folder(name), "step.json")]])
 
     stages = [
-        Stage("probe", 25, [[python, "-m", "bench.gpu_probe",
+        Stage("probe", 20, [[python, "-m", "bench.gpu_probe",
                              os.path.join(folder("probe"), "probe.json")],
                             [python, "-c", "import cupy; cupy.show_config()"],
                             ["nvidia-smi"]], keep_going=True),
@@ -131,21 +150,22 @@ def plan(work, python, plugins, mpi=None, rehearse=False, sizes=FULL):
                              str(sizes.batch), "--epochs", "1", "--max-steps", "6",
                              "--knn-every", "1", "--backend", "cupy", "--out", run]]),
         step("step-resnet50-tf32-off", 70, sizes.arch, sizes.step_batch, "off"),
-        Stage("tests", 100, [pytest_command(python, plugins,
-                                            os.path.join(folder("tests"), "junit.xml"),
-                                            sizes.tests or ["--ignore", KERNEL_TESTS], 60)]),
-        Stage("resume", 25, [[python, "-m", "simclr.train", "--resume", run, "--epochs", "2",
+        Stage("tests", 90, [pytest_command(python, plugins,
+                                           os.path.join(folder("tests"), "junit.xml"),
+                                           sizes.tests or ["--ignore", KERNEL_TESTS], 60)]),
+        Stage("resume", 15, [[python, "-m", "simclr.train", "--resume", run, "--epochs", "2",
                               "--max-steps", "12", "--backend", "cupy"]], needs="train"),
-        Stage("linear-eval", 20, [[python, "-m", "simclr.linear_eval", "--checkpoint", run,
+        Stage("linear-eval", 15, [[python, "-m", "simclr.linear_eval", "--checkpoint", run,
                                    *data, "--backend", "cupy", "--epochs", "1"]],
               needs="train"),
         step("step-resnet50-tf32-on", 40, sizes.arch, sizes.step_batch, "on"),
         step("step-resnet18", 30, "resnet18", sizes.step18_batch, "off"),
         mpi_stage(python, mpi, data, sizes, folder("nccl-run")),
-        Stage("profile", 25, [[python, "-m", "bench.profile", *model, "--cifar-stem",
+        Stage("profile", 20, [[python, "-m", "bench.profile", *model, "--cifar-stem",
                                "--batch-size", str(sizes.step_batch), "--backend", "cupy",
                                "--warmup", "2", "--steps", "3", "--json",
                                os.path.join(folder("profile"), "profile.json")]]),
+        micro_batch_stage(python, sizes, os.path.join(folder("micro-batch"), "micro-batch.json")),
     ]
     if rehearse:
         for stage in stages:

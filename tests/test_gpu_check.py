@@ -103,6 +103,16 @@ def test_the_budgets_fit_the_default_deadline_and_each_stage_needs_an_earlier_on
                                "step-resnet50-tf32-off", "tests"]
 
 
+def test_the_micro_batch_stage_runs_last_resnet50_at_4096_in_128s_and_tiny_in_ci():
+    from bench.gpu_stages import TINY
+    full, tiny = (gpu_check.plan("/w", "py", set(), sizes=s)[-1].commands[0] for s in [
+        gpu_check.FULL, TINY])
+    flags = "--archs resnet50 --width 1 --batches 4096 --micro-batch 128 --plain-up-to 128"
+    assert full[:3] == ["py", "-m", "bench.micro_batch"] and flags in " ".join(full)
+    assert "--archs resnet18 --width 0.0625 --batches 8 --micro-batch 4" in " ".join(tiny)
+    assert full[-2:] == ["--json", "/w/micro-batch/micro-batch.json"]
+
+
 def test_a_stage_that_hangs_costs_only_its_own_time_and_each_result_reaches_out(
         tmp_path, monkeypatch):
     """The whole driver with a stand-in GPU and stand-in stages: the one that hangs is ended

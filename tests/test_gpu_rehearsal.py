@@ -1,16 +1,21 @@
 """bench/gpu_check.sh --rehearse, the dry run that runs: every stage of the GPU check on the
 CPU's rehearsal of a GPU (bench/rehearse.py), so that the stages' commands, paths, timeouts,
 needs and summaries have run before a GPU is lent. And the wrapper itself: a program on the
-rehearsal, what it says where the rehearsal cannot stand in, and carried wheels found first."""
+rehearsal, what it says where the rehearsal cannot stand in, and carried wheels found first.
+Last, bench.micro_batch, the micro-batch stage's program, on stand-in measurements: what a run
+stopped part way keeps, and which failures are errors."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
 
-from bench import gpu_check
+import pytest
+
+from bench import gpu_check, micro_batch
 from bench.common import NOT_REHEARSED, NOTES_VARIABLE
 from bench.gpu_stages import rehearsed
 
@@ -55,12 +60,19 @@ def test_the_rehearsal_runs_every_stage_to_its_end_and_out_holds_each(tmp_path):
         names = set(tar.getnames())
         tests_log = tar.extractfile("tests/log.txt").read().decode()
         step = json.load(tar.extractfile("step-resnet18/step.json"))
+        micro = json.load(tar.extractfile("micro-batch/micro-batch.json"))
     assert {f"{name}/log.txt" for name, text in status.items()
             if not text.startswith("skipped")} <= names
     assert {"probe/probe.json", "run/metrics.jsonl", "tests/junit.xml"} <= names
     assert "::test_" in tests_log and " PASSED" in tests_log and "slowest" in tests_log
     assert step["failed"]["torch-nchw"].startswith("not rehearsed")
     assert "bench.rehearse" in summary["stages"][0]["commands"][0]
+    # the micro-batch table ends its log in summary.md; its bench.step processes rehearsed too
+    assert re.search(r"\| resnet18 \| 8 \| [\d.]+ +\| [\d.]+ +\| [\d.]+ +\| -?\d+% +\|"
+                     r"( \d+ +\|){3} \d\.\d\dx +\|", markdown), markdown[-2000:]
+    assert micro["finished"] and all(
+        result["command"].startswith("python -m bench.rehearse bench.step ")
+        for result in micro["rows"][0].values() if isinstance(result, dict))
 
 
 def test_a_program_on_the_rehearsal_says_what_it_cannot_stand_in_for(tmp_path):
@@ -151,3 +163,53 @@ def test_carried_wheels_come_first_and_the_mpi_they_bring_decides_the_nccl_comma
     with tarfile.open(out / "logs.tar.gz") as tar:
         probe = json.load(tar.extractfile("probe/probe.json"))
     assert probe["mpi"]["runtime"]["flavour"] == "MPICH"
+
+
+def stand_in_measure(fail=(), stop_at=None):
+    """bench.micro_batch.measure without processes: ("micro" or "plain", B) in `fail` fails
+    (out of memory), at `stop_at` the run is stopped (the stage's timeout)."""
+    def measure(args, arch, batch, micro_batch=None):
+        kind = "plain" if micro_batch is None else "micro"
+        if (kind, batch) == stop_at:
+            raise KeyboardInterrupt
+        if (kind, batch) in fail:
+            return {"failed": "out of memory", "command": "python -m bench.step"}
+        return {"images_per_s": 100.0 if kind == "plain" else 75.0, "peak_of": "GPU",
+                "peak_mib": float(batch if kind == "plain" else 4), "command": "python -m ..."}
+    return measure
+
+
+def test_bench_micro_batch_keeps_what_it_measured_and_fails_on_its_own_steps_alone(
+        tmp_path, monkeypatch, capsys):
+    argv = ["--archs", "resnet50", "--batches", "8,16", "--micro-batch", "4", "--plain-up-to",
+            "16", "--json", str(tmp_path / "micro.json")]
+    monkeypatch.setattr(micro_batch, "measure", stand_in_measure(fail={("plain", 16)}))
+    assert micro_batch.main(argv) == 0   # a plain step of B that does not fit is no error
+    printed = capsys.readouterr()
+    table = [" ".join(line.split()) for line in printed.out.splitlines()]
+    assert "| resnet50 | 16 | 75.0 | failed | 100.0 | - | 4 | failed | 4 | 1.00x |" in table
+    assert "| resnet50 | 8 | 75.0 | 100.0 | 100.0 | 33% | 4 | 8 | 4 | 1.00x |" in table
+    assert "GPU peak MiB (M)" in printed.out
+    assert "resnet50 B = 16, plain: failed: out of memory" in printed.err
+    monkeypatch.setattr(micro_batch, "measure", stand_in_measure(fail={("micro", 16)}))
+    assert micro_batch.main(argv) == 1
+    monkeypatch.setattr(micro_batch, "measure", stand_in_measure(stop_at=("micro", 16)))
+    with pytest.raises(KeyboardInterrupt):
+        micro_batch.main(argv)
+    kept = json.loads((tmp_path / "micro.json").read_text())
+    assert not kept["finished"] and [row["batch"] for row in kept["rows"]] == [8]
+    assert kept["plain_of_m"]["resnet50"]["images_per_s"] == 100.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batches", "8,12", "--micro-batch", "8"],
+     "--micro-batch 8: expected a divisor of every batch (at least 2) in --batches, not of 12"),
+    (["--archs", "resnet50,resnet51"], "no architecture named resnet51"),
+    (["--batches", "8,x"], "--batches 8,x: expected a comma list of whole numbers"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+])
+def test_bench_micro_batch_mistakes_are_one_line_naming_the_flag(argv, message, capsys):
+    from simclr import cli
+    assert cli.run(micro_batch.main, argv, prog="python -m bench.micro_batch") == 2
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and message in said, said
