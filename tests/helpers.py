@@ -25,6 +25,14 @@ def relative_error(ours, theirs):
 PARITY_TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 
 
+def assert_same_step_results(a, b):
+    """Two results (numbers, gradients, buffers by name, weights) of micro-batch tests are the
+    same bit for bit (tests/test_micro_batch.py, tests/test_finetune_micro_batch.py)."""
+    assert numpy.array_equal(a[0], b[0])
+    for x, y in zip(a[1] + a[3] + list(a[2].values()), b[1] + b[3] + list(b[2].values())):
+        assert numpy.array_equal(x, y)
+
+
 def import_torch():
     """torch, or skip the test (PyTorch is an oracle for tests only, never a dependency)."""
     return pytest.importorskip("torch", reason="PyTorch is not installed: parity test skipped")

@@ -24,7 +24,7 @@ from nn.optim import SGD
 from simclr import finetune, finetuning
 from simclr.model import build_finetune_model
 from simclr.training.checkpoint import load_checkpoint
-from helpers import relative_error
+from helpers import assert_same_step_results, relative_error
 from test_finetune import TINY, assert_same_state, finetuned, one_line_error
 from test_finetune import own_cache  # noqa: F401 (an autouse fixture: image caches in tmp_path)
 
@@ -123,10 +123,7 @@ def test_a_micro_batched_step_equals_the_whole_batch_step_with_batch_norm_per_gr
 
 def test_a_micro_batch_of_the_whole_batch_is_the_plain_step_bit_for_bit():
     plain, whole = _micro_batched_steps(None), _micro_batched_steps(IMAGES)
-    assert numpy.array_equal(plain[0], whole[0])
-    for a, b in zip(plain[1] + plain[3] + list(plain[2].values()),
-                    whole[1] + whole[3] + list(whole[2].values())):
-        assert numpy.array_equal(a, b)
+    assert_same_step_results(plain, whole)
 
 
 def test_micro_batches_differ_from_the_plain_step_only_through_batch_norms_groups():
