@@ -59,7 +59,7 @@ def assert_measured(result, prefix, knn_call, probe_call):
 @pytest.mark.parametrize("name, runs, figures", [
     ("augmentations", 15 + 2, ["augmentations.png", "color-strength.png"]),
     ("head", 3, ["head.png"]),
-    ("batch-epochs", 4, ["batch-epochs.png"]),
+    ("batch-epochs", 4, ["batch-epochs.png", "batch-size.png"]),
     ("temperature", 2, ["temperature.png"])])
 def test_each_tiny_grid_writes_one_line_per_run_a_table_and_its_figures(
         tmp_path, capsys, monkeypatch, name, runs, figures):
@@ -84,6 +84,18 @@ def test_each_tiny_grid_writes_one_line_per_run_a_table_and_its_figures(
     assert table in capsys.readouterr().out
     for figure in figures:
         assert_figure(tmp_path / name / figure)
+
+
+def test_batch_epochs_takes_micro_batches_only_for_batches_above_m(tmp_path):
+    """The tiny scale's batch-epochs: batches 6 and 12 with micro-batches of 6, so the runs of
+    batch 12 take two micro-batches a step and those of 6 the plain step (no --micro-batch)."""
+    assert run("batch-epochs", tmp_path / "be") == 0
+    for result in lines(tmp_path / "be" / "results.jsonl"):
+        with open(tmp_path / "be" / "runs" / result["name"] / "config.json") as file:
+            config = json.load(file)
+        assert config["batch_size"] == result["batch_size"]
+        assert config["micro_batch"] == (6 if result["batch_size"] == 12 else None)
+    assert "batch 12 (micro-batches of 6)" in (tmp_path / "be" / "table.md").read_text()
 
 
 def test_each_run_trains_with_the_settings_its_point_names(tmp_path):

@@ -147,10 +147,20 @@ class BatchEpochs:
                           key=lambda r: r["epochs"])
             series.append((f"batch {batch}", [r["epochs"] for r in runs],
                            [100 * r["linear_accuracy"] for r in runs]))
+        by_batch = []                       # the paper's Figure 9 view: one line per budget
+        for epochs in sorted({r["epochs"] for r in results}):
+            runs = sorted((r for r in results if r["epochs"] == epochs),
+                          key=lambda r: r["batch_size"])
+            by_batch.append((f"{epochs} epochs", [r["batch_size"] for r in runs],
+                             [100 * r["linear_accuracy"] for r in runs]))
         return {"batch-epochs.png": plot.line_chart(
-            series, title=f"Batch size x training epochs\n{title}",
-            x_label="training epochs (log scale)", y_label="linear top-1 accuracy (%)",
-            x_log=True)}
+                    series, title=f"Batch size x training epochs\n{title}",
+                    x_label="training epochs (log scale)", y_label="linear top-1 accuracy (%)",
+                    x_log=True),
+                "batch-size.png": plot.line_chart(
+                    by_batch, title=f"Linear top-1 against the batch size\n{title}",
+                    x_label="batch size (log scale)", y_label="linear top-1 accuracy (%)",
+                    x_log=True)}
 
 
 class Temperature:
