@@ -16,7 +16,10 @@ import nn.functional as F
 from autograd import Function, array_module
 from nn.distributed.collectives import all_gather
 
-BLOCK_BYTES = 4 * 2**20   # a block of logits takes at most this many bytes ...
+# a block of logits takes at most this many bytes: on a CPU, about what its caches hold; on a
+# GPU more (its memory is large, and each block costs a dozen kernel launches: at N = 4,096
+# and K = 8,192, 4 blocks instead of 64) ...
+BLOCK_BYTES = {"cpu": 4 * 2**20, "gpu": 64 * 2**20}
 MIN_BLOCK_ROWS = 16       # ... unless that is fewer rows than this (a thin product is slow)
 
 
@@ -40,7 +43,7 @@ def nt_xent(z, temperature=0.5, group=None):
     its positives and its self-similarities lie. The loss is the mean over this rank's rows;
     the mean of the ranks' losses is the loss of the global batch of N W images.
 
-    The logits are never held whole: BlockedNTXent computes them BLOCK_BYTES at a time.
+    The logits are never held whole: BlockedNTXent computes them a block of rows at a time.
     """
     if z.ndim != 2 or z.shape[0] % 2 or z.shape[0] < 4:
         raise ValueError(f"nt_xent expects z of shape (2N, d) with N >= 2 (two views of N images), "
@@ -54,10 +57,10 @@ def nt_xent(z, temperature=0.5, group=None):
     return BlockedNTXent.apply(u, u, temperature=temperature, offset=0)
 
 
-def block_rows(rows, keys, itemsize):
-    """The rows R of one block of logits (R, keys): as many as BLOCK_BYTES holds, at least
-    MIN_BLOCK_ROWS, at most `rows` (a small batch is one block)."""
-    return max(1, min(rows, max(MIN_BLOCK_ROWS, BLOCK_BYTES // (keys * itemsize))))
+def block_rows(rows, keys, itemsize, device="cpu"):
+    """The rows R of one block of logits (R, keys): as many as the device's BLOCK_BYTES holds,
+    at least MIN_BLOCK_ROWS, at most `rows` (a small batch is one block)."""
+    return max(1, min(rows, max(MIN_BLOCK_ROWS, BLOCK_BYTES[device] // (keys * itemsize))))
 
 
 class BlockedNTXent(Function):
@@ -79,9 +82,9 @@ class BlockedNTXent(Function):
 
     Why blocks: written as whole-array ops, the logits, their softmax and G are (2N, K)
     matrices, and the backward pass needs them all. Here the rows go in blocks of R
-    (block_rows: BLOCK_BYTES of logits): forward keeps each row's lse_i (2N,) and nothing of
-    the block; backward recomputes the block's logits, makes G_b from lse_b, and adds its share
-    to both gradients. The price is one extra (R, d) x (d, K) product per block in backward;
+    (block_rows: BLOCK_BYTES of logits, by device): forward keeps each row's lse_i (2N,) and
+    nothing of the block; backward recomputes the block's logits, makes G_b from lse_b, and
+    adds its share to both gradients. The price is one extra (R, d) x (d, K) product per block in backward;
     the memory is O(R K + (2N + K) d) instead of O(2N K).
 
     One process passes the same Tensor as u and as keys: each appears in s twice, as a query
@@ -135,7 +138,8 @@ class _Blocks:
 
     def __init__(self, xp, u, keys, temperature, offset):
         two_n = u.shape[0]
-        rows = block_rows(two_n, keys.shape[0], u.dtype.itemsize)
+        rows = block_rows(two_n, keys.shape[0], u.dtype.itemsize,
+                          "cpu" if xp is numpy else "gpu")
         self.bounds = [(start, min(start + rows, two_n)) for start in range(0, two_n, rows)]
         self.buffer = xp.empty((rows, keys.shape[0]), dtype=u.dtype)
         self.xp, self.u, self.keys, self.scale = xp, u, keys, 1.0 / temperature

@@ -52,14 +52,15 @@ def test_nt_xent_rejects_an_odd_batch():
 
 def small_blocks(monkeypatch):
     """Blocks of 3 rows: 2N = 10 rows go as 3, 3, 3 and an uneven 1."""
-    monkeypatch.setattr(simclr_loss, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(simclr_loss, "BLOCK_BYTES", {"cpu": 1, "gpu": 1})
     monkeypatch.setattr(simclr_loss, "MIN_BLOCK_ROWS", 3)
 
 
 def test_block_rows_fill_the_budget_and_a_small_batch_is_one_block(monkeypatch):
-    monkeypatch.setattr(simclr_loss, "BLOCK_BYTES", 4 * 2**20)
+    monkeypatch.setattr(simclr_loss, "BLOCK_BYTES", {"cpu": 4 * 2**20, "gpu": 64 * 2**20})
     monkeypatch.setattr(simclr_loss, "MIN_BLOCK_ROWS", 16)
     assert block_rows(8192, 8192, 4) == 128             # 128 rows of 8,192 float32: 4 MiB
+    assert block_rows(8192, 8192, 4, "gpu") == 2048     # a GPU's blocks are larger
     assert block_rows(8, 8, 8) == 8                     # all of them
     assert block_rows(4096, 10**6, 4) == 16             # never fewer than MIN_BLOCK_ROWS
 
@@ -167,5 +168,5 @@ def test_nt_xent_keeps_no_matrix_of_the_batch_alive_and_peaks_below_it():
         tracemalloc.stop()
     assert alive < 2**20, f"{alive / 2**20:.1f} MiB alive after forward"
     for peak in (forward_peak, backward_peak):
-        assert peak < min(simclr_loss.BLOCK_BYTES + 2**20, 2 * matrix), \
+        assert peak < min(simclr_loss.BLOCK_BYTES["cpu"] + 2**20, 2 * matrix), \
             f"peaks of {forward_peak / 2**20:.1f} and {backward_peak / 2**20:.1f} MiB"
