@@ -84,8 +84,8 @@ class BlockedNTXent(Function):
     matrices, and the backward pass needs them all. Here the rows go in blocks of R
     (block_rows: BLOCK_BYTES of logits, by device): forward keeps each row's lse_i (2N,) and
     nothing of the block; backward recomputes the block's logits, makes G_b from lse_b, and
-    adds its share to both gradients. The price is one extra (R, d) x (d, K) product per block in backward;
-    the memory is O(R K + (2N + K) d) instead of O(2N K).
+    adds its share to both gradients. The price is one extra (R, d) x (d, K) product per
+    block in backward; the memory is O(R K + (2N + K) d) instead of O(2N K).
 
     One process passes the same Tensor as u and as keys: each appears in s twice, as a query
     (row i) and as a key (column i), and the engine adds the two gradients, dL/du + dL/dK.
