@@ -11,10 +11,12 @@ Peak memory is the GPU's (the most bytes in live arrays during a step, bench/com
 interpreter and its libraries); the column's heading says which it holds (on the CPU's
 rehearsal of a GPU, where CuPy's memory pool is not rehearsed, it is the RSS). The claims it
 checks (docs/SIMCLR.md, "Big batches on small memory"): the memory of a micro-batched step of B
-stays near that of a plain step of M (the encoder holds one micro-batch's graph; the views and
-embeddings of the whole batch are small), and its throughput is that of the plain step less one
-forward pass of three, so "second pass" is its cost: plain images/s over micro-batched
-images/s, less 1, in percent.
+stays near that of a plain step of M (the encoder holds one micro-batch's graph and views, the
+loss a block of its logits; the whole batch's embeddings are small), and its throughput is that
+of the plain step less one forward pass of three, so "second pass" is its cost: plain images/s
+over micro-batched images/s, less 1, in percent. Every step here augments its own images, as
+training's does (bench.step --augment-in-step): the plain step the whole batch at once, the
+micro-batched one M images at a time in each of its two passes (so twice).
 
 Each measurement is printed as one line when it ends, and --json is rewritten after each row
 (and after each plain step of M): a run stopped part way (bench.gpu_check's stage timeout)
@@ -79,7 +81,8 @@ def measure(args, arch, batch, micro_batch=None):
     children): {images_per_s, peak_mib, peak_of: "GPU" or "RSS", command}, or {failed: why,
     command}."""
     what = ["--arch", arch, "--width", str(args.width), "--batch-size", str(batch), "--steps",
-            str(args.steps), "--warmup", str(args.warmup), "--backend", args.backend]
+            str(args.steps), "--warmup", str(args.warmup), "--backend", args.backend,
+            "--augment-in-step"]
     what += ["--threads", str(args.threads)] if args.threads else []
     what += ["--micro-batch", str(micro_batch)] if micro_batch else []
     shown = shlex.join(["python", *python_command("bench.step", what)[1:]])

@@ -28,7 +28,9 @@ bench/gpu_check.sh runs this on a lent GPU.
 
 --micro-batch M times our step as simclr.train --micro-batch M runs it (the encoder on M images
 at a time: one more forward pass, whose FLOPs the GFLOP/s column leaves out, counting the work
-of the plain step). bench/micro_batch.py tabulates it against the plain step.
+of the plain step). --augment-in-step makes our step augment its images as simclr.train's does
+(with --micro-batch: M images at a time, in each pass), so that its time and memory are the
+training step's; bench/micro_batch.py tabulates both kinds of step so.
 
 Each side fails alone: a side whose process fails, or runs past --side-timeout, is named in the
 report's last lines and in the JSON ("failed": its exit status and the last lines of its
@@ -63,6 +65,9 @@ def parse_args(argv=None):
     parser.add_argument("--micro-batch", type=int, default=None, metavar="M",
                         help="ours: the step of simclr.train --micro-batch M (the encoder on M "
                              "images at a time, one more forward pass; bench/micro_batch.py)")
+    parser.add_argument("--augment-in-step", action="store_true",
+                        help="ours: the step makes its own views, as simclr.train's does (not "
+                             "timed apart; without it the views are made before timing)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=1,
@@ -110,6 +115,11 @@ class PrecomputedViews:
     def pair(self, images, rng, rows=None):
         return self.views
 
+    def pair_on_demand(self, images, rng, rows=None):
+        """Slices of the views made before timing (which this stand-in holds whole, as the
+        training step does not: --augment-in-step for its memory)."""
+        return lambda start, stop: tuple(view[start:stop] for view in self.views)
+
 
 def build_ours(args):
     """Our side, ready to time: synthetic uint8 images, the augmentation, the model and LARS
@@ -135,7 +145,7 @@ def build_ours(args):
               "head": "nonlinear", "proj_dim": 128, "optimizer": "lars", "weight_decay": 1e-6}
     model = build_model(config, size).to(device=device)
     optimizer = build_optimizer(config, model)
-    views = PrecomputedViews(*augment.pair(images, rng))
+    views = augment if args.augment_in_step else PrecomputedViews(*augment.pair(images, rng))
     losses = []
 
     def step():
@@ -153,8 +163,8 @@ def measure_ours(args):
     from bench.flops import TRAINING_STEP_FORWARDS, forward_flops
 
     ours = build_ours(args)
-    augment_times = repeat_timed(lambda: ours.augment.pair(ours.images, ours.rng), args.warmup,
-                                 args.steps, ours.sync)
+    augment_times = [] if args.augment_in_step else repeat_timed(   # else: inside the step
+        lambda: ours.augment.pair(ours.images, ours.rng), args.warmup, args.steps, ours.sync)
     step_times = repeat_timed(ours.step, args.warmup, args.steps, ours.sync, label="ours step")
     result = {"side": "ours", "step_times": step_times, "augment_times": augment_times,
               "peak_rss_mib": peak_rss_mib(), "loss": float(ours.losses[-1]), "notes": []}
@@ -236,7 +246,7 @@ def summarize(args, results):
         for key in ("device_peak_mib", "device_held_mib"):
             if key in runs[0]:
                 rows[side][key] = max(run[key] for run in runs)
-        if "augment_times" in runs[0]:
+        if runs[0].get("augment_times"):              # not with --augment-in-step
             rows[side]["augment_seconds"] = summary(
                 [t for run in runs for t in run["augment_times"]])
     ours = rows["ours"]["seconds_per_step"]["median"] if "ours" in rows else None
@@ -283,11 +293,13 @@ def report(args, rows, facts, failures):
                               + ["ours/theirs throughput"], table))
     ours = rows.get("ours")
     if ours:
-        augment = ours["augment_seconds"]
+        augment = ours.get("augment_seconds")
+        where = ("augmentation of the 2N views, outside the step: "
+                 f"{augment['median']:.3f} s ({augment['min']:.3f}-{augment['max']:.3f}), "
+                 f"{args.batch_size / augment['median']:.0f} images/s" if augment
+                 else "the augmentation inside the step (--augment-in-step)")
         lines.append(f"step = {ours['flops_per_step'] / 1e9:.3g} GFLOP (3 x forward, conv + "
-                     f"linear); augmentation of the 2N views, outside the step: "
-                     f"{augment['median']:.3f} s ({augment['min']:.3f}-{augment['max']:.3f}), "
-                     f"{args.batch_size / augment['median']:.0f} images/s")
+                     f"linear); {where}")
         mismatched = [SIDES[side] for side, row in rows.items()
                       if row["flops_per_step"] != ours["flops_per_step"]]
         if mismatched:

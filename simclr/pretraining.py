@@ -148,16 +148,20 @@ def training_step(model, optimizer, augment, images, rng, lr, temperature, group
     makes alike (nn/distributed/collectives.py).
 
     micro_batch: M images (2M views) through the encoder at a time, by cached embedding
-    gradients (backward_in_micro_batches); None, or M = N, is the plain step. The views are
-    drawn for the whole batch at once either way, so the random streams do not depend on M."""
-    xp = array_module(images)
-    views = xp.concatenate(augment.pair(images, rng, rows))  # both views of each: (2N, 3, H, W)
+    gradients (backward_in_micro_batches); None, or M = N, is the plain step. The views'
+    random draws are made for the whole batch at once either way, so the random streams do
+    not depend on M; with M < N each micro-batch's views are made when the encoder takes them
+    (twice: pair_on_demand makes the same views each time), so the step never holds the whole
+    batch's."""
     optimizer.zero_grad()
     if micro_batch is None or micro_batch == len(images):
+        views = array_module(images).concatenate(augment.pair(images, rng, rows))  # (2N, ...)
         loss = nt_xent(model(Tensor(views)), temperature, group)
         loss.backward()
     else:
-        loss = backward_in_micro_batches(model, views, temperature, micro_batch, group)
+        views = augment.pair_on_demand(images, rng, rows)
+        loss = backward_in_micro_batches(model, views, len(images), temperature, micro_batch,
+                                         group)
     if group is not None and group.size > 1:
         average_gradients(optimizer.params, group)
     optimizer.lr = lr
@@ -165,9 +169,11 @@ def training_step(model, optimizer, augment, images, rng, lr, temperature, group
     return loss.data
 
 
-def backward_in_micro_batches(model, views, temperature, micro_batch, group=None):
-    """NT-Xent over all the views (2N, 3, H, W) with the model run on 2M of them at a time;
-    returns the loss, having added its gradient to every parameter's .grad (Gao et al. 2021).
+def backward_in_micro_batches(model, views, n, temperature, micro_batch, group=None):
+    """NT-Xent over both views of n images with the model run on M images (2M views) at a
+    time; returns the loss, having added its gradient to every parameter's .grad (Gao et al.
+    2021). views(start, stop): the two views of images start..stop-1, each (stop - start, 3,
+    H, W), the same each time they are asked for (SimCLRAugment.pair_on_demand).
 
     The loss L(z) couples every embedding z_i with every other (each is a negative of the
     rest), but the model maps each micro-batch's views to its own rows of z. So, by the chain
@@ -177,26 +183,23 @@ def backward_in_micro_batches(model, views, temperature, micro_batch, group=None
         3. each micro-batch again, with its graph, and backward from z_m with upstream g_m;
            the parameters' gradients add up over the micro-batches.
     Micro-batch k holds images kM .. kM + M - 1 and both their views (rows i and i + N of
-    `views`), so that it holds whole positive pairs.
+    z), so that it holds whole positive pairs.
 
     Batch norm normalises each micro-batch by its own statistics (in a data-parallel run: the
     k-th micro-batch of every rank together), the same in both passes, so that the two passes
     compute the same z; its running statistics are updated in the second pass alone, once per
     micro-batch (running_statistics_left_alone)."""
-    two_n = views.shape[0]
-    n = two_n // 2
-    pairs = views.reshape((2, n) + views.shape[1:])                   # (2, N, 3, H, W)
     starts = range(0, n, micro_batch)
 
     def views_of(start):                                             # (2M, 3, H, W)
-        chunk = pairs[:, start:start + micro_batch]
-        return Tensor(chunk.reshape((2 * chunk.shape[1],) + views.shape[1:]))
+        first, second = views(start, min(start + micro_batch, n))
+        return Tensor(array_module(first).concatenate([first, second]))
     with no_grad(), running_statistics_left_alone(model):
         z = [model(views_of(start)).data for start in starts]          # each (2M, d)
-    xp = array_module(views)
+    xp = array_module(z[0])
     d = z[0].shape[1]
     z = xp.concatenate([rows.reshape(2, -1, d) for rows in z], axis=1)  # (2, N, d)
-    z = Tensor(z.reshape(two_n, d), requires_grad=True)
+    z = Tensor(z.reshape(2 * n, d), requires_grad=True)
     loss = nt_xent(z, temperature, group)
     loss.backward()
     upstream = z.grad.reshape(2, n, d)                                # dL/dz, (2, N, d)

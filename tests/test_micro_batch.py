@@ -66,6 +66,9 @@ class FixedViews:
     def pair(self, images, rng, rows=None):
         return self.views[0], self.views[1]
 
+    def pair_on_demand(self, images, rng, rows=None):
+        return lambda start, stop: (self.views[0][start:stop], self.views[1][start:stop])
+
 
 def _results(model, optimizer, losses):
     """What a test compares: the losses, the gradients before the last update, the buffers
@@ -231,28 +234,67 @@ def _losses(out):
     return [r["loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
 
 
-def test_the_views_of_a_step_are_drawn_once_whatever_the_micro_batch(tmp_path, monkeypatch):
-    """The random streams of a run do not depend on M: every step draws its two views once,
-    for the whole batch, and the same ones with M = 4, 8 or none."""
-    from simclr.augment import SimCLRAugment
-    real_pair, drawn = SimCLRAugment.pair, []
+def _arrays(draws):
+    """The arrays of one SimCLRAugment.draw (nested tuples; blur None when off), in order."""
+    if draws is None:
+        return []
+    if isinstance(draws, tuple):
+        return [array for part in draws for array in _arrays(part)]
+    return [numpy.asarray(draws)]
 
-    def recording_pair(self, *args, **kwargs):
-        views = real_pair(self, *args, **kwargs)
-        drawn.append(numpy.concatenate(views))
-        return views
-    monkeypatch.setattr(SimCLRAugment, "pair", recording_pair)
-    draws = {}
-    for micro_batch in (None, 4, 8):
-        drawn.clear()
+
+def test_the_views_of_a_step_are_drawn_once_whatever_the_micro_batch(tmp_path, monkeypatch):
+    """The random streams of a run do not depend on M: every step draws its two views' random
+    parameters once, for the whole batch, the same with M = 4, 16 or none. With M < N the views
+    are made M images at a time, in both passes (pair_on_demand: the same views each time,
+    tested below), never the whole batch's at once."""
+    from simclr.augment import SimCLRAugment
+    real_draw, real_apply = SimCLRAugment.draw, SimCLRAugment.apply
+    drawn, made = [], []
+
+    def recording_draw(self, rng, count, height, width):
+        draws = real_draw(self, rng, count, height, width)
+        drawn.append((count, [a.copy() for a in _arrays(draws)]))
+        return draws
+
+    def recording_apply(self, images, *draws):
+        made.append(len(images))
+        return real_apply(self, images, *draws)
+    monkeypatch.setattr(SimCLRAugment, "draw", recording_draw)
+    monkeypatch.setattr(SimCLRAugment, "apply", recording_apply)
+    draws, sizes = {}, {}
+    for micro_batch in (None, 4, 16):
+        drawn.clear(), made.clear()
         extra = [] if micro_batch is None else ["--micro-batch", str(micro_batch)]
         run(tmp_path / f"m{micro_batch}", "--max-steps", "2", *extra)
-        draws[micro_batch] = list(drawn)
-    assert len(draws[None]) == 2
-    for micro_batch in (4, 8):
-        assert len(draws[micro_batch]) == 2
-        for ours, plain in zip(draws[micro_batch], draws[None]):
-            assert numpy.array_equal(ours, plain)
+        draws[micro_batch], sizes[micro_batch] = list(drawn), list(made)
+    batch = 16
+    assert [count for count, _ in draws[None]] == [batch] * 4       # 2 steps x 2 views
+    assert sizes[None] == sizes[16] == [batch] * 4                  # M = N: the plain step
+    assert sizes[4] == [4] * (2 * 2 * 4 * 2)   # steps x passes x micro-batches x views
+    for micro_batch in (4, 16):
+        assert [count for count, _ in draws[micro_batch]] == [batch] * 4
+        for (_, ours), (_, plain) in zip(draws[micro_batch], draws[None]):
+            assert len(ours) == len(plain)
+            assert all(numpy.array_equal(a, b) for a, b in zip(ours, plain))
+
+
+@pytest.mark.parametrize("preset", ["cifar", "imagenet"])
+@pytest.mark.parametrize("rows", [None, (6, 20)], ids=["one process", "rank's rows"])
+def test_pair_on_demand_makes_pairs_views_bit_for_bit(preset, rows):
+    """The views of images start..stop-1, made when asked (in any order, twice), are those
+    that pair makes for the whole batch: the two passes of a micro-batched step see the same
+    views, and the same as the plain step's. With rows, the images are a rank's share."""
+    from simclr.augment import SimCLRAugment
+    augment = SimCLRAugment.preset(preset, size=16)
+    images = numpy.random.default_rng(0).integers(0, 256, (7, 20, 20, 3), dtype=numpy.uint8)
+    whole = augment.pair(images, numpy.random.default_rng(5), rows)
+    views = augment.pair_on_demand(images, numpy.random.default_rng(5), rows)
+    for bounds in ([(0, 3), (3, 6), (6, 7)], [(6, 7), (0, 7), (2, 5)]):
+        for start, stop in bounds:
+            for ours, theirs in zip(views(start, stop), whole):
+                assert ours.dtype == theirs.dtype == numpy.float32
+                assert numpy.array_equal(ours, theirs[start:stop])
 
 
 def test_a_micro_batched_run_resumes_bitwise_and_may_change_m_on_resume(tmp_path):

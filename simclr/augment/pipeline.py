@@ -120,6 +120,24 @@ class SimCLRAugment:
         float32 (N, 3, H', W') arrays. rows: as for __call__."""
         return self(images, rng, rows), self(images, rng, rows)
 
+    def pair_on_demand(self, images, rng, rows=None):
+        """pair's views, drawn now and made later, a run of images at a time: returns
+        views(start, stop), the two views of images start..stop-1, bit for bit those that
+        pair(images, rng, rows) gives them (each view depends on its image and its draws
+        alone). A step that takes its images a few at a time (simclr/pretraining.py,
+        --micro-batch) then never holds the whole batch's views: at 224 px, 4,096 images
+        have 4.6 GiB of them, and more of the colour steps' temporaries."""
+        check_rng(rng)
+        check_stored_images(images)
+        count, height, width = images.shape[:3]
+        first, total = (0, count) if rows is None else rows
+        draws = [self.draw(rng, total, height, width) for _ in range(2)]   # as pair's calls
+
+        def views(start, stop):
+            part = images[start:stop]
+            return tuple(self.apply(part, *_rows(d, first + start, first + stop)) for d in draws)
+        return views
+
     def __repr__(self):
         steps = "" if self.transformations in (TRANSFORMATIONS, TRANSFORMATIONS[:-1]) \
             else f", transformations={self.transformations}"
