@@ -95,7 +95,7 @@ def test_batch_epochs_takes_micro_batches_only_for_batches_above_m(tmp_path):
             config = json.load(file)
         assert config["batch_size"] == result["batch_size"]
         assert config["micro_batch"] == (6 if result["batch_size"] == 12 else None)
-    assert "batch 12 (micro-batches of 6)" in (tmp_path / "be" / "table.md").read_text()
+    assert "batches above 6 in micro-batches of 6" in (tmp_path / "be" / "table.md").read_text()
 
 
 def test_each_run_trains_with_the_settings_its_point_names(tmp_path):
@@ -208,7 +208,9 @@ def test_the_scale_and_the_flags_make_the_shared_settings():
     shared = experiments.shared_settings(experiments.parse_args(argv),
                                          experiments.given_flags(argv))
     assert shared["lr_scaling"] == "sqrt" and shared["lr"] == 0.075
-    assert "micro-batches of 32), lr 0.075 x sqrt(B)," in experiments.describe(shared, [])
+    line = experiments.describe(shared, [])
+    assert "width 0.125, lr 0.075 x sqrt(B), batch 128" in line
+    assert "(unless varied); batches above 32 in micro-batches of 32;" in line
 
 
 def test_every_study_names_its_runs_uniquely():

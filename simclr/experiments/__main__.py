@@ -157,15 +157,16 @@ def describe(shared, results):
     subset = f"{images} images" + (f" ({per_class} per class)" if per_class else "")
     held_out = (f"{results[0]['test_images']} {results[0]['split']} images" if results
                 else "the held-out split")
-    micro = (f" (micro-batches of {shared['micro_batch']})" if shared.get("micro_batch")
-             else "")
+    rate = ""
     scaling = shared.get("lr_scaling")
     if scaling is not None or "lr" in shared:   # simclr.train's defaults: 1.0, linear
         rate = {"linear": " x B/256", "sqrt": " x sqrt(B)", "none": ""}[scaling or "linear"]
-        micro += f", lr {shared.get('lr', 1.0):g}{rate}"
-    return (f"{data}: {subset}; {shared['arch']} width {shared['width']:g}, "
-            f"batch {shared['batch_size']}{micro}, {shared['epochs']} epoch"
-            f"{'s' if shared['epochs'] != 1 else ''} (unless varied); "
+        rate = f", lr {shared.get('lr', 1.0):g}{rate}"
+    micro = shared.get("micro_batch")
+    micro = f"; batches above {micro} in micro-batches of {micro}" if micro else ""
+    return (f"{data}: {subset}; {shared['arch']} width {shared['width']:g}{rate}, "
+            f"batch {shared['batch_size']}, {shared['epochs']} epoch"
+            f"{'s' if shared['epochs'] != 1 else ''} (unless varied){micro}; "
             f"evaluated on {held_out}")
 
 
