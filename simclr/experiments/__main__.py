@@ -8,7 +8,8 @@ The grid writes DIR/results.jsonl, DIR/table.md and its figures (PNG); run the s
 again after an interruption and it goes on where it stopped (simclr/experiments/grid.py).
 
 --scale picks the budget: `cpu` (default) took 29 to 37 minutes for each experiment on one
-core of a 2-core machine (docs/experiments.md): a ResNet-18 at width 1/8, 500 images of each
+core of a 2-core machine (docs/experiments.md), 69 for batch-epochs (18 runs, batches 64 to
+2,048, those above 256 in micro-batches of 256): a ResNet-18 at width 1/8, 500 images of each
 class, batch 128, 12 epochs (3 for the 20 runs of augmentations); `gpu` the whole training
 split and a full-width ResNet-18 for 100 epochs (not yet run on a GPU); `tiny` a smoke test on
 synthetic images. The model, data and budget flags below override the scale's values.
