@@ -336,9 +336,10 @@ def test_ctrl_c_inside_a_micro_batched_step_saves_that_whole_step_and_resumes_ex
 
 
 # Kernel launches of one micro-batch of a micro-batched ResNet-50 step on the rehearsal (CIFAR
-# stem, both views augmented once for the whole batch): its forward pass without the graph, its
-# forward and backward with it, its share of the augmentation, the loss and LARS. About a third
-# more than a plain step of the same images (tests/test_device_path.py), the first pass's.
+# stem): its forward pass without the graph, its forward and backward with it, its views made
+# in each pass, its share of the loss and LARS. 1,271 a micro-batch (2,542 for a step of two,
+# 2026-12-07), about a third more than a plain step of the same images (963,
+# tests/test_device_path.py), the first pass's.
 RESNET50_MICRO_BATCH_LAUNCH_BUDGET = 1350
 
 
