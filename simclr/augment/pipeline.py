@@ -117,14 +117,15 @@ class SimCLRAugment:
 
     def pair(self, images, rng, rows=None):
         """Two independent views of each image (the positive pair): a tuple of two
-        float32 (N, 3, H', W') arrays. rows: as for __call__."""
-        return self(images, rng, rows), self(images, rng, rows)
+        float32 (N, 3, H', W') arrays, as two calls of __call__ make them. rows: as for
+        __call__."""
+        return self.pair_on_demand(images, rng, rows)(0, len(images))
 
     def pair_on_demand(self, images, rng, rows=None):
         """pair's views, drawn now and made later, a run of images at a time: returns
-        views(start, stop), the two views of images start..stop-1, bit for bit those that
-        pair(images, rng, rows) gives them (each view depends on its image and its draws
-        alone). A step that takes its images a few at a time (simclr/pretraining.py,
+        views(start, stop), the two views of images start..stop-1, bit for bit those that two
+        calls of __call__(images, rng, rows) give them (the draws are made in the same order,
+        and each view depends on its image and its draws alone). A step that takes its images a few at a time (simclr/pretraining.py,
         --micro-batch) then never holds the whole batch's views: at 224 px, 4,096 images
         have 4.6 GiB of them, and more of the colour steps' temporaries."""
         check_rng(rng)
